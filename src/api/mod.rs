@@ -1,0 +1,215 @@
+//! The API: GraphQL over HTTP (`POST /graphql`) and WebSocket (`graphql-transport-ws` on the
+//! same path), plus an unauthenticated `GET /health`, served by hyper on the runtime thread.
+//!
+//! Owns authentication and request limits; never touches disk or network itself (resolvers
+//! go through the installer).
+
+mod codes;
+mod schema;
+mod ws;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::install::Installer;
+use crate::util;
+
+pub(crate) use schema::AppSchema;
+
+/// Largest GraphQL request body accepted (413 beyond).
+const MAX_BODY: usize = 64 * 1024;
+/// A client that has not sent its request headers after this long is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API token, kept only as its SHA-256 so comparisons take constant time whatever the
+/// length of what a client presents.
+pub(crate) struct Token([u8; 32]);
+
+impl Token {
+    pub(crate) fn new(secret: &str) -> Token {
+        Token(Sha256::digest(secret.trim().as_bytes()).into())
+    }
+
+    pub(crate) fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        util::ct_eq(&digest, &self.0)
+    }
+}
+
+pub(crate) struct Api {
+    schema: AppSchema,
+    token: Token,
+}
+
+impl Api {
+    pub(crate) fn new(installer: Arc<Installer>, token: Token, dev: bool) -> Api {
+        Api {
+            schema: schema::build(installer, dev),
+            token,
+        }
+    }
+
+    /// `Authorization: Bearer <token>`; `None` when the header is absent.
+    fn bearer_ok(&self, req: &Request<Incoming>) -> Option<bool> {
+        let value = req.headers().get(header::AUTHORIZATION)?;
+        let text = value.to_str().unwrap_or("");
+        let ok = match text.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                self.token.matches(token)
+            }
+            _ => false,
+        };
+        Some(ok)
+    }
+}
+
+/// Accepts connections until the process ends.
+pub(crate) async fn serve(listener: TcpListener, api: Arc<Api>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of fds or similar: back off instead of spinning.
+                log::warn!(target: "api", "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let api = Arc::clone(&api);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let api = Arc::clone(&api);
+                async move { Ok::<_, Infallible>(handle(req, &api, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                log::debug!(target: "api", "connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn json_reply(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A GraphQL-shaped error document for failures outside GraphQL execution.
+fn error_reply(status: StatusCode, code: &str, message: &str) -> Reply {
+    json_reply(
+        status,
+        &json!({ "errors": [ { "message": message, "extensions": { "code": code } } ] }),
+    )
+}
+
+async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => json_reply(
+            StatusCode::OK,
+            &json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
+        ),
+        (_, "/graphql") if ws::is_upgrade(&req) => ws::upgrade(req, api, peer),
+        (&Method::POST, "/graphql") => graphql_post(req, api, peer).await,
+        (_, "/graphql") => {
+            let mut r = error_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "use POST for queries and mutations, a graphql-transport-ws WebSocket for subscriptions",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, GET"));
+            r
+        }
+        _ => error_reply(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such path; the API is at /graphql",
+        ),
+    }
+}
+
+async fn graphql_post(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Reply {
+    if api.bearer_ok(&req) != Some(true) {
+        log::warn!(target: "api", "unauthenticated request from {peer}");
+        let mut r = error_reply(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "missing or wrong bearer token (Authorization: Bearer <token from the agent's token file>)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            &format!("request body exceeds {MAX_BODY} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return too_large();
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large();
+        }
+        Err(e) => {
+            return error_reply(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                &format!("cannot read body: {e}"),
+            );
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_reply(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                &format!("body is not a GraphQL request ({{\"query\": ...}}): {e}"),
+            );
+        }
+    };
+    let response = api.schema.execute(request).await;
+    match serde_json::to_value(&response) {
+        Ok(v) => json_reply(StatusCode::OK, &v),
+        Err(e) => error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            &e.to_string(),
+        ),
+    }
+}

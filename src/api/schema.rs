@@ -1,0 +1,398 @@
+//! The GraphQL schema: what a LAN client can ask and do.
+//!
+//! Resolvers validate input and hand work to the installer; they never block the runtime
+//! thread on disk or network. Every refusal carries a stable `extensions.code`.
+
+use std::sync::Arc;
+
+use async_graphql::{
+    Context, ErrorExtensions, ID, Json, Object, Schema, SimpleObject, Subscription,
+};
+use futures_util::Stream;
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::catalogue::{self, Feature};
+use crate::events::{Event, EventKind, Progress, ProgressStatus};
+use crate::install::{self, InstallRequest, Installer, RequestError};
+use crate::store::{self, Status};
+use crate::util;
+
+pub(crate) type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// Deepest selection a client needs is `instances { ... }` plus a little; introspection (dev
+/// only) needs more.
+const MAX_DEPTH: usize = 8;
+const MAX_DEPTH_DEV: usize = 16;
+const MAX_COMPLEXITY: usize = 1_000;
+
+pub(crate) fn build(installer: Arc<Installer>, dev: bool) -> AppSchema {
+    let builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .data(installer)
+        .limit_depth(if dev { MAX_DEPTH_DEV } else { MAX_DEPTH })
+        .limit_complexity(MAX_COMPLEXITY)
+        .limit_recursive_depth(32)
+        .extension(super::codes::ErrorCodes);
+    if dev {
+        builder.finish()
+    } else {
+        builder.disable_introspection().finish()
+    }
+}
+
+pub(crate) fn error(code: &'static str, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
+}
+
+impl From<RequestError> for async_graphql::Error {
+    fn from(e: RequestError) -> Self {
+        error(e.code, e.message)
+    }
+}
+
+fn installer<'a>(ctx: &Context<'a>) -> &'a Arc<Installer> {
+    ctx.data_unchecked::<Arc<Installer>>()
+}
+
+fn checked_id(id: &ID) -> async_graphql::Result<&str> {
+    if install::is_instance_id(id) {
+        Ok(id.as_str())
+    } else {
+        Err(error(
+            "INVALID_ID",
+            format!("{:?} is not an instance id (16 hex digits)", id.as_str()),
+        ))
+    }
+}
+
+fn state_error(e: store::StoreError) -> async_graphql::Error {
+    RequestError::from(e).into()
+}
+
+pub(crate) struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// Features of the catalogue, with whether this machine's architecture has an asset.
+    async fn features(&self, ctx: &Context<'_>) -> Vec<FeatureObject> {
+        installer(ctx)
+            .catalogue
+            .features
+            .iter()
+            .cloned()
+            .map(FeatureObject)
+            .collect()
+    }
+
+    async fn instances(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<InstanceObject>> {
+        let list = installer(ctx).store.instances().map_err(state_error)?;
+        Ok(list.into_iter().map(InstanceObject).collect())
+    }
+
+    async fn instance(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&id)?;
+        match installer(ctx).store.instance(id).map_err(state_error)? {
+            Some(i) => Ok(InstanceObject(i)),
+            None => Err(error("NOT_FOUND", format!("no instance {id}"))),
+        }
+    }
+
+    async fn routers(&self) -> Vec<RouterObject> {
+        vec![RouterObject {
+            id: ID(install::LOCAL_ROUTER.into()),
+            kind: "linux".into(),
+            reachable: true,
+        }]
+    }
+
+    /// The agent's own identity: version and the catalogue architecture key of this machine.
+    async fn agent(&self, ctx: &Context<'_>) -> AgentObject {
+        AgentObject {
+            version: env!("CARGO_PKG_VERSION").into(),
+            arch: catalogue::host_arch().into(),
+            catalogue: installer(ctx).catalogue.source.clone(),
+        }
+    }
+}
+
+pub(crate) struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Queues an install and returns at once; follow it with `installProgress` or `events`.
+    async fn install_feature(
+        &self,
+        ctx: &Context<'_>,
+        feature_id: ID,
+        router_id: ID,
+        name: String,
+        settings: Option<Json<Value>>,
+    ) -> async_graphql::Result<InstallPayload> {
+        let inst = installer(ctx)
+            .install(InstallRequest {
+                feature_id: feature_id.0,
+                router_id: router_id.0,
+                name,
+                settings: settings.map(|j| j.0),
+            })
+            .await?;
+        Ok(InstallPayload {
+            instance_id: ID(inst.id),
+        })
+    }
+
+    /// Removes an INSTALLED or FAILED instance; the binary stays while another instance uses
+    /// it.
+    async fn uninstall_instance(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<UninstallPayload> {
+        let id = checked_id(&id)?;
+        installer(ctx).uninstall(id).await?;
+        Ok(UninstallPayload {
+            instance_id: ID(id.to_owned()),
+        })
+    }
+}
+
+pub(crate) struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Progress of one install: the current state first, then every change, ending with
+    /// `completed`, `failed` or `verification_failed`.
+    async fn install_progress(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = ProgressObject> + use<>> {
+        let id = checked_id(&instance_id)?.to_owned();
+        let installer = Arc::clone(installer(ctx));
+        // Subscribe before reading the current state so no change falls in between.
+        let mut rx = installer.bus.subscribe();
+        let current = installer
+            .progress_of(&id)
+            .ok_or_else(|| error("NOT_FOUND", format!("no instance {id}")))?;
+        Ok(async_stream::stream! {
+            let done = current.status.is_terminal();
+            yield ProgressObject(current);
+            if done {
+                return;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if let (EventKind::InstallProgress(p), Some(iid)) = (&ev.kind, &ev.instance_id)
+                            && *iid == id
+                        {
+                            let done = p.status.is_terminal();
+                            yield ProgressObject(p.clone());
+                            if done {
+                                break;
+                            }
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        log::warn!(target: "api", "installProgress subscriber lagged by {n} events");
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Every event, or those of one instance.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: Option<ID>,
+    ) -> async_graphql::Result<impl Stream<Item = EventObject> + use<>> {
+        let filter = match &instance_id {
+            Some(id) => Some(checked_id(id)?.to_owned()),
+            None => None,
+        };
+        let mut rx = installer(ctx).bus.subscribe();
+        Ok(async_stream::stream! {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if filter.is_none() || ev.instance_id == filter {
+                            yield EventObject(ev);
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        log::warn!(target: "api", "events subscriber lagged by {n} events");
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct InstallPayload {
+    instance_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct UninstallPayload {
+    instance_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct RouterObject {
+    id: ID,
+    kind: String,
+    reachable: bool,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Agent")]
+pub(crate) struct AgentObject {
+    version: String,
+    arch: String,
+    catalogue: String,
+}
+
+pub(crate) struct FeatureObject(Feature);
+
+#[Object(name = "Feature")]
+impl FeatureObject {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn version(&self) -> &str {
+        &self.0.version
+    }
+    async fn binary(&self) -> &str {
+        &self.0.binary
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    /// Architecture keys the catalogue has an asset for.
+    async fn arches(&self) -> Vec<&str> {
+        self.0.assets.keys().map(String::as_str).collect()
+    }
+    /// Whether this machine's architecture has an asset: `installFeature` needs one.
+    async fn supported(&self) -> bool {
+        self.0.asset(catalogue::host_arch()).is_some()
+    }
+    async fn settings_schema(&self) -> Option<Json<Value>> {
+        self.0.settings_schema.clone().map(Json)
+    }
+}
+
+pub(crate) struct InstanceObject(store::Instance);
+
+#[Object(name = "Instance")]
+impl InstanceObject {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn feature_id(&self) -> ID {
+        ID(self.0.feature_id.clone())
+    }
+    async fn router_id(&self) -> ID {
+        ID(self.0.router_id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn version(&self) -> &str {
+        &self.0.version
+    }
+    async fn arch(&self) -> &str {
+        &self.0.arch
+    }
+    async fn status(&self) -> Status {
+        self.0.status
+    }
+    /// The step that failed (`downloading`, `verifying`, `installing` ...) when FAILED.
+    async fn failed_step(&self) -> Option<&str> {
+        self.0.failed_step.map(store::Step::as_str)
+    }
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    async fn error_code(&self) -> Option<&str> {
+        self.0.error_code.as_deref()
+    }
+    /// SHA-256 of the verified download.
+    async fn sha256(&self) -> Option<&str> {
+        self.0.sha256.as_deref()
+    }
+    async fn binary_path(&self) -> Option<&str> {
+        self.0.binary_path.as_deref()
+    }
+    /// What vouched for the download: `pin`, `checksums` or `pin+checksums`.
+    async fn verified_by(&self) -> Option<&str> {
+        self.0.verified_by.as_deref()
+    }
+    async fn settings(&self) -> Json<Value> {
+        Json(self.0.settings.clone())
+    }
+    async fn created_at(&self) -> String {
+        util::rfc3339(self.0.created_at)
+    }
+    async fn updated_at(&self) -> String {
+        util::rfc3339(self.0.updated_at)
+    }
+    async fn progress(&self, ctx: &Context<'_>) -> Option<ProgressObject> {
+        installer(ctx).progress_of(&self.0.id).map(ProgressObject)
+    }
+}
+
+pub(crate) struct ProgressObject(Progress);
+
+#[Object(name = "InstallProgress")]
+impl ProgressObject {
+    async fn instance_id(&self) -> ID {
+        ID(self.0.instance_id.clone())
+    }
+    async fn feature_id(&self) -> ID {
+        ID(self.0.feature_id.clone())
+    }
+    async fn status(&self) -> ProgressStatus {
+        self.0.status
+    }
+    /// 0–100, one decimal.
+    async fn percent(&self) -> f64 {
+        self.0.percent
+    }
+    async fn bytes_downloaded(&self) -> u64 {
+        self.0.bytes_downloaded
+    }
+    async fn total_bytes(&self) -> Option<u64> {
+        self.0.total_bytes
+    }
+}
+
+pub(crate) struct EventObject(Arc<Event>);
+
+#[Object(name = "Event")]
+impl EventObject {
+    /// Increases by one per event on this agent: a gap means the subscriber missed some.
+    async fn seq(&self) -> u64 {
+        self.0.seq
+    }
+    /// `service.install.progress`, `service.installed`, `service.install.failed` ...
+    #[graphql(name = "type")]
+    async fn kind(&self) -> &str {
+        self.0.kind.name()
+    }
+    async fn instance_id(&self) -> Option<ID> {
+        self.0.instance_id.clone().map(ID)
+    }
+    async fn at(&self) -> String {
+        util::rfc3339(self.0.at_ms)
+    }
+    async fn payload(&self) -> Json<Value> {
+        Json(self.0.payload())
+    }
+}

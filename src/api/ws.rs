@@ -1,0 +1,205 @@
+//! GraphQL subscriptions over WebSocket (`graphql-transport-ws`, and the legacy `graphql-ws`).
+//!
+//! The handshake is answered here; the connection then belongs to one task that checks the
+//! token in `connection_init` (or the upgrade request's `Authorization` header) before
+//! handing the stream to async-graphql. Unauthenticated sockets are closed with 4403, silent
+//! ones with 4408, as the graphql-transport-ws protocol specifies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::http::{WebSocket, WebSocketProtocols as Protocols, WsMessage};
+use futures_util::{SinkExt, StreamExt, future};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::{Api, Reply, error_reply};
+
+/// Largest WebSocket message accepted from a client.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// How long a client may take to send `connection_init`.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn pick_protocol(req: &Request<Incoming>) -> Option<Protocols> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().parse::<Protocols>().ok())
+}
+
+pub(super) fn upgrade(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Reply {
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (Some(key), true) = (key, version_ok) else {
+        let mut r = error_reply(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "not a WebSocket version 13 handshake",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    };
+    let Some(protocol) = pick_protocol(&req) else {
+        return error_reply(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "Sec-WebSocket-Protocol must offer graphql-transport-ws (or graphql-ws)",
+        );
+    };
+    let pre_authenticated = match api.bearer_ok(&req) {
+        Some(false) => {
+            log::warn!(target: "api", "WebSocket from {peer} with a wrong bearer token");
+            return error_reply(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "wrong bearer token",
+            );
+        }
+        Some(true) => true,
+        None => false,
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let api = Arc::clone(api);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                run(
+                    TokioIo::new(upgraded),
+                    protocol,
+                    &api,
+                    pre_authenticated,
+                    peer,
+                )
+                .await
+            }
+            Err(e) => log::debug!(target: "api", "WebSocket upgrade from {peer} failed: {e}"),
+        }
+    });
+    let mut r = Reply::new(http_body_util::Full::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol.sec_websocket_protocol()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// The token a client put in its `connection_init` payload: `{"token": T}`, or an
+/// `Authorization: Bearer T` given as a payload key (as several clients send headers).
+fn payload_token(payload: &Value) -> Option<&str> {
+    if let Some(t) = payload.get("token").and_then(Value::as_str) {
+        return Some(t);
+    }
+    let headers = payload.get("headers").unwrap_or(payload);
+    ["Authorization", "authorization"]
+        .iter()
+        .find_map(|k| headers.get(*k).and_then(Value::as_str))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t)
+}
+
+async fn run(
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    protocol: Protocols,
+    api: &Arc<Api>,
+    pre_authenticated: bool,
+    peer: SocketAddr,
+) {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let (mut sink, source) = ws.split();
+    // Only data messages go to GraphQL; the socket ends at a close frame or an error.
+    let mut source = source
+        .take_while(|m| future::ready(matches!(m, Ok(msg) if !msg.is_close())))
+        .filter_map(|m| {
+            future::ready(match m {
+                Ok(Message::Text(t)) => Some(t.as_bytes().to_vec()),
+                Ok(Message::Binary(b)) => Some(b.to_vec()),
+                _ => None,
+            })
+        })
+        .boxed();
+
+    let close = |code: u16, reason: &str| {
+        Message::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: reason.to_owned().into(),
+        }))
+    };
+    let first = match tokio::time::timeout(INIT_TIMEOUT, source.next()).await {
+        Ok(Some(first)) => first,
+        Ok(None) => return,
+        Err(_) => {
+            let _ = sink
+                .send(close(4408, "Connection initialisation timeout"))
+                .await;
+            return;
+        }
+    };
+    let init: Value = serde_json::from_slice(&first).unwrap_or(Value::Null);
+    if init.get("type").and_then(Value::as_str) != Some("connection_init") {
+        let _ = sink
+            .send(close(4401, "Unauthorized: send connection_init first"))
+            .await;
+        return;
+    }
+    let payload = init.get("payload").cloned().unwrap_or(Value::Null);
+    let authorized =
+        pre_authenticated || payload_token(&payload).is_some_and(|t| api.token.matches(t));
+    if !authorized {
+        log::warn!(target: "api", "WebSocket from {peer}: connection_init without a valid token");
+        let _ = sink
+            .send(close(4403, "Forbidden: missing or wrong token"))
+            .await;
+        return;
+    }
+    let input = futures_util::stream::once(future::ready(first)).chain(source);
+    let mut output = WebSocket::new(api.schema.clone(), input, protocol);
+    while let Some(msg) = output.next().await {
+        match msg {
+            WsMessage::Text(text) => {
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+            WsMessage::Close(code, reason) => {
+                let _ = sink.send(close(code, &reason)).await;
+                break;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}

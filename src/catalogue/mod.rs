@@ -1,0 +1,345 @@
+//! The catalogue: which features exist, which version of each, and where the binary for each
+//! CPU architecture comes from and how to verify it.
+//!
+//! Loaded once at start from `--catalogue` (a file or an http(s) URL) or the built-in default.
+//! Everything that later becomes a path component (feature id, version, binary name, archive
+//! member) is validated here, so no other module has to wonder whether a catalogue string can
+//! escape the data directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::util;
+
+/// The built-in default: upstream release URLs, versions pinned. See ARCHITECTURE.md for where
+/// each entry's verification data comes from.
+const BUILTIN: &str = include_str!("builtin.json");
+
+/// Architecture keys a catalogue may use, in the order `features` lists them.
+pub(crate) const ARCH_KEYS: [&str; 5] = ["x86_64", "aarch64", "armv7", "mipsel", "mips"];
+
+/// The catalogue key of the CPU this agent was built for.
+pub(crate) fn host_arch() -> &'static str {
+    if cfg!(target_arch = "x86_64") {
+        "x86_64"
+    } else if cfg!(target_arch = "aarch64") {
+        "aarch64"
+    } else if cfg!(target_arch = "arm") {
+        "armv7"
+    } else if cfg!(all(target_arch = "mips", target_endian = "little")) {
+        "mipsel"
+    } else if cfg!(target_arch = "mips") {
+        "mips"
+    } else {
+        "unsupported"
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) enum ArchiveKind {
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "tar.gz")]
+    TarGz,
+    #[serde(rename = "zip")]
+    Zip,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Asset {
+    pub url: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// URL of a GNU `sha256sum` file listing the asset by the file name of `url`.
+    #[serde(default)]
+    pub checksums: Option<String>,
+    #[serde(default = "archive_none")]
+    pub archive: ArchiveKind,
+    /// Member of the archive that is the binary.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Exact size in bytes of the download, when known: a larger body is refused.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+fn archive_none() -> ArchiveKind {
+    ArchiveKind::None
+}
+
+impl Asset {
+    /// The last path segment of the URL: the name looked up in a checksums file.
+    pub(crate) fn file_name(&self) -> &str {
+        let path = self.url.split(['?', '#']).next().unwrap_or("");
+        path.rsplit('/').next().unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Feature {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    /// File name the binary gets on disk.
+    pub binary: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub assets: BTreeMap<String, Asset>,
+    #[serde(default)]
+    pub settings_schema: Option<Value>,
+}
+
+impl Feature {
+    pub(crate) fn asset(&self, arch: &str) -> Option<&Asset> {
+        self.assets.get(arch)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Catalogue {
+    pub features: Vec<Feature>,
+    /// Where it came from, for messages.
+    pub source: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct CatalogueError(pub String);
+
+impl fmt::Display for CatalogueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Deserialize)]
+struct Document {
+    schema: u32,
+    features: Vec<Feature>,
+}
+
+impl Catalogue {
+    pub(crate) fn builtin() -> Result<Catalogue, CatalogueError> {
+        Catalogue::parse(BUILTIN.as_bytes(), "built-in catalogue")
+    }
+
+    pub(crate) fn feature(&self, id: &str) -> Option<&Feature> {
+        self.features.iter().find(|f| f.id == id)
+    }
+
+    /// Parses and validates a catalogue document. Errors name the feature and the field.
+    pub(crate) fn parse(bytes: &[u8], source: &str) -> Result<Catalogue, CatalogueError> {
+        let fail = |msg: String| CatalogueError(format!("{source}: {msg}"));
+        let doc: Document = serde_json::from_slice(bytes)
+            .map_err(|e| fail(format!("not a valid catalogue: {e}")))?;
+        if doc.schema != 1 {
+            return Err(fail(format!(
+                "schema {} is not supported (this agent reads schema 1)",
+                doc.schema
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &doc.features {
+            validate_feature(f).map_err(|m| fail(format!("feature '{}': {m}", f.id)))?;
+            if !seen.insert(f.id.as_str()) {
+                return Err(fail(format!("feature '{}' is listed twice", f.id)));
+            }
+        }
+        Ok(Catalogue {
+            features: doc.features,
+            source: source.to_owned(),
+        })
+    }
+}
+
+fn validate_feature(f: &Feature) -> Result<(), String> {
+    if !is_feature_id(&f.id) {
+        return Err("id must match ^[a-z0-9][a-z0-9-]{0,31}$".into());
+    }
+    if !is_safe_component(&f.version, 64) {
+        return Err(format!(
+            "version '{}' must be 1-64 characters of A-Z a-z 0-9 . _ + - and not start with '.'",
+            f.version
+        ));
+    }
+    if !is_safe_component(&f.binary, 64) {
+        return Err(format!("binary '{}' is not a plain file name", f.binary));
+    }
+    for (arch, asset) in &f.assets {
+        if !ARCH_KEYS.contains(&arch.as_str()) {
+            return Err(format!(
+                "asset key '{arch}' is not one of {}",
+                ARCH_KEYS.join(", ")
+            ));
+        }
+        validate_asset(asset).map_err(|m| format!("asset {arch}: {m}"))?;
+    }
+    Ok(())
+}
+
+fn validate_asset(a: &Asset) -> Result<(), String> {
+    if !is_http_url(&a.url) {
+        return Err(format!("url '{}' must be an http(s) URL", a.url));
+    }
+    if a.file_name().is_empty() {
+        return Err(format!("url '{}' does not end in a file name", a.url));
+    }
+    if a.sha256.is_none() && a.checksums.is_none() {
+        return Err("needs sha256 or checksums to be verifiable".into());
+    }
+    if let Some(h) = &a.sha256
+        && util::parse_sha256_hex(h).is_none()
+    {
+        return Err(format!("sha256 must be 64 hex digits, got '{h}'"));
+    }
+    if let Some(c) = &a.checksums
+        && !is_http_url(c)
+    {
+        return Err(format!("checksums '{c}' must be an http(s) URL"));
+    }
+    match (a.archive, &a.path) {
+        (ArchiveKind::None, _) => {}
+        (_, None) => return Err("an archive needs 'path', the binary inside it".into()),
+        (_, Some(p)) => {
+            if !is_safe_member(p) {
+                return Err(format!(
+                    "path '{p}' must be relative without '.' or '..' components"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `^[a-z0-9][a-z0-9-]{0,31}$`: feature ids become directory names.
+pub(crate) fn is_feature_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// One path component made of a conservative character set, never `.`-leading.
+fn is_safe_component(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'+' | b'-'))
+}
+
+/// A relative archive member path: components separated by '/', none empty, '.' or '..'.
+pub(crate) fn is_safe_member(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 255
+        && !p.starts_with('/')
+        && !p.contains('\\')
+        && !p.contains('\0')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !s.chars().any(char::is_whitespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(asset: &str) -> String {
+        format!(
+            r#"{{"schema":1,"features":[{{"id":"sing-box","name":"sing-box","version":"1.14.4",
+            "binary":"sing-box","unknown":"ignored","assets":{{"x86_64":{asset}}}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn builtin_catalogue_is_valid_and_lists_the_three_services() {
+        let c = Catalogue::builtin().unwrap();
+        for id in ["tor", "sing-box", "xray"] {
+            assert!(c.feature(id).is_some(), "{id} missing");
+        }
+    }
+
+    #[test]
+    fn a_good_asset_parses_with_defaults() {
+        let c = Catalogue::parse(
+            doc(r#"{"url":"http://127.0.0.1/a/sing-box.tar.gz?x=1","checksums":"http://127.0.0.1/a/checksums.txt","archive":"tar.gz","path":"d/sing-box"}"#).as_bytes(),
+            "t",
+        )
+        .unwrap();
+        let a = c.feature("sing-box").unwrap().asset("x86_64").unwrap();
+        assert_eq!(a.file_name(), "sing-box.tar.gz");
+        assert_eq!(a.archive, ArchiveKind::TarGz);
+        assert!(c.feature("sing-box").unwrap().asset("mips").is_none());
+    }
+
+    #[test]
+    fn bad_assets_are_refused_with_the_field_named() {
+        for (asset, needle) in [
+            (r#"{"url":"ftp://x/a"}"#, "must be an http(s) URL"),
+            (r#"{"url":"http://x/a"}"#, "needs sha256 or checksums"),
+            (
+                r#"{"url":"http://x/a","sha256":"abc"}"#,
+                "sha256 must be 64 hex digits",
+            ),
+            (r#"{"url":"http://x/a","sha256":"ZZ"}"#, "64 hex digits"),
+            (
+                r#"{"url":"http://x/a","checksums":"http://x/c","archive":"zip"}"#,
+                "needs 'path'",
+            ),
+            (
+                r#"{"url":"http://x/a","checksums":"http://x/c","archive":"zip","path":"../b"}"#,
+                "must be relative",
+            ),
+            (
+                r#"{"url":"http://x/a","checksums":"http://x/c","archive":"rar","path":"b"}"#,
+                "unknown variant",
+            ),
+        ] {
+            let e = Catalogue::parse(doc(asset).as_bytes(), "t").unwrap_err().0;
+            assert!(e.contains(needle), "{asset}: {e}");
+            assert!(
+                e.contains("feature 'sing-box'") || e.contains("not a valid catalogue"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn path_like_identifiers_are_refused() {
+        for (id, version, binary, needle) in [
+            ("../x", "1", "b", "id must match"),
+            ("UP", "1", "b", "id must match"),
+            ("ok", "../1", "b", "version"),
+            ("ok", "1", "a/b", "binary"),
+        ] {
+            let text = format!(
+                r#"{{"schema":1,"features":[{{"id":"{id}","name":"n","version":"{version}","binary":"{binary}","assets":{{}}}}]}}"#
+            );
+            let e = Catalogue::parse(text.as_bytes(), "t").unwrap_err().0;
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let e = Catalogue::parse(br#"{"schema":2,"features":[]}"#, "t")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("schema 2 is not supported"), "{e}");
+    }
+
+    #[test]
+    fn member_paths_are_checked() {
+        assert!(is_safe_member("a/b/c"));
+        for bad in ["", "/a", "a/../b", "./a", "a//b", "a\\b", ".."] {
+            assert!(!is_safe_member(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Typed events and the broadcast bus every GraphQL subscription reads from.
+//!
+//! Producers publish only after the state an event describes is durable (see `store`).
+//! Each event carries a sequence number so a client can tell when it missed some.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::store::Status;
+use crate::util;
+
+/// What `service.install.progress` reports, also the `installProgress` subscription item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, async_graphql::Enum)]
+#[serde(rename_all = "snake_case")]
+#[graphql(rename_items = "snake_case")]
+pub(crate) enum ProgressStatus {
+    Queued,
+    Downloading,
+    Verifying,
+    VerificationFailed,
+    Extracting,
+    Completed,
+    Failed,
+}
+
+impl ProgressStatus {
+    pub(crate) fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ProgressStatus::Completed | ProgressStatus::Failed | ProgressStatus::VerificationFailed
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Progress {
+    pub instance_id: String,
+    pub feature_id: String,
+    pub status: ProgressStatus,
+    pub percent: f64,
+    pub bytes_downloaded: u64,
+    pub total_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum EventKind {
+    InstallProgress(Progress),
+    /// Every instance status change, with the reason when there is one.
+    StatusChanged {
+        from: Status,
+        to: Status,
+        reason: Option<String>,
+    },
+    ServiceInstalled {
+        feature_id: String,
+        version: String,
+        sha256: String,
+        verified_by: String,
+    },
+    InstallFailed {
+        step: &'static str,
+        code: String,
+        error: String,
+    },
+    Uninstalled {
+        feature_id: String,
+        binary_removed: bool,
+    },
+}
+
+impl EventKind {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            EventKind::InstallProgress(_) => "service.install.progress",
+            EventKind::StatusChanged { .. } => "instance.status.changed",
+            EventKind::ServiceInstalled { .. } => "service.installed",
+            EventKind::InstallFailed { .. } => "service.install.failed",
+            EventKind::Uninstalled { .. } => "service.uninstalled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub instance_id: Option<String>,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub(crate) fn payload(&self) -> Value {
+        let mut v = match &self.kind {
+            EventKind::InstallProgress(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+            EventKind::StatusChanged { from, to, reason } => {
+                json!({ "from": from.as_str(), "to": to.as_str(), "reason": reason })
+            }
+            EventKind::ServiceInstalled {
+                feature_id,
+                version,
+                sha256,
+                verified_by,
+            } => json!({
+                "featureId": feature_id, "version": version,
+                "sha256": sha256, "verifiedBy": verified_by,
+            }),
+            EventKind::InstallFailed { step, code, error } => {
+                json!({ "step": step, "code": code, "error": error })
+            }
+            EventKind::Uninstalled {
+                feature_id,
+                binary_removed,
+            } => json!({ "featureId": feature_id, "binaryRemoved": binary_removed }),
+        };
+        if let (Value::Object(map), Some(id)) = (&mut v, &self.instance_id) {
+            map.insert("instanceId".into(), Value::String(id.clone()));
+        }
+        v
+    }
+}
+
+/// Fan-out of events to every subscriber. Cloning shares the same bus.
+#[derive(Clone)]
+pub(crate) struct Bus {
+    tx: broadcast::Sender<Arc<Event>>,
+    // A Mutex, not an AtomicU64: 32-bit MIPS has no 64-bit atomics.
+    seq: Arc<Mutex<u64>>,
+}
+
+impl Bus {
+    pub(crate) fn new(capacity: usize) -> Bus {
+        let (tx, _) = broadcast::channel(capacity);
+        Bus {
+            tx,
+            seq: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    pub(crate) fn publish(&self, instance_id: Option<&str>, kind: EventKind) {
+        let mut seq = self
+            .seq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *seq += 1;
+        let event = Event {
+            seq: *seq,
+            at_ms: util::now_ms(),
+            instance_id: instance_id.map(str::to_owned),
+            kind,
+        };
+        log::debug!(target: "api", "event #{} {} {}", event.seq, event.kind.name(), event.payload());
+        // Sending under the lock keeps sequence numbers in channel order.
+        let _ = self.tx.send(Arc::new(event));
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+}

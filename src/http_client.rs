@@ -1,0 +1,81 @@
+//! The one HTTP client configuration (ureq) used for catalogues, checksum files and binaries.
+//!
+//! TLS roots come from the system bundle (OpenWrt's `ca-bundle`, Debian's `ca-certificates`)
+//! instead of a compiled-in copy: it saves ~250 KB and follows the router's own updates.
+//! No `Accept-Encoding`: a transparently gunzipped body would make `Range` offsets wrong.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use crate::config::DownloadConfig;
+
+/// Where routers and Debian keep the PEM bundle of trusted roots.
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
+    for path in CA_BUNDLES {
+        let Ok(pem) = std::fs::read(path) else {
+            continue;
+        };
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if !certs.is_empty() {
+            log::debug!(target: "download-manager", "{} trusted roots from {path}", certs.len());
+            return certs;
+        }
+    }
+    log::warn!(
+        target: "download-manager",
+        "no CA bundle found ({}): https downloads will fail until one is installed",
+        CA_BUNDLES.join(", ")
+    );
+    Vec::new()
+}
+
+pub(crate) fn agent(cfg: &DownloadConfig) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(system_roots())))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(cfg.connect_timeout))
+        .timeout_recv_response(Some(cfg.stall_timeout))
+        .timeout_per_read(Some(cfg.stall_timeout))
+        .max_redirects(10)
+        .user_agent(concat!("nnc-agent/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
+/// GETs a small document (catalogue, checksums file), refusing more than `cap` bytes.
+pub(crate) fn get_small(agent: &ureq::Agent, url: &str, cap: u64) -> Result<Vec<u8>, String> {
+    let resp = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status();
+    if status != 200 {
+        return Err(format!("GET {url}: server answered {status}"));
+    }
+    let mut body = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .take(cap + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if body.len() as u64 > cap {
+        return Err(format!("GET {url}: larger than {cap} bytes"));
+    }
+    Ok(body)
+}

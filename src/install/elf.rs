@@ -1,0 +1,298 @@
+//! Refuses binaries this machine cannot run, before anything runs them.
+//!
+//! Reads the ELF header (class, byte order, machine, type) and, on ARM, the float ABI flags:
+//! a hard-float binary needs a VFP unit, and a dynamically linked soft-float one would look for
+//! the wrong C library. MIPS float ABI lives in `.MIPS.abiflags`, not the header; MIPS checks
+//! stop at class, byte order, machine and the o32 ABI.
+
+use std::io::Read;
+use std::path::Path;
+
+const EM_MIPS: u16 = 8;
+const EM_ARM: u16 = 40;
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+const PT_INTERP: u32 = 3;
+const EF_ARM_EABI_MASK: u32 = 0xff00_0000;
+const EF_ARM_ABI_FLOAT_SOFT: u32 = 0x200;
+const EF_ARM_ABI_FLOAT_HARD: u32 = 0x400;
+const EF_MIPS_ABI2: u32 = 0x20;
+const EF_MIPS_ABI: u32 = 0xf000;
+const EF_MIPS_ABI_O32: u32 = 0x1000;
+
+/// What a binary must be to run here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Machine {
+    pub class64: bool,
+    pub little_endian: bool,
+    pub machine: u16,
+    pub arm_hard_float: bool,
+}
+
+impl Machine {
+    /// The machine this agent was built for (and therefore runs on).
+    pub(crate) fn host() -> Machine {
+        let machine = if cfg!(target_arch = "x86_64") {
+            EM_X86_64
+        } else if cfg!(target_arch = "aarch64") {
+            EM_AARCH64
+        } else if cfg!(target_arch = "arm") {
+            EM_ARM
+        } else {
+            EM_MIPS
+        };
+        Machine {
+            class64: cfg!(target_pointer_width = "64"),
+            little_endian: cfg!(target_endian = "little"),
+            machine,
+            arm_hard_float: cfg!(target_abi = "eabihf"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let arch = match self.machine {
+            EM_X86_64 => "x86-64",
+            EM_AARCH64 => "AArch64",
+            EM_ARM if self.arm_hard_float => "ARM (hard-float)",
+            EM_ARM => "ARM",
+            EM_MIPS => "MIPS",
+            _ => "unknown machine",
+        };
+        format!(
+            "{}-bit {}-endian {arch}",
+            if self.class64 { 64 } else { 32 },
+            if self.little_endian { "little" } else { "big" }
+        )
+    }
+}
+
+/// Checks the file at `path` against `want`; the error says what the file is instead.
+pub(crate) fn check_file(path: &Path, want: Machine) -> Result<(), String> {
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(65_536).read_to_end(&mut head))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    check(&head, want)
+}
+
+/// Checks an ELF file prefix (header and program headers) against `want`.
+pub(crate) fn check(head: &[u8], want: Machine) -> Result<(), String> {
+    if head.len() < 52 || head[..4] != *b"\x7fELF" {
+        return Err("not an ELF executable".into());
+    }
+    let class64 = match head[4] {
+        1 => false,
+        2 => true,
+        c => return Err(format!("ELF class {c} is invalid")),
+    };
+    let little = match head[5] {
+        1 => true,
+        2 => false,
+        d => return Err(format!("ELF data encoding {d} is invalid")),
+    };
+    let u16_at = |o: usize| -> Option<u16> {
+        let b: [u8; 2] = head.get(o..o + 2)?.try_into().ok()?;
+        Some(if little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
+    };
+    let u32_at = |o: usize| -> Option<u32> {
+        let b: [u8; 4] = head.get(o..o + 4)?.try_into().ok()?;
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let u64_at = |o: usize| -> Option<u64> {
+        let b: [u8; 8] = head.get(o..o + 8)?.try_into().ok()?;
+        Some(if little {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        })
+    };
+    let truncated = || "ELF header is truncated".to_owned();
+    let e_type = u16_at(16).ok_or_else(truncated)?;
+    let machine = u16_at(18).ok_or_else(truncated)?;
+    let (flags, phoff, phentsize, phnum) = if class64 {
+        (u32_at(48), u64_at(32), u16_at(54), u16_at(56))
+    } else {
+        (
+            u32_at(36),
+            u32_at(28).map(u64::from),
+            u16_at(42),
+            u16_at(44),
+        )
+    };
+    let flags = flags.ok_or_else(truncated)?;
+    let dynamic = has_interp(head, phoff, phentsize, phnum, &u32_at);
+
+    let found = Machine {
+        class64,
+        little_endian: little,
+        machine,
+        arm_hard_float: flags & EF_ARM_ABI_FLOAT_HARD != 0,
+    };
+    if e_type != ET_EXEC && e_type != ET_DYN {
+        return Err(format!("ELF type {e_type} is not an executable"));
+    }
+    if class64 != want.class64 || little != want.little_endian || machine != want.machine {
+        return Err(format!(
+            "binary is {}, this machine needs {}",
+            found.describe(),
+            want.describe()
+        ));
+    }
+    if machine == EM_ARM {
+        if flags & EF_ARM_EABI_MASK != 0x0500_0000 {
+            return Err(format!("ARM binary is not EABI5 (e_flags {flags:#x})"));
+        }
+        if flags & EF_ARM_ABI_FLOAT_HARD != 0 && !want.arm_hard_float {
+            return Err("binary is ARM hard-float, this machine is soft-float".into());
+        }
+        if flags & EF_ARM_ABI_FLOAT_SOFT != 0 && want.arm_hard_float && dynamic {
+            return Err(
+                "binary is dynamically linked ARM soft-float, this machine is hard-float".into(),
+            );
+        }
+    }
+    if machine == EM_MIPS
+        && (flags & EF_MIPS_ABI2 != 0 || !matches!(flags & EF_MIPS_ABI, 0 | EF_MIPS_ABI_O32))
+    {
+        return Err(format!("MIPS binary is not o32 (e_flags {flags:#x})"));
+    }
+    Ok(())
+}
+
+fn has_interp(
+    head: &[u8],
+    phoff: Option<u64>,
+    phentsize: Option<u16>,
+    phnum: Option<u16>,
+    u32_at: &dyn Fn(usize) -> Option<u32>,
+) -> bool {
+    let (Some(off), Some(size), Some(num)) = (phoff, phentsize, phnum) else {
+        return false;
+    };
+    let Ok(off) = usize::try_from(off) else {
+        return false;
+    };
+    (0..usize::from(num)).any(|i| {
+        let at = off + i * usize::from(size);
+        at + 4 <= head.len() && u32_at(at) == Some(PT_INTERP)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF header with the given identity, as a linker would write it.
+    fn header(class64: bool, little: bool, machine: u16, flags: u32) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = if class64 { 2 } else { 1 };
+        h[5] = if little { 1 } else { 2 };
+        h[6] = 1;
+        let put16 = |h: &mut Vec<u8>, o: usize, v: u16| {
+            let b = if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            };
+            h[o..o + 2].copy_from_slice(&b);
+        };
+        let put32 = |h: &mut Vec<u8>, o: usize, v: u32| {
+            let b = if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            };
+            h[o..o + 4].copy_from_slice(&b);
+        };
+        put16(&mut h, 16, ET_EXEC);
+        put16(&mut h, 18, machine);
+        put32(&mut h, if class64 { 48 } else { 36 }, flags);
+        h
+    }
+
+    const ARMHF: Machine = Machine {
+        class64: false,
+        little_endian: true,
+        machine: EM_ARM,
+        arm_hard_float: true,
+    };
+
+    #[test]
+    fn the_running_test_binary_matches_the_host() {
+        let exe = std::env::current_exe().unwrap();
+        check_file(&exe, Machine::host()).unwrap();
+    }
+
+    #[test]
+    fn other_machines_are_named_in_the_error() {
+        let e = check(&header(true, true, EM_AARCH64, 0), ARMHF).unwrap_err();
+        assert_eq!(
+            e,
+            "binary is 64-bit little-endian AArch64, this machine needs 32-bit little-endian ARM (hard-float)"
+        );
+        let mipsel = Machine {
+            class64: false,
+            little_endian: true,
+            machine: EM_MIPS,
+            arm_hard_float: false,
+        };
+        let e = check(&header(false, false, EM_MIPS, EF_MIPS_ABI_O32), mipsel).unwrap_err();
+        assert!(e.contains("big-endian MIPS"), "{e}");
+        check(&header(false, true, EM_MIPS, EF_MIPS_ABI_O32), mipsel).unwrap();
+        assert!(check(&header(false, true, EM_MIPS, EF_MIPS_ABI2), mipsel).is_err());
+    }
+
+    #[test]
+    fn arm_float_abi() {
+        check(
+            &header(false, true, EM_ARM, 0x0500_0000 | EF_ARM_ABI_FLOAT_HARD),
+            ARMHF,
+        )
+        .unwrap();
+        // Static soft-float code runs on a hard-float system.
+        check(
+            &header(false, true, EM_ARM, 0x0500_0000 | EF_ARM_ABI_FLOAT_SOFT),
+            ARMHF,
+        )
+        .unwrap();
+        let soft = Machine {
+            arm_hard_float: false,
+            ..ARMHF
+        };
+        let e = check(
+            &header(false, true, EM_ARM, 0x0500_0000 | EF_ARM_ABI_FLOAT_HARD),
+            soft,
+        )
+        .unwrap_err();
+        assert!(e.contains("hard-float"), "{e}");
+        assert!(check(&header(false, true, EM_ARM, 0x0400_0000), ARMHF).is_err());
+    }
+
+    #[test]
+    fn garbage_is_not_an_executable() {
+        assert_eq!(
+            check(b"#!/bin/sh\necho hi\n", Machine::host()).unwrap_err(),
+            "not an ELF executable"
+        );
+        let mut h = header(true, true, EM_X86_64, 0);
+        h[16] = 1; // ET_REL
+        let x86 = Machine {
+            class64: true,
+            little_endian: true,
+            machine: EM_X86_64,
+            arm_hard_float: false,
+        };
+        assert!(check(&h, x86).unwrap_err().contains("not an executable"));
+    }
+}

@@ -1,0 +1,661 @@
+//! The install flow: from `installFeature` to a verified binary in place (and, as later
+//! stages land, a provisioned interface, a checked config and a supervised process).
+//!
+//! The flow is a list of stages (`PIPELINE`) run in order by one task per instance. Every
+//! status change goes through `Installer::transition`, which persists first and publishes
+//! second. A stage that fails leaves the instance `FAILED` with the step, a code and a
+//! message; at agent start, instances left mid-flow continue where their files say they are.
+
+mod archive;
+mod checksums;
+mod elf;
+mod fetch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::catalogue::{self, Catalogue, Feature};
+use crate::config::DownloadConfig;
+use crate::events::{Bus, EventKind, Progress, ProgressStatus};
+use crate::store::{Instance, Status, Step, Store, StoreError};
+use crate::util;
+use fetch::{ArtifactDirs, ArtifactKey, Downloads, FetchRequest, FetchState, Phase};
+
+/// The one router this agent knows until RouterOS routers can be configured.
+pub(crate) const LOCAL_ROUTER: &str = "local";
+
+/// A stage of the install flow. Later features (interfaces, configs, processes) add stages
+/// here; the runner and the recovery logic stay as they are.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Download, verify and put the binary in place (statuses DOWNLOADING, VERIFYING,
+    /// INSTALLING).
+    Fetch,
+}
+
+const PIPELINE: &[Stage] = &[Stage::Fetch];
+
+/// The status an instance ends in once every stage has run.
+const FINAL_STATUS: Status = Status::Installed;
+
+/// Why a step failed: the step, a stable code for clients, and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StepError {
+    pub step: Step,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl StepError {
+    pub(crate) fn new(step: Step, code: &'static str, message: String) -> StepError {
+        StepError {
+            step,
+            code,
+            message,
+        }
+    }
+}
+
+/// A refused request, reported to the API client with `code` in `extensions.code`.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> RequestError {
+    RequestError {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<StoreError> for RequestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => refuse("NOT_FOUND", "no such instance"),
+            other => refuse("STATE_ERROR", other.to_string()),
+        }
+    }
+}
+
+/// Paths under the data directory. Every path the agent writes is made here.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    base: PathBuf,
+}
+
+impl Layout {
+    pub(crate) fn new(base: PathBuf) -> Layout {
+        Layout { base }
+    }
+
+    pub(crate) fn state_db(&self) -> PathBuf {
+        self.base.join("state.redb")
+    }
+
+    /// `{base}/features/{feature}/{version}`: binaries per version, so an update can roll back.
+    fn feature_version(&self, feature: &str, version: &str) -> PathBuf {
+        self.base.join("features").join(feature).join(version)
+    }
+
+    fn artifact(&self, feature: &str, version: &str) -> ArtifactDirs {
+        let dir = self.feature_version(feature, version);
+        ArtifactDirs {
+            download: dir.join("download"),
+            bin: dir.join("bin"),
+        }
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.base.join("instances").join(id)
+    }
+}
+
+/// `^[a-z0-9][a-z0-9-]{0,15}$`
+pub(crate) fn is_instance_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 16
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// Instance ids are 16 lowercase hex digits.
+pub(crate) fn is_instance_id(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+pub(crate) struct InstallRequest {
+    pub feature_id: String,
+    pub router_id: String,
+    pub name: String,
+    pub settings: Option<Value>,
+}
+
+pub(crate) struct Installer {
+    pub store: Store,
+    pub bus: Bus,
+    pub catalogue: Catalogue,
+    layout: Layout,
+    downloads: Arc<Downloads>,
+    /// Latest progress per instance, for subscribers that arrive mid-install.
+    progress: Mutex<HashMap<String, Progress>>,
+}
+
+impl Installer {
+    pub(crate) fn new(
+        store: Store,
+        bus: Bus,
+        catalogue: Catalogue,
+        layout: Layout,
+        download: DownloadConfig,
+    ) -> Installer {
+        Installer {
+            downloads: Arc::new(Downloads::new(store.clone(), layout.clone(), download)),
+            store,
+            bus,
+            catalogue,
+            layout,
+            progress: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Validates the request, records the instance as `QUEUED` and starts its install.
+    /// Returns before any download starts.
+    pub(crate) async fn install(
+        self: &Arc<Self>,
+        req: InstallRequest,
+    ) -> Result<Instance, RequestError> {
+        if !is_instance_name(&req.name) {
+            return Err(refuse(
+                "INVALID_NAME",
+                format!(
+                    "name {:?} must be 1-16 characters of a-z, 0-9 and '-', starting with a letter or digit",
+                    req.name
+                ),
+            ));
+        }
+        let feature = self.catalogue.feature(&req.feature_id).ok_or_else(|| {
+            refuse(
+                "UNKNOWN_FEATURE",
+                format!(
+                    "feature {:?} is not in the catalogue ({})",
+                    req.feature_id, self.catalogue.source
+                ),
+            )
+        })?;
+        if req.router_id != LOCAL_ROUTER {
+            return Err(refuse(
+                "UNKNOWN_ROUTER",
+                format!(
+                    "router {:?} is not configured (known: {LOCAL_ROUTER})",
+                    req.router_id
+                ),
+            ));
+        }
+        let arch = catalogue::host_arch();
+        if feature.asset(arch).is_none() {
+            return Err(refuse(
+                "UNSUPPORTED_ARCH",
+                format!(
+                    "{} {} has no verified asset for {arch} in the catalogue ({})",
+                    feature.id, feature.version, self.catalogue.source
+                ),
+            ));
+        }
+        let settings = match req.settings {
+            None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+            Some(v @ Value::Object(_)) => v,
+            Some(_) => return Err(refuse("INVALID_SETTINGS", "settings must be a JSON object")),
+        };
+        let now = util::now_ms();
+        let inst = Instance {
+            id: util::random_hex(8).map_err(|e| refuse("INTERNAL", e.to_string()))?,
+            feature_id: feature.id.clone(),
+            router_id: req.router_id,
+            name: req.name,
+            version: feature.version.clone(),
+            arch: arch.to_owned(),
+            settings,
+            status: Status::Queued,
+            failed_step: None,
+            error: None,
+            error_code: None,
+            sha256: None,
+            binary_path: None,
+            verified_by: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let store = self.store.clone();
+        let record = inst.clone();
+        blocking(move || store.insert_instance(&record))
+            .await
+            .map_err(|e| match e {
+                StoreError::NameTaken => refuse(
+                    "NAME_TAKEN",
+                    format!(
+                        "{} already has an instance named {:?}",
+                        inst.feature_id, inst.name
+                    ),
+                ),
+                other => other.into(),
+            })?;
+        log::info!(target: "api", "instance {} ({} {:?}) queued", inst.id, inst.feature_id, inst.name);
+        self.report(&inst, ProgressStatus::Queued, 0, None);
+        self.spawn_pipeline(inst.id.clone());
+        Ok(inst)
+    }
+
+    /// Continues every install an earlier run left unfinished.
+    pub(crate) fn resume_interrupted(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let pending: Vec<_> = self
+            .store
+            .instances()?
+            .into_iter()
+            .filter(|i| i.status.is_resumable())
+            .collect();
+        for inst in &pending {
+            log::info!(target: "download-manager", "instance {} was {} when the agent stopped; continuing", inst.id, inst.status.as_str());
+            self.spawn_pipeline(inst.id.clone());
+        }
+        Ok(pending.len())
+    }
+
+    fn spawn_pipeline(self: &Arc<Self>, id: String) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.run_pipeline(&id).await });
+    }
+
+    async fn run_pipeline(self: &Arc<Self>, id: &str) {
+        let Ok(Some(mut inst)) = self.store.instance(id) else {
+            log::error!(target: "api", "instance {id} vanished before its install ran");
+            return;
+        };
+        let Some(feature) = self.catalogue.feature(&inst.feature_id).cloned() else {
+            let e = StepError::new(
+                Step::Downloading,
+                "UNKNOWN_FEATURE",
+                format!("feature {} is no longer in the catalogue", inst.feature_id),
+            );
+            self.fail(&inst, &e).await;
+            return;
+        };
+        for stage in PIPELINE {
+            let result = match stage {
+                Stage::Fetch => self.fetch_stage(&inst, &feature).await,
+            };
+            match result {
+                Ok(updated) => inst = updated,
+                Err(e) => {
+                    self.fail(&inst, &e).await;
+                    return;
+                }
+            }
+        }
+        let reason = "binary verified and in place";
+        if let Some(done) = self
+            .transition(&inst.id, FINAL_STATUS, Some(reason), |_| {})
+            .await
+        {
+            self.bus.publish(
+                Some(&done.id),
+                EventKind::ServiceInstalled {
+                    feature_id: done.feature_id.clone(),
+                    version: done.version.clone(),
+                    sha256: done.sha256.clone().unwrap_or_default(),
+                    verified_by: done.verified_by.clone().unwrap_or_default(),
+                },
+            );
+        }
+    }
+
+    /// Download, verification and placement, shared with every other install of the same
+    /// artifact. Instance statuses follow the job's phases.
+    async fn fetch_stage(&self, inst: &Instance, feature: &Feature) -> Result<Instance, StepError> {
+        if feature.version != inst.version {
+            return Err(StepError::new(
+                Step::Downloading,
+                "CATALOGUE_CHANGED",
+                format!(
+                    "the catalogue now offers {} {} instead of {}; install again",
+                    feature.id, feature.version, inst.version
+                ),
+            ));
+        }
+        let asset = feature.asset(&inst.arch).cloned().ok_or_else(|| {
+            StepError::new(
+                Step::Downloading,
+                "UNSUPPORTED_ARCH",
+                format!(
+                    "the catalogue has no {} asset for {}",
+                    inst.arch, feature.id
+                ),
+            )
+        })?;
+        let mut rx = self.downloads.fetch(FetchRequest {
+            key: ArtifactKey {
+                feature: feature.id.clone(),
+                version: feature.version.clone(),
+                arch: inst.arch.clone(),
+            },
+            asset,
+            binary: feature.binary.clone(),
+        });
+        let mut status = inst.status;
+        loop {
+            let state: FetchState = rx.borrow_and_update().clone();
+            let target = match state.phase {
+                Phase::Downloading => Status::Downloading,
+                Phase::Verifying => Status::Verifying,
+                Phase::Extracting => Status::Installing,
+            };
+            status = self.advance(&inst.id, status, target).await;
+            match state.outcome {
+                Some(Ok(artifact)) => {
+                    let total = Some(state.bytes);
+                    let artifact = artifact.clone();
+                    let updated = self
+                        .transition(&inst.id, status, None, move |i| {
+                            i.sha256 = Some(artifact.sha256.clone());
+                            i.binary_path = Some(artifact.binary_path.clone());
+                            i.verified_by = Some(artifact.verified_by.clone());
+                        })
+                        .await
+                        .ok_or_else(|| {
+                            StepError::new(
+                                Step::Installing,
+                                "STATE_ERROR",
+                                "instance record vanished".into(),
+                            )
+                        })?;
+                    self.report(&updated, ProgressStatus::Completed, state.bytes, total);
+                    return Ok(updated);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+            let status_now = match state.phase {
+                Phase::Downloading => ProgressStatus::Downloading,
+                Phase::Verifying => ProgressStatus::Verifying,
+                Phase::Extracting => ProgressStatus::Extracting,
+            };
+            self.report(inst, status_now, state.bytes, state.total);
+            if rx.changed().await.is_err() {
+                return Err(StepError::new(
+                    Step::Downloading,
+                    "INTERNAL",
+                    "the download job ended without a result".into(),
+                ));
+            }
+        }
+    }
+
+    /// Moves the instance forward through the fetch statuses up to `target` (each one
+    /// visible, even when the job went past it between two looks), or straight back when a
+    /// download restarted.
+    async fn advance(&self, id: &str, mut status: Status, target: Status) -> Status {
+        const ORDER: [Status; 3] = [Status::Downloading, Status::Verifying, Status::Installing];
+        while status != target {
+            let next = if status < target {
+                ORDER
+                    .iter()
+                    .copied()
+                    .find(|s| *s > status)
+                    .unwrap_or(target)
+            } else {
+                target
+            };
+            if self.transition(id, next, None, |_| {}).await.is_none() {
+                break;
+            }
+            status = next;
+        }
+        status
+    }
+
+    /// The single way an instance's record changes: persist, then publish.
+    async fn transition(
+        &self,
+        id: &str,
+        to: Status,
+        reason: Option<&str>,
+        change: impl FnOnce(&mut Instance) + Send + 'static,
+    ) -> Option<Instance> {
+        let store = self.store.clone();
+        let key = id.to_owned();
+        let result = blocking(move || {
+            store.update_instance(&key, |i| {
+                i.status = to;
+                change(i);
+            })
+        })
+        .await;
+        match result {
+            Ok((before, after)) => {
+                if before.status != after.status {
+                    log::info!(target: "api", "instance {id}: {} -> {}", before.status.as_str(), after.status.as_str());
+                    self.bus.publish(
+                        Some(id),
+                        EventKind::StatusChanged {
+                            from: before.status,
+                            to: after.status,
+                            reason: reason.map(str::to_owned),
+                        },
+                    );
+                }
+                Some(after)
+            }
+            Err(e) => {
+                log::error!(target: "api", "instance {id}: cannot record status {}: {e}", to.as_str());
+                None
+            }
+        }
+    }
+
+    async fn fail(&self, inst: &Instance, e: &StepError) {
+        log::warn!(target: "api", "instance {} failed at {}: {} ({})", inst.id, e.step.as_str(), e.message, e.code);
+        let (step, code, message) = (e.step, e.code, e.message.clone());
+        let Some(failed) = self
+            .transition(&inst.id, Status::Failed, Some(&e.message), move |i| {
+                i.failed_step = Some(step);
+                i.error_code = Some(code.to_owned());
+                i.error = Some(message);
+            })
+            .await
+        else {
+            return;
+        };
+        let (bytes, total) = self
+            .progress_of(&inst.id)
+            .map_or((0, None), |p| (p.bytes_downloaded, p.total_bytes));
+        let status = if e.code == "CHECKSUM_MISMATCH" {
+            ProgressStatus::VerificationFailed
+        } else {
+            ProgressStatus::Failed
+        };
+        self.report(&failed, status, bytes, total);
+        self.bus.publish(
+            Some(&inst.id),
+            EventKind::InstallFailed {
+                step: e.step.as_str(),
+                code: e.code.to_owned(),
+                error: e.message.clone(),
+            },
+        );
+    }
+
+    /// Publishes `service.install.progress` for one instance unless nothing changed.
+    fn report(&self, inst: &Instance, status: ProgressStatus, bytes: u64, total: Option<u64>) {
+        #[allow(clippy::cast_precision_loss)]
+        let percent = match (status, total) {
+            (ProgressStatus::Completed, _) => 100.0,
+            (_, Some(t)) if t > 0 => ((bytes as f64 / t as f64) * 1000.0).round() / 10.0,
+            _ => 0.0,
+        };
+        let p = Progress {
+            instance_id: inst.id.clone(),
+            feature_id: inst.feature_id.clone(),
+            status,
+            percent,
+            bytes_downloaded: bytes,
+            total_bytes: total,
+        };
+        {
+            let mut map = self
+                .progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.get(&inst.id) == Some(&p) {
+                return;
+            }
+            map.insert(inst.id.clone(), p.clone());
+        }
+        self.bus
+            .publish(Some(&inst.id), EventKind::InstallProgress(p));
+    }
+
+    /// The latest progress of an instance: what was last reported, else what its status says.
+    pub(crate) fn progress_of(&self, id: &str) -> Option<Progress> {
+        if let Some(p) = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+        {
+            return Some(p.clone());
+        }
+        let inst = self.store.instance(id).ok()??;
+        let status = match inst.status {
+            Status::Queued => ProgressStatus::Queued,
+            Status::Downloading => ProgressStatus::Downloading,
+            Status::Verifying => ProgressStatus::Verifying,
+            Status::Installing => ProgressStatus::Extracting,
+            Status::Failed if inst.error_code.as_deref() == Some("CHECKSUM_MISMATCH") => {
+                ProgressStatus::VerificationFailed
+            }
+            Status::Failed => ProgressStatus::Failed,
+            _ => ProgressStatus::Completed,
+        };
+        Some(Progress {
+            instance_id: inst.id,
+            feature_id: inst.feature_id,
+            status,
+            percent: if status == ProgressStatus::Completed {
+                100.0
+            } else {
+                0.0
+            },
+            bytes_downloaded: 0,
+            total_bytes: None,
+        })
+    }
+
+    /// Removes an instance that is not mid-install: its record, its directory, and the
+    /// feature version's files when no other instance uses them.
+    pub(crate) async fn uninstall(&self, id: &str) -> Result<(), RequestError> {
+        let inst = self
+            .store
+            .instance(id)?
+            .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
+        if !matches!(inst.status, Status::Installed | Status::Failed) {
+            return Err(refuse(
+                "INVALID_STATE",
+                format!(
+                    "instance {id} is {}; it can be uninstalled once it is INSTALLED or FAILED",
+                    inst.status.as_str()
+                ),
+            ));
+        }
+        let shared = self.store.instances()?.iter().any(|o| {
+            o.id != inst.id && o.feature_id == inst.feature_id && o.version == inst.version
+        });
+        let store = self.store.clone();
+        let layout = self.layout.clone();
+        let record = inst.clone();
+        blocking(move || -> Result<(), StoreError> {
+            store.remove_instance(&record.id)?;
+            remove_dir(&layout.instance_dir(&record.id));
+            if !shared {
+                let key = ArtifactKey {
+                    feature: record.feature_id.clone(),
+                    version: record.version.clone(),
+                    arch: record.arch.clone(),
+                };
+                store.remove_artifact(&key.id())?;
+                store.clear_download_state(&key.id())?;
+                remove_dir(&layout.feature_version(&record.feature_id, &record.version));
+            }
+            Ok(())
+        })
+        .await?;
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+        log::info!(target: "api", "instance {id} ({} {:?}) uninstalled{}", inst.feature_id, inst.name, if shared { "; binary kept for other instances" } else { "" });
+        self.bus.publish(
+            Some(id),
+            EventKind::Uninstalled {
+                feature_id: inst.feature_id.clone(),
+                binary_removed: !shared,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log::warn!(target: "api", "cannot remove {}: {e}", dir.display());
+    }
+}
+
+/// Runs blocking work (redb commits with fsync) off the runtime thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_follow_the_contract() {
+        for ok in ["a", "tor-1", "0abc", "abcdefghijklmnop"] {
+            assert!(is_instance_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "UPPER",
+            "abcdefghijklmnopq",
+            "-a",
+            "a_b",
+            "a b",
+            "é",
+        ] {
+            assert!(!is_instance_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_ids_are_16_hex() {
+        assert!(is_instance_id("0123456789abcdef"));
+        assert!(!is_instance_id("0123456789ABCDEF"));
+        assert!(!is_instance_id("../../etc/passwd"));
+        assert!(!is_instance_id(""));
+    }
+}

@@ -1,0 +1,140 @@
+//! nnc-agent: runs on the router and turns "install Tor / sing-box / Xray" into one GraphQL
+//! call. See ARCHITECTURE.md for the map.
+
+mod api;
+mod catalogue;
+mod config;
+mod events;
+mod http_client;
+mod install;
+mod logger;
+mod store;
+mod util;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use config::{Command, Config};
+
+/// Exit code for configuration and start-up errors (bad flags, unreadable catalogue ...).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match config::parse_command(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nnc-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", config::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!(
+                "nnc-agent {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                catalogue::host_arch()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Serve(cfg) => match serve(*cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nnc-agent: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+    }
+}
+
+/// Sets everything up; returns only on a start-up error (the server runs until killed).
+fn serve(cfg: Config) -> Result<(), String> {
+    logger::init(cfg.log_level);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    let data_dir = cfg
+        .data_dir
+        .canonicalize()
+        .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
+    let token = load_or_create_token(&cfg.token_file)?;
+    let catalogue = load_catalogue(cfg.catalogue.as_deref(), &cfg)?;
+    let layout = install::Layout::new(data_dir.clone());
+    let store = store::Store::open(&layout.state_db()).map_err(|e| e.to_string())?;
+    let bus = events::Bus::new(4096);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the listening address: {e}"))?;
+        let installer = Arc::new(install::Installer::new(
+            store,
+            bus,
+            catalogue,
+            layout,
+            cfg.download.clone(),
+        ));
+        let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
+        log::info!(target: "api", "data dir {}, catalogue {} ({} features), {resumed} interrupted install(s) resumed",
+            data_dir.display(), installer.catalogue.source, installer.catalogue.features.len());
+        log::info!(target: "api", "API token in {} (send it as 'Authorization: Bearer <token>')", cfg.token_file.display());
+        let api = Arc::new(api::Api::new(installer, token, cfg.dev));
+        // The one line scripts wait for; printed after the socket is bound.
+        println!("nnc-agent listening on http://{local}/graphql");
+        let _ = std::io::stdout().flush();
+        api::serve(listener, api).await;
+        Ok(())
+    })
+}
+
+/// Reads the API token, creating a random one (mode 0600) on first start.
+fn load_or_create_token(path: &Path) -> Result<api::Token, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(api::Token::new(&text)),
+        Ok(_) => return Err(format!("token file {} is empty", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read token file {}: {e}", path.display())),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let secret = util::random_hex(32).map_err(|e| format!("no randomness for the token: {e}"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{secret}\n").as_bytes()))
+        .map_err(|e| format!("cannot create token file {}: {e}", path.display()))?;
+    log::info!(target: "api", "created a new API token in {}", path.display());
+    Ok(api::Token::new(&secret))
+}
+
+fn load_catalogue(src: Option<&str>, cfg: &Config) -> Result<catalogue::Catalogue, String> {
+    let Some(src) = src else {
+        return catalogue::Catalogue::builtin().map_err(|e| e.to_string());
+    };
+    let bytes = if src.starts_with("http://") || src.starts_with("https://") {
+        let agent = http_client::agent(&cfg.download);
+        http_client::get_small(&agent, src, 4 << 20)
+            .map_err(|e| format!("cannot load catalogue: {e}"))?
+    } else {
+        std::fs::read(PathBuf::from(src))
+            .map_err(|e| format!("cannot read catalogue {src}: {e}"))?
+    };
+    catalogue::Catalogue::parse(&bytes, src).map_err(|e| e.to_string())
+}

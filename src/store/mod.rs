@@ -1,0 +1,301 @@
+//! Durable state in one redb file, `{data-dir}/state.redb`.
+//!
+//! Owns the tables and the typed records in them; knows nothing about the install flow.
+//! Every write commits with immediate durability before the caller publishes an event, so an
+//! event never announces a state a crash could take back.
+
+mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub(crate) use records::{Artifact, DownloadState, Instance, Status, Step};
+
+const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+const DOWNLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("downloads");
+const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
+
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    /// The database could not be opened, read or written.
+    Db(String),
+    /// A record did not decode: the file was written by an incompatible agent or damaged.
+    Corrupt {
+        table: String,
+        key: String,
+        error: String,
+    },
+    /// `insert_instance`: another instance of the feature already has this name.
+    NameTaken,
+    NotFound,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Db(e) => write!(f, "state database: {e}"),
+            StoreError::Corrupt { table, key, error } => {
+                write!(
+                    f,
+                    "state database: record {table}/{key} is unreadable: {error}"
+                )
+            }
+            StoreError::NameTaken => f.write_str("name already taken"),
+            StoreError::NotFound => f.write_str("no such record"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+#[derive(Clone)]
+pub(crate) struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        // Create the tables up front so that readers never meet a missing table.
+        let tx = db.begin_write().map_err(db_err)?;
+        for table in [INSTANCES, DOWNLOADS, ARTIFACTS] {
+            tx.open_table(table).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(table).map_err(db_err)?;
+        match t.get(key).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => decode(table, key, v.value()).map(Some),
+        }
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(db_err)?;
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.open_table(table)
+            .map_err(db_err)?
+            .insert(key, bytes.as_slice())
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn delete(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.open_table(table)
+            .map_err(db_err)?
+            .remove(key)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    pub(crate) fn instances(&self) -> Result<Vec<Instance>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(INSTANCES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode(INSTANCES, k.value(), v.value())?);
+        }
+        out.sort_by(|a: &Instance, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    pub(crate) fn instance(&self, id: &str) -> Result<Option<Instance>, StoreError> {
+        self.get(INSTANCES, id)
+    }
+
+    /// Inserts a new instance unless another instance of the same feature has its name; the
+    /// check and the insert are one transaction.
+    pub(crate) fn insert_instance(&self, inst: &Instance) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(inst).map_err(db_err)?;
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(INSTANCES).map_err(db_err)?;
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let other: Instance = decode(INSTANCES, k.value(), v.value())?;
+                if other.feature_id == inst.feature_id && other.name == inst.name {
+                    return Err(StoreError::NameTaken);
+                }
+            }
+            t.insert(inst.id.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Reads, changes and writes one instance in a single transaction; returns the record
+    /// before and after the change.
+    pub(crate) fn update_instance(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Instance),
+    ) -> Result<(Instance, Instance), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let pair = {
+            let mut t = tx.open_table(INSTANCES).map_err(db_err)?;
+            let before: Instance = match t.get(id).map_err(db_err)? {
+                Some(v) => decode(INSTANCES, id, v.value())?,
+                None => return Err(StoreError::NotFound),
+            };
+            let mut after = before.clone();
+            change(&mut after);
+            after.updated_at = crate::util::now_ms().max(before.updated_at);
+            let bytes = serde_json::to_vec(&after).map_err(db_err)?;
+            t.insert(id, bytes.as_slice()).map_err(db_err)?;
+            (before, after)
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(pair)
+    }
+
+    pub(crate) fn remove_instance(&self, id: &str) -> Result<(), StoreError> {
+        self.delete(INSTANCES, id)
+    }
+
+    pub(crate) fn download_state(&self, key: &str) -> Result<Option<DownloadState>, StoreError> {
+        self.get(DOWNLOADS, key)
+    }
+
+    pub(crate) fn put_download_state(
+        &self,
+        key: &str,
+        state: &DownloadState,
+    ) -> Result<(), StoreError> {
+        self.put(DOWNLOADS, key, state)
+    }
+
+    pub(crate) fn clear_download_state(&self, key: &str) -> Result<(), StoreError> {
+        self.delete(DOWNLOADS, key)
+    }
+
+    pub(crate) fn artifact(&self, key: &str) -> Result<Option<Artifact>, StoreError> {
+        self.get(ARTIFACTS, key)
+    }
+
+    pub(crate) fn put_artifact(&self, artifact: &Artifact) -> Result<(), StoreError> {
+        self.put(ARTIFACTS, &artifact.key, artifact)
+    }
+
+    pub(crate) fn remove_artifact(&self, key: &str) -> Result<(), StoreError> {
+        self.delete(ARTIFACTS, key)
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table: redb::TableHandle::name(&table).to_owned(),
+        key: key.to_owned(),
+        error: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "nnc-store-{}-{}",
+            std::process::id(),
+            crate::util::random_hex(4).unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        (Store::open(&dir.join("state.redb")).unwrap(), dir)
+    }
+
+    fn instance(id: &str, feature: &str, name: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            feature_id: feature.into(),
+            router_id: "local".into(),
+            name: name.into(),
+            version: "1".into(),
+            arch: "x86_64".into(),
+            settings: serde_json::Value::Null,
+            status: Status::Queued,
+            failed_step: None,
+            error: None,
+            error_code: None,
+            sha256: None,
+            binary_path: None,
+            verified_by: None,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_feature_only() {
+        let (s, dir) = temp_store();
+        s.insert_instance(&instance("a", "tor", "home")).unwrap();
+        assert!(matches!(
+            s.insert_instance(&instance("b", "tor", "home")),
+            Err(StoreError::NameTaken)
+        ));
+        s.insert_instance(&instance("c", "sing-box", "home"))
+            .unwrap();
+        assert_eq!(s.instances().unwrap().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn updates_persist_across_reopen() {
+        let (s, dir) = temp_store();
+        s.insert_instance(&instance("a", "tor", "home")).unwrap();
+        let (before, after) = s
+            .update_instance("a", |i| i.status = Status::Downloading)
+            .unwrap();
+        assert_eq!(before.status, Status::Queued);
+        assert_eq!(after.status, Status::Downloading);
+        drop(s);
+        let s = Store::open(&dir.join("state.redb")).unwrap();
+        assert_eq!(
+            s.instance("a").unwrap().unwrap().status,
+            Status::Downloading
+        );
+        assert!(matches!(
+            s.update_instance("zz", |_| {}),
+            Err(StoreError::NotFound)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn strong_etag_preferred_as_validator() {
+        let mut st = DownloadState {
+            etag: Some("\"abc\"".into()),
+            last_modified: Some("Tue, 01 Jan 2026 00:00:00 GMT".into()),
+            ..Default::default()
+        };
+        assert_eq!(st.validator(), Some("\"abc\""));
+        st.etag = Some("W/\"abc\"".into());
+        assert_eq!(st.validator(), Some("Tue, 01 Jan 2026 00:00:00 GMT"));
+    }
+}

