@@ -201,6 +201,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_nnc-agent");
 impl Agent {
     /// Starts `nnc-agent serve --config <dir>/nnc.toml` with `catalogue` and extra TOML.
     pub fn start(dir: &Path, catalogue: &Path, extra_toml: &str) -> Agent {
+        std::fs::create_dir_all(dir).unwrap();
         let data_dir = dir.join("data");
         let config = dir.join("nnc.toml");
         std::fs::write(

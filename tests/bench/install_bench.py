@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Measures the agent against loopback nginx; prints figures, asserts nothing about speed.
+
+usage: install_bench.py AGENT_BINARY
+"""
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+SIZE = 200 * 1024 * 1024
+
+
+def post(url, token, query, variables=None):
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(url, body, {"content-type": "application/json", "authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        doc = json.load(r)
+    if "errors" in doc:
+        raise RuntimeError(doc["errors"])
+    return doc["data"]
+
+
+def wait_status(url, token, iid, timeout=600):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        s = post(url, token, "query($id: ID!) { instance(id: $id) { status error } }", {"id": iid})["instance"]
+        if s["status"] in ("INSTALLED", "FAILED"):
+            return s
+        time.sleep(0.02)
+    raise RuntimeError("timeout")
+
+
+def main():
+    agent_bin = sys.argv[1]
+    root = tempfile.mkdtemp(prefix="nnc-bench-")
+    procs = []
+    try:
+        www = os.path.join(root, "www")
+        os.makedirs(www)
+        big = os.path.join(www, "big")
+        h = hashlib.sha256()
+        with open("/usr/bin/true", "rb") as src, open(big, "wb") as out:
+            head = src.read()
+            out.write(head)
+            h.update(head)
+            left = SIZE - len(head)
+            while left > 0:
+                chunk = os.urandom(min(left, 1 << 20))
+                out.write(chunk)
+                h.update(chunk)
+                left -= len(chunk)
+        sha = h.hexdigest()
+        port = 18000 + os.getpid() % 1000
+        conf = os.path.join(root, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""daemon off; master_process off; worker_processes 1;
+error_log {root}/error.log; pid {root}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {www}; }} }}
+""")
+        procs.append(subprocess.Popen(["nginx", "-p", root, "-c", conf]))
+        time.sleep(0.5)
+        url_big = f"http://127.0.0.1:{port}/big"
+
+        t0 = time.monotonic()
+        subprocess.run(["curl", "-s", "-o", "/dev/null", url_big], check=True)
+        curl_s = time.monotonic() - t0
+
+        catalogue = os.path.join(root, "catalogue.json")
+        with open(catalogue, "w") as f:
+            json.dump({"schema": 1, "features": [
+                {"id": "big", "name": "big", "version": "1", "binary": "big",
+                 "assets": {"x86_64": {"url": url_big, "sha256": sha}}}]}, f)
+        data = os.path.join(root, "data")
+        cfg = os.path.join(root, "nnc.toml")
+        with open(cfg, "w") as f:
+            f.write(f'data_dir = "{data}"\nlisten = "127.0.0.1:0"\ncatalogue = "{catalogue}"\nlog_level = "warn"\n'
+                    "[download]\nmax_bytes = 1073741824\n")
+        timing = os.path.join(root, "time.txt")
+        agent = subprocess.Popen(["/usr/bin/time", "-v", "-o", timing, agent_bin, "serve", "--config", cfg],
+                                 stdout=subprocess.PIPE, text=True)
+        procs.append(agent)
+        line = agent.stdout.readline().strip()
+        url = line.split("listening on ")[1]
+        token = open(os.path.join(data, "token")).read().strip()
+        install = 'mutation($n: String!) { installFeature(featureId: "big", routerId: "local", name: $n) { instanceId } }'
+
+        t0 = time.monotonic()
+        iid = post(url, token, install, {"n": "first"})["installFeature"]["instanceId"]
+        st = wait_status(url, token, iid)
+        agent_s = time.monotonic() - t0
+        assert st["status"] == "INSTALLED", st
+
+        lat = []
+        for i in range(100):
+            t = time.perf_counter()
+            post(url, token, install, {"n": f"n{i}"})
+            lat.append((time.perf_counter() - t) * 1000)
+        lat.sort()
+
+        agent.terminate()
+        agent.wait()
+        rss_kb = 0
+        with open(timing) as f:
+            for l in f:
+                if "Maximum resident set size" in l:
+                    rss_kb = int(l.split(":")[1])
+        print(f"download 200 MiB: agent {agent_s:.2f} s (download+sha256+ELF check+rename), curl {curl_s:.2f} s, ratio {agent_s / curl_s:.2f}")
+        print(f"agent peak RSS over the run: {rss_kb / 1024:.1f} MiB")
+        print(f"installFeature latency over 100 calls: median {statistics.median(lat):.2f} ms, p99 {lat[98]:.2f} ms, max {lat[-1]:.2f} ms")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
