@@ -170,6 +170,11 @@ fn two_installs_of_one_feature_share_a_single_download() {
         "{}",
         agent.log()
     );
+    // A later install reuses the verified binary (its recorded hash still matches): no GET.
+    let c = agent.install("sing-box", "third");
+    assert_eq!(agent.wait_done(&c, INSTALL_TIMEOUT)["status"], "INSTALLED");
+    assert_eq!(nginx.requests_for(&format!("/slow/{SINGBOX_TGZ}")).len(), 1);
+    assert!(agent.log().contains("verified binary already in place"));
     // The same name twice for one feature is refused.
     let code = agent.error_code(
         "mutation { installFeature(featureId: \"sing-box\", routerId: \"local\", name: \"first\") { instanceId } }",

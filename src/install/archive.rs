@@ -12,6 +12,8 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use crate::catalogue::{ArchiveKind, is_safe_member};
 use crate::util::human_bytes;
 
@@ -53,14 +55,14 @@ impl std::fmt::Display for ArchiveError {
 }
 
 /// Writes archive member `member` to `dest` (created 0700, fsynced). At most `cap` bytes are
-/// decompressed in total. Returns the member's size.
+/// decompressed in total. Returns the SHA-256 of the member, computed while writing it.
 pub(crate) fn extract_member(
     archive: &Path,
     kind: ArchiveKind,
     member: &str,
     dest: &Path,
     cap: u64,
-) -> Result<u64, ArchiveError> {
+) -> Result<[u8; 32], ArchiveError> {
     let result = match kind {
         ArchiveKind::TarGz => extract_tar_gz(archive, member, dest, cap),
         ArchiveKind::Zip => extract_zip(archive, member, dest, cap),
@@ -103,8 +105,14 @@ fn create_dest(dest: &Path) -> Result<File, ArchiveError> {
         .map_err(|e| ArchiveError::Io(format!("cannot create {}: {e}", dest.display())))
 }
 
-/// Copies exactly `size` bytes (the declared size) from `src` to `dest`, refusing more.
-fn copy_member(src: &mut dyn Read, dest: &Path, size: u64, cap: u64) -> Result<u64, ArchiveError> {
+/// Copies exactly `size` bytes (the declared size) from `src` to `dest`, refusing more, and
+/// hashes them on the way.
+fn copy_member(
+    src: &mut dyn Read,
+    dest: &Path,
+    size: u64,
+    cap: u64,
+) -> Result<[u8; 32], ArchiveError> {
     if size > cap {
         return Err(ArchiveError::TooLarge(format!(
             "binary is {} in the archive, over the {} limit",
@@ -112,17 +120,37 @@ fn copy_member(src: &mut dyn Read, dest: &Path, size: u64, cap: u64) -> Result<u
             human_bytes(cap)
         )));
     }
-    let mut out = create_dest(dest)?;
+    let mut out = HashingWriter {
+        file: create_dest(dest)?,
+        hasher: Sha256::new(),
+    };
     let copied = io::copy(&mut src.take(size + 1), &mut out).map_err(read_error)?;
     if copied != size {
         return Err(ArchiveError::Invalid(format!(
             "binary declared {size} bytes but the archive holds {copied}"
         )));
     }
-    out.flush()
-        .and_then(|()| out.sync_all())
+    out.file
+        .sync_all()
         .map_err(|e| ArchiveError::Io(format!("cannot write {}: {e}", dest.display())))?;
-    Ok(size)
+    Ok(out.hasher.finalize().into())
+}
+
+struct HashingWriter {
+    file: File,
+    hasher: Sha256,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Marks the error a `Capped` reader raises, to tell a bomb from a corrupt stream.
@@ -169,7 +197,7 @@ fn extract_tar_gz(
     member: &str,
     dest: &Path,
     cap: u64,
-) -> Result<u64, ArchiveError> {
+) -> Result<[u8; 32], ArchiveError> {
     use tar::EntryType;
     let file = File::open(archive)
         .map_err(|e| ArchiveError::Io(format!("cannot open {}: {e}", archive.display())))?;
@@ -179,7 +207,7 @@ fn extract_tar_gz(
         read: 0,
         cap,
     });
-    let mut found = None;
+    let mut found: Option<[u8; 32]> = None;
     for entry in tar.entries().map_err(read_error)? {
         let mut entry = entry.map_err(read_error)?;
         let kind = entry.header().entry_type();
@@ -221,7 +249,12 @@ fn extract_tar_gz(
     found.ok_or_else(|| ArchiveError::Missing(format!("archive has no file '{member}'")))
 }
 
-fn extract_zip(archive: &Path, member: &str, dest: &Path, cap: u64) -> Result<u64, ArchiveError> {
+fn extract_zip(
+    archive: &Path,
+    member: &str,
+    dest: &Path,
+    cap: u64,
+) -> Result<[u8; 32], ArchiveError> {
     const S_IFMT: u32 = 0o170_000;
     const S_IFREG: u32 = 0o100_000;
     const S_IFDIR: u32 = 0o040_000;

@@ -185,20 +185,24 @@ impl Downloads {
         rep.phase(Phase::Extracting, rep.bytes, rep.total);
         let binary = dirs.bin.join(&req.binary);
         let staged = dirs.bin.join(format!(".{}.new", req.binary));
-        let placed = self.stage_binary(req, &part, &staged).and_then(|()| {
-            elf::check_file(&staged, self.machine)
-                .map_err(|m| StepError::new(Step::Installing, "WRONG_ARCH", m))
-        });
-        if let Err(e) = placed {
-            let _ = fs::remove_file(&staged);
-            if req.asset.archive != ArchiveKind::None {
-                let _ = fs::remove_file(&part);
+        let placed = self
+            .stage_binary(req, &part, &staged, digest)
+            .and_then(|sha| {
+                elf::check_file(&staged, self.machine)
+                    .map(|()| sha)
+                    .map_err(|m| StepError::new(Step::Installing, "WRONG_ARCH", m))
+            });
+        let binary_sha256 = match placed {
+            Ok(sha) => sha,
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                if req.asset.archive != ArchiveKind::None {
+                    let _ = fs::remove_file(&part);
+                }
+                self.clear_state(&id)?;
+                return Err(e);
             }
-            self.clear_state(&id)?;
-            return Err(e);
-        }
-        let binary_sha256 =
-            hash_file(&staged).map_err(|e| io_step(Step::Installing, &staged, &e))?;
+        };
         install_file(&staged, &binary).map_err(|e| io_step(Step::Installing, &binary, &e))?;
         if req.asset.archive != ArchiveKind::None {
             let _ = fs::remove_file(&part);
@@ -286,25 +290,25 @@ impl Downloads {
         }
     }
 
-    /// Puts the verified download's binary at `staged`: a rename for a raw binary, a safe
-    /// extraction for an archive.
+    /// Puts the verified download's binary at `staged`: a rename for a raw binary (whose
+    /// hash is the download's), a safe extraction for an archive. Returns the binary's SHA-256.
     fn stage_binary(
         &self,
         req: &FetchRequest,
         part: &Path,
         staged: &Path,
-    ) -> Result<(), StepError> {
+        download_sha256: [u8; 32],
+    ) -> Result<[u8; 32], StepError> {
         let asset = &req.asset;
         match (asset.archive, &asset.path) {
-            (ArchiveKind::None, _) => {
-                fs::rename(part, staged).map_err(|e| io_step(Step::Installing, staged, &e))
-            }
+            (ArchiveKind::None, _) => fs::rename(part, staged)
+                .map(|()| download_sha256)
+                .map_err(|e| io_step(Step::Installing, staged, &e)),
             (kind, Some(member)) => {
                 let cap = asset
                     .size
                     .map_or(self.cfg.max_bytes, |s| s.max(self.cfg.max_bytes));
                 archive::extract_member(part, kind, member, staged, cap)
-                    .map(|_| ())
                     .map_err(|e| StepError::new(Step::Installing, e.code(), e.to_string()))
             }
             (_, None) => Err(StepError::new(

@@ -10,7 +10,6 @@ export NNC_CACHE=${NNC_CACHE:-$HOME/.cache/nnc-agent}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$NNC_CACHE/target}
 rustup target list --installed | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
 dpkg -s musl-tools >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
-dpkg -s time >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
 cargo build --release --quiet --target x86_64-unknown-linux-musl
 bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/nnc-agent"
 echo "binary: $bin"
