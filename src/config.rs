@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::board::{self, Board};
+
 pub(crate) const USAGE: &str = "\
 nnc-agent: installs, isolates and supervises network services on this router
 
@@ -26,6 +28,8 @@ serve options (each also a key of the --config TOML file, with '_' for '-'):
   --catalogue SRC      catalogue JSON file path or http(s) URL (default: built-in)
   --token-file FILE    API bearer token (default {data-dir}/token, created 0600)
   --log-level LEVEL    error|warn|info|debug|trace (default info)
+  --board NAME|FILE    board profile for defaults (x86_64-vm, aarch64-vm, mt7621,
+                       ipq40xx, ath79, mikrotik-arm64, or a .toml file)
   --dev                enable GraphQL introspection
 ";
 
@@ -45,6 +49,8 @@ pub(crate) struct Config {
     pub token_file: PathBuf,
     pub log_level: log::LevelFilter,
     pub dev: bool,
+    /// The board profile given with `--board`, if any.
+    pub board: Option<Board>,
     pub download: DownloadConfig,
 }
 
@@ -98,6 +104,7 @@ struct FileConfig {
     token_file: Option<PathBuf>,
     log_level: Option<String>,
     dev: Option<bool>,
+    board: Option<String>,
     #[serde(default)]
     download: FileDownload,
 }
@@ -121,6 +128,7 @@ struct Flags {
     catalogue: Option<String>,
     token_file: Option<PathBuf>,
     log_level: Option<String>,
+    board: Option<String>,
     dev: bool,
 }
 
@@ -168,6 +176,7 @@ fn parse_flags(args: &[String]) -> Result<Flags, ConfigError> {
             "--catalogue" => flags.catalogue = Some(value()?),
             "--token-file" => flags.token_file = Some(value()?.into()),
             "--log-level" => flags.log_level = Some(value()?),
+            "--board" => flags.board = Some(value()?),
             _ => return err(format!("unknown option '{name}' (try 'nnc-agent help')")),
         }
     }
@@ -194,9 +203,24 @@ fn secs(name: &str, v: Option<f64>, default: Duration) -> Result<Duration, Confi
 }
 
 fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
+    let board = match flags.board.or(file.board) {
+        None => None,
+        Some(name) => {
+            let b = board::load(&name).map_err(ConfigError)?;
+            let host = crate::catalogue::host_arch();
+            if b.arch != host {
+                return err(format!(
+                    "board {} is for {} ({}); this agent is built for {host}",
+                    b.name, b.arch, b.target
+                ));
+            }
+            Some(b)
+        }
+    };
     let data_dir = flags
         .data_dir
         .or(file.data_dir)
+        .or_else(|| board.as_ref().map(|b| b.data_dir.clone()))
         .unwrap_or_else(|| PathBuf::from("./nnc-data"));
     let listen_text = flags
         .listen
@@ -241,6 +265,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
         )?,
     };
     Ok(Config {
+        board,
         data_dir,
         listen,
         catalogue: flags.catalogue.or(file.catalogue),
@@ -303,6 +328,31 @@ mod tests {
             assert!(e.contains(needle), "{line}: {e}");
             assert!(!e.contains('\n'), "{line}: multi-line error {e:?}");
         }
+    }
+
+    /// A board for the machine running the tests (they also run under qemu-user).
+    fn host_board() -> (&'static str, &'static str, &'static str) {
+        match crate::catalogue::host_arch() {
+            "aarch64" => ("aarch64-vm", "/data/nnc", "ath79"),
+            "armv7" => ("ipq40xx", "/opt/nnc", "ath79"),
+            "mipsel" => ("mt7621", "/opt/nnc", "ath79"),
+            "mips" => ("ath79", "/opt/nnc", "mt7621"),
+            _ => ("x86_64-vm", "/data/nnc", "ath79"),
+        }
+    }
+
+    #[test]
+    fn a_board_fills_defaults_and_flags_win() {
+        let (board, data_dir, foreign) = host_board();
+        let c = serve(&format!("serve --board {board}"));
+        assert_eq!(c.data_dir, PathBuf::from(data_dir));
+        assert_eq!(c.board.as_ref().unwrap().vlan.pool, [100, 199]);
+        let c = serve(&format!("serve --board {board} --data-dir /tmp/d"));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
+        let e = parse_command(&args(&format!("serve --board {foreign}")))
+            .unwrap_err()
+            .0;
+        assert!(e.contains(&format!("board {foreign} is for")), "{e}");
     }
 
     #[test]

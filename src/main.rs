@@ -2,6 +2,7 @@
 //! call. See ARCHITECTURE.md for the map.
 
 mod api;
+mod board;
 mod catalogue;
 mod config;
 mod events;
@@ -91,7 +92,10 @@ fn serve(cfg: Config) -> Result<(), String> {
         log::info!(target: "api", "data dir {}, catalogue {} ({} features), {resumed} interrupted install(s) resumed",
             data_dir.display(), installer.catalogue.source, installer.catalogue.features.len());
         log::info!(target: "api", "API token in {} (send it as 'Authorization: Bearer <token>')", cfg.token_file.display());
-        let api = Arc::new(api::Api::new(installer, token, cfg.dev));
+        if let Some(b) = &cfg.board {
+            log::info!(target: "api", "board {}: {}", b.name, b.description);
+        }
+        let api = Arc::new(api::Api::new(installer, cfg.board.clone(), token, cfg.dev));
         // The one line scripts wait for; printed after the socket is bound.
         println!("nnc-agent listening on http://{local}/graphql");
         let _ = std::io::stdout().flush();

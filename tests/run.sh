@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh Debian machine: installs what it needs, then formatting,
-# lints, unit tests and integration tests against real nginx, tor, v2ray and sing-box.
+# The whole test suite, from a fresh Debian machine: installs what it needs, then formatting
+# and lints, the five static cross builds with their size budget, unit tests on foreign CPUs
+# under qemu-user, and `cargo test`: unit tests and integration tests against real nginx, tor,
+# v2ray, sing-box, Python GraphQL clients, QEMU VMs booting Debian's kernels, and the packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh all
@@ -10,11 +12,17 @@ export NNC_PYTHON="$NNC_CACHE/venv/bin/python"
 # Build outputs live outside the clone so a fresh clone on the same machine builds incrementally.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$NNC_CACHE/target}
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+step "cross builds (cross/build.sh)"
+bash cross/build.sh
+step "size budget (cross/size.sh)"
+bash cross/size.sh
+step "unit tests under qemu-user (cross/test-foreign.sh)"
+bash cross/test-foreign.sh
 step "cargo test"
 cargo test --quiet 2>&1
 step "all tests passed"

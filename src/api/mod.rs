@@ -53,9 +53,14 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    pub(crate) fn new(installer: Arc<Installer>, token: Token, dev: bool) -> Api {
+    pub(crate) fn new(
+        installer: Arc<Installer>,
+        board: Option<crate::board::Board>,
+        token: Token,
+        dev: bool,
+    ) -> Api {
         Api {
-            schema: schema::build(installer, dev),
+            schema: schema::build(installer, board, dev),
             token,
         }
     }

@@ -12,6 +12,7 @@ use futures_util::Stream;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::board::Board;
 use crate::catalogue::{self, Feature};
 use crate::events::{Event, EventKind, Progress, ProgressStatus};
 use crate::install::{self, InstallRequest, Installer, RequestError};
@@ -26,9 +27,10 @@ const MAX_DEPTH: usize = 8;
 const MAX_DEPTH_DEV: usize = 16;
 const MAX_COMPLEXITY: usize = 1_000;
 
-pub(crate) fn build(installer: Arc<Installer>, dev: bool) -> AppSchema {
+pub(crate) fn build(installer: Arc<Installer>, board: Option<Board>, dev: bool) -> AppSchema {
     let builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(installer)
+        .data(board.map(BoardObject))
         .limit_depth(if dev { MAX_DEPTH_DEV } else { MAX_DEPTH })
         .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
@@ -111,6 +113,7 @@ impl QueryRoot {
             version: env!("CARGO_PKG_VERSION").into(),
             arch: catalogue::host_arch().into(),
             catalogue: installer(ctx).catalogue.source.clone(),
+            board: ctx.data_unchecked::<Option<BoardObject>>().clone(),
         }
     }
 }
@@ -254,6 +257,48 @@ pub(crate) struct AgentObject {
     version: String,
     arch: String,
     catalogue: String,
+    /// The board profile the agent was started with (`--board`), if any.
+    board: Option<BoardObject>,
+}
+
+#[derive(Clone)]
+pub(crate) struct BoardObject(Board);
+
+#[Object(name = "Board")]
+impl BoardObject {
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    async fn target(&self) -> &str {
+        &self.0.target
+    }
+    async fn arch(&self) -> &str {
+        &self.0.arch
+    }
+    async fn vlan_parent(&self) -> &str {
+        &self.0.vlan.parent
+    }
+    async fn vlan_pool(&self) -> Vec<u16> {
+        self.0.vlan.pool.to_vec()
+    }
+    async fn subnet_base(&self) -> String {
+        self.0.vlan.subnet_base.to_string()
+    }
+    async fn cgroup_root(&self) -> String {
+        self.0.cgroup.root.display().to_string()
+    }
+    async fn memory_max(&self) -> u64 {
+        self.0.resources.memory_max
+    }
+    async fn pids_max(&self) -> u32 {
+        self.0.resources.pids_max
+    }
+    async fn cpu_max(&self) -> &str {
+        &self.0.resources.cpu_max
+    }
 }
 
 pub(crate) struct FeatureObject(Feature);

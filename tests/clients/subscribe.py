@@ -5,6 +5,7 @@ integration tests.
 usage: subscribe.py URL TOKEN progress INSTANCE_ID   print each installProgress item as a JSON line
        subscribe.py URL TOKEN events COUNT           print COUNT events (any instance) as JSON lines
        subscribe.py URL TOKEN rejected               exit 0 only if the server refuses the token
+       subscribe.py URL TOKEN query QUERY            run QUERY over the WebSocket, print the result
 """
 import asyncio
 import json
@@ -48,6 +49,11 @@ async def events(url, token, count):
                 return
 
 
+async def query(url, token, text):
+    async with Client(transport=transport(url, token)) as session:
+        print(json.dumps(await session.execute(gql(text))), flush=True)
+
+
 async def rejected(url, token):
     try:
         async with Client(transport=transport(url, token)) as session:
@@ -66,6 +72,8 @@ def main():
         asyncio.run(asyncio.wait_for(progress(url, token, sys.argv[4]), 120))
     elif mode == "events":
         asyncio.run(asyncio.wait_for(events(url, token, int(sys.argv[4])), 120))
+    elif mode == "query":
+        asyncio.run(asyncio.wait_for(query(url, token, sys.argv[4]), 60))
     elif mode == "rejected":
         sys.exit(asyncio.run(asyncio.wait_for(rejected(url, token), 30)))
     else:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the cross toolchain: nightly with rust-src (for -Zbuild-std), rustup's aarch64/x86_64
+# musl std, Debian's aarch64 cross gcc (ring's C code), zig + cargo-zigbuild from PyPI, QEMU
+# (user and system, from bookworm-backports: the image's qemu-utils 10 conflicts with
+# bookworm's qemu 7.2), and the tools the packaging checks use.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+
+if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || echo http://deb.debian.org/debian)
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" |
+    $sudo tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+  $sudo apt-get update -qq
+fi
+need=(); for p in gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu cpio file xz-utils zstd signify-openbsd skopeo; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+bp=(); for p in qemu-user-static qemu-system-x86 qemu-system-arm qemu-system-mips; do
+  dpkg -s "$p" >/dev/null 2>&1 || bp+=("$p")
+done
+if [ ${#need[@]} -gt 0 ] || [ ${#bp[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  [ ${#need[@]} -gt 0 ] && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  [ ${#bp[@]} -gt 0 ] && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends -t bookworm-backports "${bp[@]}" >/dev/null
+fi
+
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+rustup component list --toolchain nightly --installed | grep -q '^rust-src' || rustup component add rust-src --toolchain nightly
+installed=$(rustup target list --installed)
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+
+venv="$NNC_CACHE/venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import ziglang' 2>/dev/null && [ -x "$venv/bin/cargo-zigbuild" ] ||
+  "$venv/bin/pip" install -q --disable-pip-version-check 'ziglang==0.17.1' 'cargo-zigbuild==0.24.1'
