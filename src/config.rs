@@ -5,13 +5,14 @@
 //! Anything wrong here is reported as one line and exit code 2 by `main`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::board::{self, Board};
+use crate::vif::routeros::api::{Endpoint, TlsTrust};
 
 pub(crate) const USAGE: &str = "\
 nnc-agent: installs, isolates and supervises network services on this router
@@ -51,6 +52,10 @@ pub(crate) struct Config {
     pub dev: bool,
     /// The board profile given with `--board`, if any.
     pub board: Option<Board>,
+    /// The local router's interfaces (the Linux backend).
+    pub vlan: VlanConfig,
+    /// RouterOS routers reached through their API.
+    pub routers: Vec<RouterConfig>,
     pub download: DownloadConfig,
 }
 
@@ -107,6 +112,69 @@ struct FileConfig {
     board: Option<String>,
     #[serde(default)]
     download: FileDownload,
+    #[serde(default)]
+    vlan: FileVlan,
+    #[serde(default)]
+    routers: Vec<FileRouter>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileVlan {
+    mode: Option<String>,
+    parent: Option<String>,
+    pool: Option<[u16; 2]>,
+    subnet_base: Option<Ipv4Addr>,
+    netns_dir: Option<PathBuf>,
+    rt_tables: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRouter {
+    id: String,
+    kind: String,
+    host: String,
+    port: Option<u16>,
+    #[serde(default)]
+    tls: bool,
+    tls_fingerprint: Option<String>,
+    tls_ca_file: Option<PathBuf>,
+    user: String,
+    password_file: PathBuf,
+    parent_interface: String,
+    vlan_pool: Option<[u16; 2]>,
+    timeout_secs: Option<f64>,
+}
+
+/// How the local router makes each instance's segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VlanMode {
+    /// No interfaces: services listen on loopback (a development machine).
+    Off,
+    /// An 802.1Q VLAN on the parent interface.
+    Vlan,
+    /// A veth pair instead of the VLAN (kernels without 8021q, tests).
+    Veth,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct VlanConfig {
+    pub mode: VlanMode,
+    pub parent: String,
+    pub pool: [u16; 2],
+    /// `a.b.0.0`: instance N gets `a.b.N.0/24`.
+    pub subnet_base: Ipv4Addr,
+    pub netns_dir: PathBuf,
+    pub rt_tables: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RouterConfig {
+    pub id: String,
+    pub endpoint: Endpoint,
+    pub parent: String,
+    pub pool: [u16; 2],
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,8 +254,8 @@ fn parse_flags(args: &[String]) -> Result<Flags, ConfigError> {
 fn read_file_config(path: &PathBuf) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .or_else(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
-    toml::from_str(&text).or_else(|e| {
-        let msg = e.message().to_owned();
+    basic_toml::from_str(&text).or_else(|e| {
+        let msg = e.to_string();
         err(format!("config file {}: {msg}", path.display()))
     })
 }
@@ -264,7 +332,20 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
             d.retry_delay,
         )?,
     };
+    let vlan = merge_vlan(&file.vlan, board.as_ref())?;
+    let routers = file
+        .routers
+        .iter()
+        .map(|r| router_config(r, &vlan))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, r) in routers.iter().enumerate() {
+        if routers[..i].iter().any(|o| o.id == r.id) {
+            return err(format!("router '{}' is configured twice", r.id));
+        }
+    }
     Ok(Config {
+        vlan,
+        routers,
         board,
         data_dir,
         listen,
@@ -273,6 +354,115 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
         log_level,
         dev: flags.dev || file.dev.unwrap_or(false),
         download,
+    })
+}
+
+fn check_pool(what: &str, pool: [u16; 2]) -> Result<(), ConfigError> {
+    // The VLAN id is also the third octet of the instance's subnet.
+    if pool[0] == 0 || pool[1] > 254 || pool[0] > pool[1] {
+        return err(format!(
+            "{what} pool {}-{} must lie within 1-254 (the id is the subnet's third octet)",
+            pool[0], pool[1]
+        ));
+    }
+    Ok(())
+}
+
+fn merge_vlan(file: &FileVlan, board: Option<&Board>) -> Result<VlanConfig, ConfigError> {
+    let mode = match file.mode.as_deref() {
+        Some("off") => VlanMode::Off,
+        Some("vlan") => VlanMode::Vlan,
+        Some("veth") => VlanMode::Veth,
+        Some(other) => return err(format!("vlan.mode '{other}' is not one of off, vlan, veth")),
+        // A board is a router: it gets interfaces. A bare development run does not.
+        None if board.is_some() => VlanMode::Vlan,
+        None => VlanMode::Off,
+    };
+    let parent = file
+        .parent
+        .clone()
+        .or_else(|| board.map(|b| b.vlan.parent.clone()))
+        .unwrap_or_else(|| "eth0".to_owned());
+    let pool = file
+        .pool
+        .or_else(|| board.map(|b| b.vlan.pool))
+        .unwrap_or([100, 199]);
+    check_pool("vlan", pool)?;
+    let subnet_base = file
+        .subnet_base
+        .or_else(|| board.map(|b| b.vlan.subnet_base))
+        .unwrap_or(Ipv4Addr::new(10, 99, 0, 0));
+    if subnet_base.octets()[2..] != [0, 0] {
+        return err(format!("vlan.subnet_base {subnet_base} must end in .0.0"));
+    }
+    Ok(VlanConfig {
+        mode,
+        parent,
+        pool,
+        subnet_base,
+        netns_dir: file
+            .netns_dir
+            .clone()
+            .unwrap_or_else(|| "/run/netns".into()),
+        rt_tables: file
+            .rt_tables
+            .clone()
+            .unwrap_or_else(|| "/etc/iproute2/rt_tables.d/nnc.conf".into()),
+    })
+}
+
+fn router_config(r: &FileRouter, vlan: &VlanConfig) -> Result<RouterConfig, ConfigError> {
+    let what = format!("router '{}'", r.id);
+    if !crate::catalogue::is_feature_id(&r.id) || r.id == crate::install::LOCAL_ROUTER {
+        return err(format!(
+            "{what}: id must match ^[a-z0-9][a-z0-9-]{{0,31}}$ and not be 'local'"
+        ));
+    }
+    if r.kind != "routeros" {
+        return err(format!(
+            "{what}: kind '{}' is not supported (routeros)",
+            r.kind
+        ));
+    }
+    let pool = r.vlan_pool.unwrap_or(vlan.pool);
+    check_pool(&what, pool)?;
+    let password = std::fs::read_to_string(&r.password_file)
+        .map_err(|e| {
+            ConfigError(format!(
+                "{what}: cannot read {}: {e}",
+                r.password_file.display()
+            ))
+        })?
+        .trim_end_matches(['\r', '\n'])
+        .to_owned();
+    let tls = match (&r.tls_fingerprint, &r.tls_ca_file) {
+        (Some(fp), _) => {
+            let hex: String = fp.chars().filter(|c| *c != ':').collect();
+            let sha = crate::util::parse_sha256_hex(&hex).ok_or_else(|| {
+                ConfigError(format!(
+                    "{what}: tls_fingerprint must be a SHA-256 (64 hex digits)"
+                ))
+            })?;
+            Some(TlsTrust::Fingerprint(sha))
+        }
+        (None, Some(ca)) => Some(TlsTrust::CaFile(ca.clone())),
+        (None, None) if r.tls => {
+            return err(format!("{what}: tls needs tls_fingerprint or tls_ca_file"));
+        }
+        (None, None) => None,
+    };
+    Ok(RouterConfig {
+        id: r.id.clone(),
+        endpoint: Endpoint {
+            host: r.host.clone(),
+            port: r.port.unwrap_or(if tls.is_some() { 8729 } else { 8728 }),
+            tls,
+            user: r.user.clone(),
+            password,
+            timeout: secs("timeout_secs", r.timeout_secs, Duration::from_secs(5))?,
+        },
+        parent: r.parent_interface.clone(),
+        pool,
     })
 }
 
@@ -353,6 +543,51 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains(&format!("board {foreign} is for")), "{e}");
+    }
+
+    #[test]
+    fn vlan_and_routers_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("nnc-cfg-r-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let path = dir.join("nnc.toml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap();
+        write(&format!(
+            "[vlan]\nmode = \"veth\"\npool = [10, 20]\n[[routers]]\nid = \"mt\"\nkind = \"routeros\"\nhost = \"192.0.2.1\"\nuser = \"nnc\"\npassword_file = {:?}\nparent_interface = \"bridge\"\ntls_fingerprint = \"{}\"\n",
+            pw.display().to_string(),
+            "ab:".repeat(31) + "ab"
+        ));
+        let c = serve(&format!("serve --config {}", path.display()));
+        assert_eq!(c.vlan.mode, VlanMode::Veth);
+        assert_eq!(c.vlan.pool, [10, 20]);
+        assert_eq!(c.routers.len(), 1);
+        let r = &c.routers[0];
+        assert_eq!(
+            (r.endpoint.port, r.endpoint.password.as_str(), r.pool),
+            (8729, "s3cret", [10, 20])
+        );
+        for (text, needle) in [
+            ("[vlan]\nmode = \"bridge\"\n", "vlan.mode 'bridge'"),
+            ("[vlan]\npool = [100, 300]\n", "must lie within 1-254"),
+            ("[vlan]\nsubnet_base = \"10.99.1.0\"\n", "must end in .0.0"),
+            (
+                "[[routers]]\nid = \"local\"\nkind = \"routeros\"\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/x\"\nparent_interface = \"p\"\n",
+                "not be 'local'",
+            ),
+            (
+                "[[routers]]\nid = \"m\"\nkind = \"routeros\"\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/nonexistent\"\nparent_interface = \"p\"\n",
+                "cannot read /nonexistent",
+            ),
+        ] {
+            write(text);
+            let e = parse_command(&args(&format!("serve --config {}", path.display())))
+                .unwrap_err()
+                .0;
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert_eq!(serve("serve").vlan.mode, VlanMode::Off);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

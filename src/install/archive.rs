@@ -249,30 +249,124 @@ fn extract_tar_gz(
     found.ok_or_else(|| ArchiveError::Missing(format!("archive has no file '{member}'")))
 }
 
+/// One central-directory entry of a zip archive, as far as we need it.
+struct ZipEntry {
+    name: Vec<u8>,
+    method: u16,
+    flags: u16,
+    crc32: u32,
+    compressed: u64,
+    size: u64,
+    /// Unix mode bits, when the archive was made on Unix.
+    mode: Option<u32>,
+    local_offset: u64,
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+const ZIP_EOCD: u32 = 0x0605_4b50;
+const ZIP_CENTRAL: u32 = 0x0201_4b50;
+const ZIP_LOCAL: u32 = 0x0403_4b50;
+/// Largest central directory we read into memory.
+const ZIP_MAX_DIRECTORY: u64 = 16 << 20;
+
+/// Reads the central directory: the end record (searched in the last 64 KiB + 22 bytes, where
+/// the format puts it), then every entry it announces. Zip64 and multi-disk archives are
+/// refused: release archives of a router service never need them.
+fn zip_directory(file: &mut File) -> Result<Vec<ZipEntry>, ArchiveError> {
+    use std::io::{Seek, SeekFrom};
+    let invalid = |m: &str| ArchiveError::Invalid(format!("not a valid zip archive: {m}"));
+    let io_err = |e: io::Error| ArchiveError::Io(format!("reading the zip: {e}"));
+    let len = file.metadata().map_err(io_err)?.len();
+    let tail_len = len.min(65_535 + 22);
+    file.seek(SeekFrom::Start(len - tail_len)).map_err(io_err)?;
+    let mut tail = vec![0u8; usize::try_from(tail_len).unwrap_or(0)];
+    file.read_exact(&mut tail).map_err(io_err)?;
+    let eocd = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| le32(&tail, i) == ZIP_EOCD)
+        .ok_or_else(|| invalid("no end-of-central-directory record"))?;
+    let e = &tail[eocd..];
+    let (disk, cd_disk, entries) = (le16(e, 4), le16(e, 6), le16(e, 10));
+    let (cd_size, cd_offset) = (u64::from(le32(e, 12)), u64::from(le32(e, 16)));
+    if disk != 0 || cd_disk != 0 {
+        return Err(invalid("multi-disk archives are not supported"));
+    }
+    if entries == 0xFFFF || cd_offset == 0xFFFF_FFFF || cd_size == 0xFFFF_FFFF {
+        return Err(invalid("zip64 archives are not supported"));
+    }
+    if cd_size > ZIP_MAX_DIRECTORY || cd_offset + cd_size > len {
+        return Err(invalid("central directory out of bounds"));
+    }
+    file.seek(SeekFrom::Start(cd_offset)).map_err(io_err)?;
+    let mut cd = vec![0u8; usize::try_from(cd_size).unwrap_or(0)];
+    file.read_exact(&mut cd).map_err(io_err)?;
+    let mut out = Vec::with_capacity(usize::from(entries));
+    let mut at = 0;
+    for i in 0..entries {
+        if at + 46 > cd.len() || le32(&cd, at) != ZIP_CENTRAL {
+            return Err(invalid(&format!("central directory entry {i} is damaged")));
+        }
+        let (name_len, extra_len, comment_len) = (
+            usize::from(le16(&cd, at + 28)),
+            usize::from(le16(&cd, at + 30)),
+            usize::from(le16(&cd, at + 32)),
+        );
+        let end = at + 46 + name_len + extra_len + comment_len;
+        if end > cd.len() {
+            return Err(invalid(&format!(
+                "central directory entry {i} is truncated"
+            )));
+        }
+        let made_on_unix = le16(&cd, at + 4) >> 8 == 3;
+        let entry = ZipEntry {
+            name: cd[at + 46..at + 46 + name_len].to_vec(),
+            flags: le16(&cd, at + 8),
+            method: le16(&cd, at + 10),
+            crc32: le32(&cd, at + 16),
+            compressed: u64::from(le32(&cd, at + 20)),
+            size: u64::from(le32(&cd, at + 24)),
+            mode: made_on_unix.then(|| le32(&cd, at + 38) >> 16),
+            local_offset: u64::from(le32(&cd, at + 42)),
+        };
+        if entry.compressed == 0xFFFF_FFFF
+            || entry.size == 0xFFFF_FFFF
+            || entry.local_offset == 0xFFFF_FFFF
+        {
+            return Err(invalid("zip64 entries are not supported"));
+        }
+        out.push(entry);
+        at = end;
+    }
+    Ok(out)
+}
+
 fn extract_zip(
     archive: &Path,
     member: &str,
     dest: &Path,
     cap: u64,
 ) -> Result<[u8; 32], ArchiveError> {
+    use std::io::{Seek, SeekFrom};
     const S_IFMT: u32 = 0o170_000;
     const S_IFREG: u32 = 0o100_000;
     const S_IFDIR: u32 = 0o040_000;
     const S_IFLNK: u32 = 0o120_000;
-    let file = File::open(archive)
+    let mut file = File::open(archive)
         .map_err(|e| ArchiveError::Io(format!("cannot open {}: {e}", archive.display())))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| ArchiveError::Invalid(format!("not a valid zip archive: {e}")))?;
-    let mut index = None;
+    let entries = zip_directory(&mut file)?;
+    let mut found: Option<&ZipEntry> = None;
     let mut declared_total = 0u64;
-    for i in 0..zip.len() {
-        let entry = zip
-            .by_index_raw(i)
-            .map_err(|e| ArchiveError::Invalid(format!("zip entry {i} is unreadable: {e}")))?;
-        let mode = entry.unix_mode();
-        let is_dir = entry.is_dir();
-        let name = check_name(entry.name_raw(), is_dir)?;
-        let what = match mode.map(|m| m & S_IFMT) {
+    for entry in &entries {
+        let is_dir = entry.name.ends_with(b"/");
+        let name = check_name(&entry.name, is_dir)?;
+        let what = match entry.mode.map(|m| m & S_IFMT) {
             Some(S_IFLNK) => Some("a symbolic link"),
             Some(S_IFREG | S_IFDIR | 0) | None => None,
             Some(_) => Some("a device or FIFO"),
@@ -285,7 +379,7 @@ fn extract_zip(
         if is_dir {
             continue;
         }
-        declared_total = declared_total.saturating_add(entry.size());
+        declared_total = declared_total.saturating_add(entry.size);
         if declared_total > cap {
             return Err(ArchiveError::TooLarge(format!(
                 "archive expands beyond {} (declared sizes)",
@@ -293,21 +387,75 @@ fn extract_zip(
             )));
         }
         if name == member {
-            if index.is_some() {
+            if found.is_some() {
                 return Err(ArchiveError::Unsafe(format!(
                     "archive lists '{member}' twice"
                 )));
             }
-            index = Some(i);
+            found = Some(entry);
         }
     }
-    let i =
-        index.ok_or_else(|| ArchiveError::Missing(format!("archive has no file '{member}'")))?;
-    let mut entry = zip
-        .by_index(i)
-        .map_err(|e| ArchiveError::Invalid(format!("cannot read '{member}' from the zip: {e}")))?;
-    let size = entry.size();
-    copy_member(&mut entry, dest, size, cap)
+    let entry =
+        found.ok_or_else(|| ArchiveError::Missing(format!("archive has no file '{member}'")))?;
+    if entry.flags & 1 != 0 {
+        return Err(ArchiveError::Invalid(format!("'{member}' is encrypted")));
+    }
+    let io_err = |e: io::Error| ArchiveError::Io(format!("reading the zip: {e}"));
+    let mut local = [0u8; 30];
+    file.seek(SeekFrom::Start(entry.local_offset))
+        .map_err(io_err)?;
+    file.read_exact(&mut local).map_err(io_err)?;
+    if le32(&local, 0) != ZIP_LOCAL {
+        return Err(ArchiveError::Invalid(format!(
+            "local header of '{member}' is damaged"
+        )));
+    }
+    let skip = u64::from(le16(&local, 26)) + u64::from(le16(&local, 28));
+    file.seek(SeekFrom::Current(i64::try_from(skip).unwrap_or(0)))
+        .map_err(io_err)?;
+    let raw = BufReader::new(file).take(entry.compressed);
+    let (sha, crc) = match entry.method {
+        0 => {
+            let mut r = CrcReader {
+                inner: raw,
+                crc: flate2::Crc::new(),
+            };
+            (copy_member(&mut r, dest, entry.size, cap)?, r.crc.sum())
+        }
+        8 => {
+            let inflated = flate2::read::DeflateDecoder::new(raw);
+            let mut r = CrcReader {
+                inner: inflated,
+                crc: flate2::Crc::new(),
+            };
+            (copy_member(&mut r, dest, entry.size, cap)?, r.crc.sum())
+        }
+        m => {
+            return Err(ArchiveError::Invalid(format!(
+                "'{member}' uses compression method {m} (only stored and deflate are supported)"
+            )));
+        }
+    };
+    if crc != entry.crc32 {
+        return Err(ArchiveError::Invalid(format!(
+            "'{member}' fails its CRC-32 check"
+        )));
+    }
+    Ok(sha)
+}
+
+/// Computes the CRC-32 of what passes through: zip stores the CRC of the uncompressed data.
+struct CrcReader<R> {
+    inner: R,
+    crc: flate2::Crc,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +473,91 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// A stored (uncompressed) zip with one entry, as a minimal writer lays it out.
+    fn stored_zip(name: &str, data: &[u8], crc: u32) -> Vec<u8> {
+        let mut z = Vec::new();
+        let n = u16::try_from(name.len()).unwrap();
+        let len = u32::try_from(data.len()).unwrap();
+        z.extend_from_slice(&ZIP_LOCAL.to_le_bytes());
+        z.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        z.extend_from_slice(&crc.to_le_bytes());
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&n.to_le_bytes());
+        z.extend_from_slice(&[0, 0]);
+        z.extend_from_slice(name.as_bytes());
+        z.extend_from_slice(data);
+        let cd_offset = u32::try_from(z.len()).unwrap();
+        z.extend_from_slice(&ZIP_CENTRAL.to_le_bytes());
+        z.extend_from_slice(&[20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        z.extend_from_slice(&crc.to_le_bytes());
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&n.to_le_bytes());
+        z.extend_from_slice(&[0; 8]);
+        z.extend_from_slice(&(0o100_755u32 << 16).to_le_bytes());
+        z.extend_from_slice(&0u32.to_le_bytes());
+        z.extend_from_slice(name.as_bytes());
+        let cd_size = u32::try_from(z.len()).unwrap() - cd_offset;
+        z.extend_from_slice(&ZIP_EOCD.to_le_bytes());
+        z.extend_from_slice(&[0, 0, 0, 0, 1, 0, 1, 0]);
+        z.extend_from_slice(&cd_size.to_le_bytes());
+        z.extend_from_slice(&cd_offset.to_le_bytes());
+        z.extend_from_slice(&[0, 0]);
+        z
+    }
+
+    fn try_zip(bytes: &[u8]) -> Result<[u8; 32], ArchiveError> {
+        let dir = std::env::temp_dir().join(format!(
+            "nnc-zip-{}-{}",
+            std::process::id(),
+            crate::util::random_hex(4).unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.zip"), bytes).unwrap();
+        let r = extract_member(
+            &dir.join("a.zip"),
+            ArchiveKind::Zip,
+            "bin/x",
+            &dir.join("out"),
+            1 << 20,
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn stored_zip_entries_extract_and_their_crc_is_checked() {
+        let data = b"hello router";
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        let sha = try_zip(&stored_zip("bin/x", data, crc.sum())).unwrap();
+        assert_eq!(sha, <[u8; 32]>::from(sha2::Sha256::digest(data)));
+        let e = try_zip(&stored_zip("bin/x", data, crc.sum() ^ 1)).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::Invalid(ref m) if m.contains("CRC-32")),
+            "{e}"
+        );
+        assert!(matches!(
+            try_zip(&stored_zip("other", data, 0)),
+            Err(ArchiveError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn damaged_zips_are_invalid_not_panics() {
+        let good = stored_zip("bin/x", b"abc", 0);
+        for cut in [0, 10, 30, good.len() - 30, good.len() - 1] {
+            assert!(try_zip(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut zip64 = good.clone();
+        let at = zip64.len() - 6;
+        zip64[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            matches!(try_zip(&zip64), Err(ArchiveError::Invalid(ref m)) if m.contains("zip64"))
+        );
     }
 
     #[test]

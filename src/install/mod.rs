@@ -22,6 +22,7 @@ use crate::config::DownloadConfig;
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
 use crate::store::{Instance, Status, Step, Store, StoreError};
 use crate::util;
+use crate::vif::{self, InterfaceFactory};
 use fetch::{ArtifactDirs, ArtifactKey, Downloads, FetchRequest, FetchState, Phase};
 
 /// The one router this agent knows until RouterOS routers can be configured.
@@ -34,9 +35,12 @@ enum Stage {
     /// Download, verify and put the binary in place (statuses DOWNLOADING, VERIFYING,
     /// INSTALLING).
     Fetch,
+    /// Give the instance its VLAN, address, routing table and (Linux) network namespace
+    /// (status PROVISIONING), when its router has interfaces.
+    Provision,
 }
 
-const PIPELINE: &[Stage] = &[Stage::Fetch];
+const PIPELINE: &[Stage] = &[Stage::Fetch, Stage::Provision];
 
 /// The status an instance ends in once every stage has run.
 const FINAL_STATUS: Status = Status::Installed;
@@ -145,6 +149,7 @@ pub(crate) struct Installer {
     pub catalogue: Catalogue,
     layout: Layout,
     downloads: Arc<Downloads>,
+    pub interfaces: Arc<InterfaceFactory>,
     /// Latest progress per instance, for subscribers that arrive mid-install.
     progress: Mutex<HashMap<String, Progress>>,
 }
@@ -156,8 +161,10 @@ impl Installer {
         catalogue: Catalogue,
         layout: Layout,
         download: DownloadConfig,
+        interfaces: Arc<InterfaceFactory>,
     ) -> Installer {
         Installer {
+            interfaces,
             downloads: Arc::new(Downloads::new(store.clone(), layout.clone(), download)),
             store,
             bus,
@@ -192,13 +199,38 @@ impl Installer {
             )
         })?;
         if req.router_id != LOCAL_ROUTER {
-            return Err(refuse(
-                "UNKNOWN_ROUTER",
-                format!(
-                    "router {:?} is not configured (known: {LOCAL_ROUTER})",
-                    req.router_id
-                ),
-            ));
+            let Some(router) = self.interfaces.router(&req.router_id) else {
+                let known: Vec<&str> = std::iter::once(LOCAL_ROUTER)
+                    .chain(
+                        self.interfaces
+                            .routers()
+                            .map(|r| r.id.as_str())
+                            .filter(|id| *id != LOCAL_ROUTER),
+                    )
+                    .collect();
+                return Err(refuse(
+                    "UNKNOWN_ROUTER",
+                    format!(
+                        "router {:?} is not configured (known: {})",
+                        req.router_id,
+                        known.join(", ")
+                    ),
+                ));
+            };
+            let id = router.id.clone();
+            let factory = Arc::clone(&self.interfaces);
+            blocking(move || {
+                factory
+                    .router(&id)
+                    .map_or(Ok(()), vif::Router::check_reachable)
+            })
+            .await
+            .map_err(|e| {
+                refuse(
+                    "UNREACHABLE_ROUTER",
+                    format!("router {}: {e}", req.router_id),
+                )
+            })?;
         }
         let arch = catalogue::host_arch();
         if feature.asset(arch).is_none() {
@@ -291,6 +323,7 @@ impl Installer {
         for stage in PIPELINE {
             let result = match stage {
                 Stage::Fetch => self.fetch_stage(&inst, &feature).await,
+                Stage::Provision => self.provision_stage(&inst).await,
             };
             match result {
                 Ok(updated) => inst = updated,
@@ -396,6 +429,37 @@ impl Installer {
                 ));
             }
         }
+    }
+
+    /// Creates the instance's interface on its router (nothing for a local router without
+    /// interfaces). The factory rolls back whatever it made when a step fails.
+    async fn provision_stage(&self, inst: &Instance) -> Result<Instance, StepError> {
+        if self.interfaces.router(&inst.router_id).is_none() {
+            return Ok(inst.clone());
+        }
+        let inst = self
+            .transition(&inst.id, Status::Provisioning, None, |_| {})
+            .await
+            .ok_or_else(|| {
+                StepError::new(
+                    Step::Provisioning,
+                    "STATE_ERROR",
+                    "instance record vanished".into(),
+                )
+            })?;
+        let factory = Arc::clone(&self.interfaces);
+        let owner = inst.clone();
+        blocking(move || {
+            factory.create(&vif::Owner {
+                instance_id: &owner.id,
+                feature_id: &owner.feature_id,
+                name: &owner.name,
+                router_id: &owner.router_id,
+            })
+        })
+        .await
+        .map_err(|e| StepError::new(Step::Provisioning, e.code(), e.to_string()))?;
+        Ok(inst)
     }
 
     /// Moves the instance forward through the fetch statuses up to `target` (each one
@@ -574,6 +638,16 @@ impl Installer {
                 ),
             ));
         }
+        let factory = Arc::clone(&self.interfaces);
+        let owner = inst.id.clone();
+        blocking(move || factory.remove(&owner))
+            .await
+            .map_err(|e| {
+                refuse(
+                    e.code(),
+                    format!("cannot remove the interface of {id}: {e}"),
+                )
+            })?;
         let shared = self.store.instances()?.iter().any(|o| {
             o.id != inst.id && o.feature_id == inst.feature_id && o.version == inst.version
         });

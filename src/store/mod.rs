@@ -13,11 +13,17 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub(crate) use records::{Artifact, DownloadState, Instance, Status, Step};
+pub(crate) use records::{
+    Artifact, DownloadState, IfStatus, Instance, InterfaceRecord, Status, Step,
+};
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 const DOWNLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("downloads");
 const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
+/// instance id -> InterfaceRecord
+const INTERFACES: TableDefinition<&str, &[u8]> = TableDefinition::new("interfaces");
+/// "{router}/{vlan:04}" -> instance id
+const VLANS: TableDefinition<&str, &str> = TableDefinition::new("vlans");
 
 #[derive(Debug)]
 pub(crate) enum StoreError {
@@ -31,6 +37,8 @@ pub(crate) enum StoreError {
     },
     /// `insert_instance`: another instance of the feature already has this name.
     NameTaken,
+    /// `allocate_vlan`: every id of the pool is taken.
+    PoolExhausted,
     NotFound,
 }
 
@@ -45,6 +53,7 @@ impl std::fmt::Display for StoreError {
                 )
             }
             StoreError::NameTaken => f.write_str("name already taken"),
+            StoreError::PoolExhausted => f.write_str("VLAN pool exhausted"),
             StoreError::NotFound => f.write_str("no such record"),
         }
     }
@@ -66,9 +75,10 @@ impl Store {
         let db = Database::create(path).map_err(db_err)?;
         // Create the tables up front so that readers never meet a missing table.
         let tx = db.begin_write().map_err(db_err)?;
-        for table in [INSTANCES, DOWNLOADS, ARTIFACTS] {
+        for table in [INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES] {
             tx.open_table(table).map_err(db_err)?;
         }
+        tx.open_table(VLANS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -202,6 +212,84 @@ impl Store {
     pub(crate) fn remove_artifact(&self, key: &str) -> Result<(), StoreError> {
         self.delete(ARTIFACTS, key)
     }
+
+    pub(crate) fn interface(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<InterfaceRecord>, StoreError> {
+        self.get(INTERFACES, instance_id)
+    }
+
+    pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(INTERFACES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode(INTERFACES, k.value(), v.value())?);
+        }
+        out.sort_by(|a: &InterfaceRecord, b| {
+            a.router_id
+                .cmp(&b.router_id)
+                .then(a.vlan_id.cmp(&b.vlan_id))
+        });
+        Ok(out)
+    }
+
+    pub(crate) fn put_interface(&self, rec: &InterfaceRecord) -> Result<(), StoreError> {
+        self.put(INTERFACES, &rec.instance_id, rec)
+    }
+
+    pub(crate) fn remove_interface(&self, instance_id: &str) -> Result<(), StoreError> {
+        self.delete(INTERFACES, instance_id)
+    }
+
+    /// The VLAN id of `owner` on `router`: the one it already holds, else the lowest free id
+    /// of `pool`. One transaction, so two instances never get the same id.
+    pub(crate) fn allocate_vlan(
+        &self,
+        router: &str,
+        pool: [u16; 2],
+        owner: &str,
+    ) -> Result<u16, StoreError> {
+        let prefix = format!("{router}/");
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let id = {
+            let mut t = tx.open_table(VLANS).map_err(db_err)?;
+            let mut taken = std::collections::BTreeSet::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let Some(id) = k
+                    .value()
+                    .strip_prefix(&prefix)
+                    .and_then(|n| n.parse::<u16>().ok())
+                else {
+                    continue;
+                };
+                if v.value() == owner {
+                    return Ok(id);
+                }
+                taken.insert(id);
+            }
+            let id = (pool[0]..=pool[1])
+                .find(|id| !taken.contains(id))
+                .ok_or(StoreError::PoolExhausted)?;
+            t.insert(format!("{prefix}{id:04}").as_str(), owner)
+                .map_err(db_err)?;
+            id
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(id)
+    }
+
+    pub(crate) fn release_vlan(&self, router: &str, id: u16) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.open_table(VLANS)
+            .map_err(db_err)?
+            .remove(format!("{router}/{id:04}").as_str())
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
 }
 
 fn decode<T: DeserializeOwned>(
@@ -284,6 +372,31 @@ mod tests {
             s.update_instance("zz", |_| {}),
             Err(StoreError::NotFound)
         ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn vlan_ids_are_allocated_once_per_owner_and_reused_after_release() {
+        let (s, dir) = temp_store();
+        assert_eq!(s.allocate_vlan("local", [100, 102], "a").unwrap(), 100);
+        assert_eq!(s.allocate_vlan("local", [100, 102], "b").unwrap(), 101);
+        assert_eq!(
+            s.allocate_vlan("local", [100, 102], "a").unwrap(),
+            100,
+            "idempotent"
+        );
+        assert_eq!(
+            s.allocate_vlan("other", [100, 102], "c").unwrap(),
+            100,
+            "pools are per router"
+        );
+        assert_eq!(s.allocate_vlan("local", [100, 102], "c").unwrap(), 102);
+        assert!(matches!(
+            s.allocate_vlan("local", [100, 102], "d"),
+            Err(StoreError::PoolExhausted)
+        ));
+        s.release_vlan("local", 101).unwrap();
+        assert_eq!(s.allocate_vlan("local", [100, 102], "d").unwrap(), 101);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

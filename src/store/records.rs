@@ -32,7 +32,11 @@ impl Status {
     pub(crate) fn is_resumable(self) -> bool {
         matches!(
             self,
-            Status::Queued | Status::Downloading | Status::Verifying | Status::Installing
+            Status::Queued
+                | Status::Downloading
+                | Status::Verifying
+                | Status::Installing
+                | Status::Provisioning
         )
     }
 
@@ -61,6 +65,7 @@ pub(crate) enum Step {
     Downloading,
     Verifying,
     Installing,
+    Provisioning,
 }
 
 impl Step {
@@ -69,6 +74,7 @@ impl Step {
             Step::Downloading => "downloading",
             Step::Verifying => "verifying",
             Step::Installing => "installing",
+            Step::Provisioning => "provisioning",
         }
     }
 }
@@ -134,4 +140,46 @@ pub(crate) struct Artifact {
     /// SHA-256 of the binary as placed, to notice a file changed behind our back.
     pub binary_sha256: String,
     pub verified_by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum IfStatus {
+    /// Being made; a crash here is rolled back at the next start.
+    Creating,
+    Active,
+    /// Being taken down; a crash here is finished at the next start.
+    Removing,
+    /// Its objects vanished and could not be recreated.
+    Broken,
+}
+
+/// An instance's network segment on its router.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct InterfaceRecord {
+    pub instance_id: String,
+    pub router_id: String,
+    /// Backend kind: `linux` or `routeros`.
+    pub kind: String,
+    pub vlan_id: u16,
+    /// The interface that holds the router's address (Linux bridge, RouterOS VLAN).
+    pub name: String,
+    /// `nnc-{feature}-{name}`.
+    pub alias: String,
+    /// The router's address with prefix (`10.99.N.1/24`).
+    pub address: String,
+    /// The service's address (`10.99.N.2`).
+    pub service_address: String,
+    pub routing_table: String,
+    /// The service's network namespace (Linux).
+    #[serde(default)]
+    pub netns: Option<String>,
+    pub status: IfStatus,
+    /// RouterOS `.id`s of the objects, in creation order.
+    #[serde(default)]
+    pub objects: Vec<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub updated_at: u64,
 }

@@ -36,6 +36,14 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // A failed test can leave namespace bind mounts (and tmpfs) under its directory.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let prefix = format!("{}/", self.0.display());
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if point.starts_with(&prefix) {
+                let _ = Command::new("umount").arg("-l").arg(point).status();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -108,6 +116,93 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A network namespace of the test's own (`ip netns add`), deleted on drop. Processes started
+/// "in" it only switch network namespace (`nsenter --net`), keeping the host's mount namespace
+/// so the namespaces the agent creates under /run/netns stay visible to the test.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new(tag: &str) -> TestNetns {
+        let name = format!(
+            "nnct-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name} (tests run as root)");
+        let ok = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        TestNetns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NS ARGS...` output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a thread inside this network namespace (for sockets that must live there).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        enter(&self.path(), f)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `f` on a scoped thread that has entered the network namespace at `path`.
+pub fn enter<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// `nsenter --net=...` prefix for a command that must run in `netns`.
+fn command_in(program: &str, netns: Option<&str>) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+            c
+        }
+    }
+}
+
 /// Debian's nginx on 127.0.0.1, serving `root`, logging every request with its Range header.
 pub struct Nginx {
     pub port: u16,
@@ -118,6 +213,11 @@ pub struct Nginx {
 impl Nginx {
     /// `extra` is pasted into the server block (e.g. a rate-limited location).
     pub fn start(root: &Path, extra: &str) -> Nginx {
+        Nginx::start_in(root, extra, None)
+    }
+
+    /// Like `start`, inside the network namespace `netns`.
+    pub fn start_in(root: &Path, extra: &str, netns: Option<&TestNetns>) -> Nginx {
         let dir = root.join(format!("nginx-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -142,7 +242,7 @@ http {{
             root = root.display(),
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
+        let child = command_in("nginx", netns.map(|n| n.name.as_str()))
             .arg("-p")
             .arg(&dir)
             .arg("-c")
@@ -151,8 +251,13 @@ http {{
             .spawn()
             .expect("nginx (Debian nginx-light) must be installed: run tests/setup.sh");
         let n = Nginx { port, dir, child };
+        let ns = netns.map(TestNetns::path);
         wait_until("nginx to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            match &ns {
+                None => connect(),
+                Some(p) => enter(p, connect),
+            }
         });
         n
     }
@@ -194,6 +299,10 @@ pub struct Agent {
     pub config: PathBuf,
     child: Option<Child>,
     pub stderr_log: PathBuf,
+    /// The network namespace it runs in (None: the test's own).
+    pub netns: Option<String>,
+    /// Extra environment (failpoints).
+    pub env: Vec<(String, String)>,
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nnc-agent");
@@ -213,19 +322,67 @@ impl Agent {
             ),
         )
         .unwrap();
-        Agent::start_with_config(&config, &data_dir)
+        Agent::start_with_config(&config, &data_dir, None, Vec::new())
+    }
+
+    /// Starts the agent in `netns` with extra environment (e.g. `NNC_FAILPOINTS`).
+    pub fn start_in(
+        dir: &Path,
+        catalogue: &Path,
+        extra_toml: &str,
+        netns: Option<&TestNetns>,
+        env: &[(&str, &str)],
+    ) -> Agent {
+        std::fs::create_dir_all(dir).unwrap();
+        let data_dir = dir.join("data");
+        let config = dir.join("nnc.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ncatalogue = {:?}\nlog_level = \"debug\"\n{extra_toml}\n",
+                data_dir.display().to_string(),
+                catalogue.display().to_string()
+            ),
+        )
+        .unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Agent::start_with_config(&config, &data_dir, netns.map(|n| n.name.clone()), env)
+    }
+
+    /// Starts again on the same data dir, config and namespace (after `kill9`), with `env`.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let fresh = Agent::start_with_config(&self.config, &self.data_dir, self.netns.clone(), env);
+        *self = fresh;
     }
 
     /// Starts again on the same data dir and config (after `kill9`).
     pub fn restart(&mut self) {
-        let fresh = Agent::start_with_config(&self.config, &self.data_dir);
+        let fresh = Agent::start_with_config(
+            &self.config,
+            &self.data_dir,
+            self.netns.clone(),
+            self.env.clone(),
+        );
         *self = fresh;
     }
 
-    fn start_with_config(config: &Path, data_dir: &Path) -> Agent {
+    fn start_with_config(
+        config: &Path,
+        data_dir: &Path,
+        netns: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> Agent {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let stderr_log = config.with_file_name(format!("agent-{n}.log"));
-        let mut child = Command::new(BIN)
+        let mut child = command_in(BIN, netns.as_deref())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -269,6 +426,8 @@ impl Agent {
             config: config.to_owned(),
             child: Some(child),
             stderr_log,
+            netns,
+            env,
         }
     }
 
@@ -284,6 +443,21 @@ impl Agent {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Waits until the agent process exits on its own (e.g. an abort failpoint); true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(c) = self.child.as_mut()
+                && c.try_wait().unwrap().is_some()
+            {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL, as `kill -9` would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -294,6 +468,15 @@ impl Agent {
 
     /// POSTs a GraphQL request with the right token; returns (HTTP status, body).
     pub fn post(&self, body: &str, token: Option<&str>) -> (u16, Value) {
+        match &self.netns {
+            None => self.post_here(body, token),
+            Some(ns) => enter(&PathBuf::from("/run/netns").join(ns), || {
+                self.post_here(body, token)
+            }),
+        }
+    }
+
+    fn post_here(&self, body: &str, token: Option<&str>) -> (u16, Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -338,9 +521,13 @@ impl Agent {
     }
 
     pub fn install(&self, feature: &str, name: &str) -> String {
+        self.install_on(feature, "local", name)
+    }
+
+    pub fn install_on(&self, feature: &str, router: &str, name: &str) -> String {
         let d = self.data(
-            "mutation($f: ID!, $n: String!) { installFeature(featureId: $f, routerId: \"local\", name: $n) { instanceId } }",
-            json!({ "f": feature, "n": name }),
+            "mutation($f: ID!, $r: ID!, $n: String!) { installFeature(featureId: $f, routerId: $r, name: $n) { instanceId } }",
+            json!({ "f": feature, "r": router, "n": name }),
         );
         d["installFeature"]["instanceId"]
             .as_str()
@@ -348,9 +535,16 @@ impl Agent {
             .to_owned()
     }
 
+    pub fn uninstall(&self, id: &str) {
+        self.data(
+            "mutation($id: ID!) { uninstallInstance(id: $id) { instanceId } }",
+            json!({ "id": id }),
+        );
+    }
+
     pub fn instance(&self, id: &str) -> Value {
         self.data(
-            "query($id: ID!) { instance(id: $id) { id featureId name version status failedStep error errorCode sha256 binaryPath verifiedBy createdAt updatedAt progress { status percent bytesDownloaded totalBytes } } }",
+            "query($id: ID!) { instance(id: $id) { id featureId routerId name version status failedStep error errorCode sha256 binaryPath verifiedBy createdAt updatedAt progress { status percent bytesDownloaded totalBytes } interface { name alias vlanId address serviceAddress routingTable netns status error } } }",
             json!({ "id": id }),
         )["instance"]
             .clone()

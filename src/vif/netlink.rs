@@ -1,0 +1,610 @@
+//! The Linux backend: one routable segment per instance, made with rtnetlink.
+//!
+//! For VLAN id N (names stay within Linux's 15 bytes; the long name `nnc-{feature}-{name}`
+//! and the tag `nnc:{instance}` go in the bridge's alias):
+//!
+//! ```text
+//!   parent ── nnc{N}v (VLAN N) ──┐
+//!                                ├─ nnc{N} (bridge, 10.99.N.1/24) ── table 1000+N: default via .2
+//!   netns nnc-{id}: eth0 ═ veth ═ nnc{N}h
+//!                   10.99.N.2/24, default via .1
+//! ```
+//!
+//! A bridge with a veth into the service's network namespace, rather than macvlan: a macvlan
+//! child cannot talk to its parent, so the router's own address could not reach the service.
+//! With the bridge, the router (.1), the service (.2) and LAN devices tagged N share one
+//! segment. In `veth` segment mode (for kernels without 8021q, e.g. test hosts) the VLAN
+//! device is a veth pair whose other end, `nnc{N}l`, stands for the LAN side.
+//!
+//! Network namespaces are named the way `ip netns` names them: a bind mount of the namespace
+//! under `/run/netns`, so `ip netns exec nnc-{id} ...` works for a user debugging a service.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::rtnl::{self, Msg, Reply};
+use super::{Plan, Rollback, VifError};
+
+const RT_TABLE_BASE: u32 = 1000;
+
+/// How the segment device is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Segment {
+    /// A VLAN device on this parent interface (production).
+    Vlan { parent: String },
+    /// A veth pair standing in for the VLAN (kernels without 8021q).
+    Veth,
+}
+
+/// Paths and modes of the Linux backend (from config/board).
+#[derive(Debug, Clone)]
+pub(crate) struct LinuxConfig {
+    pub segment: Segment,
+    pub netns_dir: PathBuf,
+    pub rt_tables: PathBuf,
+}
+
+/// Names of one instance's Linux objects, all derived from the VLAN id and the instance id.
+pub(crate) struct Names {
+    pub bridge: String,
+    pub segment: String,
+    pub lan_peer: String,
+    pub veth_host: String,
+    pub netns: String,
+    pub table: u32,
+}
+
+pub(crate) fn names(vlan_id: u16, instance_id: &str) -> Names {
+    Names {
+        bridge: format!("nnc{vlan_id}"),
+        segment: format!("nnc{vlan_id}v"),
+        lan_peer: format!("nnc{vlan_id}l"),
+        veth_host: format!("nnc{vlan_id}h"),
+        netns: format!("nnc-{instance_id}"),
+        table: RT_TABLE_BASE + u32::from(vlan_id),
+    }
+}
+
+/// A netlink error with the operation it answered.
+fn nl_err(op: &str, errno: i32) -> VifError {
+    let e = std::io::Error::from_raw_os_error(errno);
+    VifError::Backend(format!("{op}: {e}"))
+}
+
+/// A request/acknowledge netlink socket on NETLINK_ROUTE.
+pub(crate) struct Netlink {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    pub(crate) fn open() -> Result<Netlink, VifError> {
+        let mut socket = Socket::new(NETLINK_ROUTE)
+            .map_err(|e| VifError::Backend(format!("netlink socket: {e}")))?;
+        socket
+            .bind_auto()
+            .and_then(|_| socket.connect(&SocketAddr::new(0, 0)))
+            .map_err(|e| VifError::Backend(format!("netlink bind: {e}")))?;
+        Ok(Netlink { socket, seq: 0 })
+    }
+
+    /// A socket in the network namespace at `ns` (it stays there whatever thread uses it).
+    pub(crate) fn open_in(ns: &Path) -> Result<Netlink, VifError> {
+        let file =
+            File::open(ns).map_err(|e| VifError::Backend(format!("{}: {e}", ns.display())))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| VifError::Backend(format!("setns {}: {e}", ns.display())))?;
+                Netlink::open()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(VifError::Backend("netns thread panicked".into())))
+        })
+    }
+
+    /// Sends `msg` and reads the answers until its ACK (or the end of a dump).
+    fn exchange(&mut self, msg: Msg, op: &str) -> Result<Vec<Reply>, VifError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.socket
+            .send(&msg.finish(seq), 0)
+            .map_err(|e| VifError::Backend(format!("netlink send: {e}")))?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut buf[..], 0)
+                .map_err(|e| VifError::Backend(format!("netlink recv: {e}")))?;
+            for (reply_seq, reply) in rtnl::parse(&buf[..n]) {
+                if reply_seq != seq {
+                    continue;
+                }
+                match reply {
+                    Reply::Ack(0) | Reply::Done => return Ok(out),
+                    Reply::Ack(code) => return Err(nl_err(op, -code)),
+                    other => out.push(other),
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, msg: Msg, op: &str) -> Result<(), VifError> {
+        self.exchange(msg, op).map(|_| ())
+    }
+
+    /// Every link: (index, name, alias).
+    pub(crate) fn links(&mut self) -> Result<Vec<(u32, String, Option<String>)>, VifError> {
+        let msg = Msg::new(rtnl::RTM_GETLINK, rtnl::NLM_F_DUMP).ifinfo(0, 0, 0);
+        Ok(self
+            .exchange(msg, "list links")?
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Link { index, name, alias } => Some((index, name, alias)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub(crate) fn index(&mut self, name: &str) -> Result<Option<u32>, VifError> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|(_, n, _)| n == name)
+            .map(|(i, _, _)| i))
+    }
+
+    fn need_index(&mut self, name: &str) -> Result<u32, VifError> {
+        self.index(name)?
+            .ok_or_else(|| VifError::Backend(format!("interface {name} does not exist")))
+    }
+
+    fn new_link() -> Msg {
+        Msg::new(
+            rtnl::RTM_NEWLINK,
+            rtnl::NLM_F_ACK | rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+        )
+        .ifinfo(0, 0, 0)
+    }
+
+    pub(crate) fn add_vlan(&mut self, name: &str, parent: &str, id: u16) -> Result<(), VifError> {
+        let parent_index = self.need_index(parent)?;
+        let op = format!("create VLAN {name} (id {id}) on {parent}");
+        let msg = Self::new_link()
+            .attr_str(rtnl::IFLA_IFNAME, name)
+            .attr_u32(rtnl::IFLA_LINK, parent_index)
+            .nest(rtnl::IFLA_LINKINFO, |m| {
+                m.attr_str(rtnl::IFLA_INFO_KIND, "vlan")
+                    .nest(rtnl::IFLA_INFO_DATA, |m| {
+                        m.attr(rtnl::IFLA_VLAN_ID, &id.to_ne_bytes())
+                    })
+            });
+        self.request(msg, &op).map_err(|e| match e {
+            VifError::Backend(m) if m.contains("os error 95") => VifError::Backend(format!(
+                "{op}: this kernel has no 802.1Q VLAN support (load the 8021q module, or use vlan mode \"veth\" for testing)"
+            )),
+            other => other,
+        })
+    }
+
+    /// A veth pair; the peer is created directly in `peer_netns` when given.
+    pub(crate) fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_netns: Option<&File>,
+    ) -> Result<(), VifError> {
+        let msg =
+            Self::new_link()
+                .attr_str(rtnl::IFLA_IFNAME, name)
+                .nest(rtnl::IFLA_LINKINFO, |m| {
+                    m.attr_str(rtnl::IFLA_INFO_KIND, "veth")
+                        .nest(rtnl::IFLA_INFO_DATA, |m| {
+                            m.nest_ifinfo(rtnl::VETH_INFO_PEER, |m| {
+                                let m = m.attr_str(rtnl::IFLA_IFNAME, peer);
+                                match peer_netns {
+                                    // The fd is valid while `peer_netns` lives; fds are non-negative.
+                                    Some(ns) => m.attr_u32(
+                                        rtnl::IFLA_NET_NS_FD,
+                                        u32::try_from(ns.as_raw_fd()).unwrap_or(0),
+                                    ),
+                                    None => m,
+                                }
+                            })
+                        })
+                });
+        self.request(msg, &format!("create veth {name}/{peer}"))
+    }
+
+    pub(crate) fn add_bridge(&mut self, name: &str, alias: &str) -> Result<(), VifError> {
+        let msg = Self::new_link()
+            .attr_str(rtnl::IFLA_IFNAME, name)
+            .nest(rtnl::IFLA_LINKINFO, |m| {
+                m.attr_str(rtnl::IFLA_INFO_KIND, "bridge")
+            });
+        self.request(msg, &format!("create bridge {name}"))?;
+        let index = self.need_index(name)?;
+        let msg = Msg::new(rtnl::RTM_SETLINK, rtnl::NLM_F_ACK)
+            .ifinfo(index, 0, 0)
+            .attr(rtnl::IFLA_IFALIAS, alias.as_bytes());
+        self.request(msg, &format!("set alias of {name}"))
+    }
+
+    pub(crate) fn up(&mut self, name: &str) -> Result<(), VifError> {
+        let i = self.need_index(name)?;
+        let msg =
+            Msg::new(rtnl::RTM_SETLINK, rtnl::NLM_F_ACK).ifinfo(i, rtnl::IFF_UP, rtnl::IFF_UP);
+        self.request(msg, &format!("set {name} up"))
+    }
+
+    pub(crate) fn set_master(&mut self, name: &str, master: &str) -> Result<(), VifError> {
+        let (i, m) = (self.need_index(name)?, self.need_index(master)?);
+        let msg = Msg::new(rtnl::RTM_SETLINK, rtnl::NLM_F_ACK)
+            .ifinfo(i, 0, 0)
+            .attr_u32(rtnl::IFLA_MASTER, m);
+        self.request(msg, &format!("put {name} in {master}"))
+    }
+
+    /// Deletes a link; a link that is already gone is not an error.
+    pub(crate) fn del_link(&mut self, name: &str) -> Result<(), VifError> {
+        let Some(index) = self.index(name)? else {
+            return Ok(());
+        };
+        let msg = Msg::new(rtnl::RTM_DELLINK, rtnl::NLM_F_ACK).ifinfo(index, 0, 0);
+        match self.request(msg, &format!("delete {name}")) {
+            Err(VifError::Backend(e)) if e.contains("os error 19") => Ok(()),
+            other => other,
+        }
+    }
+
+    fn addr_msg(kind: u16, flags: u16, index: u32, ip: Ipv4Addr, prefix: u8) -> Msg {
+        Msg::new(kind, rtnl::NLM_F_ACK | flags)
+            .ifaddr(prefix, index)
+            .attr(rtnl::IFA_LOCAL, &ip.octets())
+            .attr(rtnl::IFA_ADDRESS, &ip.octets())
+    }
+
+    pub(crate) fn add_addr(
+        &mut self,
+        name: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), VifError> {
+        let i = self.need_index(name)?;
+        let msg = Self::addr_msg(
+            rtnl::RTM_NEWADDR,
+            rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+            i,
+            ip,
+            prefix,
+        );
+        self.request(msg, &format!("add {ip}/{prefix} to {name}"))
+    }
+
+    pub(crate) fn del_addr(
+        &mut self,
+        name: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), VifError> {
+        let Some(i) = self.index(name)? else {
+            return Ok(());
+        };
+        let msg = Self::addr_msg(rtnl::RTM_DELADDR, 0, i, ip, prefix);
+        match self.request(msg, &format!("delete {ip}/{prefix} from {name}")) {
+            Err(VifError::Backend(e)) if e.contains("os error 99") => Ok(()),
+            other => other,
+        }
+    }
+
+    fn route_msg(kind: u16, flags: u16, table: u32, gateway: Ipv4Addr) -> Msg {
+        let compat = u8::try_from(table).unwrap_or(rtnl::RT_TABLE_COMPAT);
+        Msg::new(kind, rtnl::NLM_F_ACK | flags)
+            .rtmsg(0, compat)
+            .attr_u32(rtnl::RTA_TABLE, table)
+            .attr(rtnl::RTA_GATEWAY, &gateway.octets())
+    }
+
+    /// `default via gateway dev DEV table T`
+    pub(crate) fn add_default_route(
+        &mut self,
+        table: u32,
+        gateway: Ipv4Addr,
+        dev: &str,
+    ) -> Result<(), VifError> {
+        let oif = self.need_index(dev)?;
+        let msg = Self::route_msg(
+            rtnl::RTM_NEWROUTE,
+            rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+            table,
+            gateway,
+        )
+        .attr_u32(rtnl::RTA_OIF, oif);
+        self.request(
+            msg,
+            &format!("add default via {gateway} dev {dev} table {table}"),
+        )
+    }
+
+    pub(crate) fn del_default_route(
+        &mut self,
+        table: u32,
+        gateway: Ipv4Addr,
+    ) -> Result<(), VifError> {
+        let msg = Self::route_msg(rtnl::RTM_DELROUTE, 0, table, gateway);
+        match self.request(msg, &format!("delete default via {gateway} table {table}")) {
+            Err(VifError::Backend(e)) if e.contains("os error 3)") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Whether table `table` has a default route via `gateway`.
+    pub(crate) fn has_default_route(
+        &mut self,
+        table: u32,
+        gateway: Ipv4Addr,
+    ) -> Result<bool, VifError> {
+        let msg = Msg::new(rtnl::RTM_GETROUTE, rtnl::NLM_F_DUMP).rtmsg(0, 0);
+        Ok(self.exchange(msg, "list routes")?.into_iter().any(|r| {
+            r == Reply::Route {
+                dst_len: 0,
+                table,
+                gateway: Some(gateway.octets()),
+            }
+        }))
+    }
+}
+
+/// Creates `dir` and, when it is a mount point (as `/run/netns` is once `ip netns` has used
+/// it), makes it shared so namespaces bound under it are seen by every mount namespace.
+fn prepare_netns_dir(dir: &Path) -> Result<(), VifError> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(dir)
+        .map_err(|e| VifError::Backend(format!("{}: {e}", dir.display())))?;
+    // EINVAL: not a mount point. The bind mounts below work all the same in our own mount
+    // namespace, which is where the services are started.
+    let _ = mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    );
+    Ok(())
+}
+
+/// Creates a named network namespace (a bind mount at `dir/name`, like `ip netns add`).
+pub(crate) fn create_netns(dir: &Path, name: &str) -> Result<PathBuf, VifError> {
+    prepare_netns_dir(dir)?;
+    let path = dir.join(name);
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| VifError::Backend(format!("create {}: {e}", path.display())))?;
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| VifError::Backend(format!("unshare(CLONE_NEWNET): {e}")))?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| VifError::Backend(format!("bind-mount netns at {}: {e}", path.display())))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(VifError::Backend("netns thread panicked".into())))
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Removes a named network namespace; an absent one is not an error.
+pub(crate) fn delete_netns(path: &Path) -> Result<(), VifError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    std::fs::remove_file(path)
+        .map_err(|e| VifError::Backend(format!("remove {}: {e}", path.display())))
+}
+
+/// The `rt_tables.d` file naming our tables (`1105 nnc-tor-home`), rewritten whole.
+fn set_table_name(file: &Path, table: u32, name: Option<&str>) -> Result<(), VifError> {
+    let fail = |e: std::io::Error| VifError::Backend(format!("{}: {e}", file.display()));
+    let mut entries: BTreeMap<u32, String> = std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (id, n) = l.trim().split_once(char::is_whitespace)?;
+            Some((id.parse().ok()?, n.trim().to_owned()))
+        })
+        .collect();
+    match name {
+        Some(n) => entries.insert(table, n.to_owned()),
+        None => entries.remove(&table),
+    };
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = file.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(fail)?;
+    writeln!(
+        f,
+        "# routing tables of nnc-agent instances (managed by the agent)"
+    )
+    .map_err(fail)?;
+    for (id, n) in &entries {
+        writeln!(f, "{id}\t{n}").map_err(fail)?;
+    }
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, file).map_err(fail)
+}
+
+/// One step's undo.
+pub(crate) enum Undo {
+    Link(String),
+    Addr(String, Ipv4Addr, u8),
+    Netns(PathBuf),
+    Route(u32, Ipv4Addr),
+    TableName(u32),
+}
+
+pub(crate) struct Linux {
+    pub cfg: LinuxConfig,
+}
+
+impl Linux {
+    /// Makes every object of `plan`, pushing an undo for each onto `rollback` as it goes.
+    pub(crate) fn create(
+        &self,
+        plan: &Plan,
+        rollback: &mut Rollback<Undo>,
+    ) -> Result<(), VifError> {
+        let n = names(plan.vlan_id, &plan.instance_id);
+        let mut nl = Netlink::open()?;
+        plan.step(1)?;
+        match &self.cfg.segment {
+            Segment::Vlan { parent } => nl.add_vlan(&n.segment, parent, plan.vlan_id)?,
+            Segment::Veth => nl.add_veth(&n.segment, &n.lan_peer, None)?,
+        }
+        rollback.push(
+            format!("segment {}", n.segment),
+            Undo::Link(n.segment.clone()),
+        );
+
+        plan.step(2)?;
+        nl.add_bridge(&n.bridge, &plan.alias_tag())?;
+        rollback.push(format!("bridge {}", n.bridge), Undo::Link(n.bridge.clone()));
+        nl.set_master(&n.segment, &n.bridge)?;
+        nl.up(&n.segment)?;
+        if self.cfg.segment == Segment::Veth {
+            nl.up(&n.lan_peer)?;
+        }
+        nl.up(&n.bridge)?;
+
+        plan.step(3)?;
+        nl.add_addr(&n.bridge, plan.router_addr, 24)?;
+        rollback.push(
+            format!("address {}/24", plan.router_addr),
+            Undo::Addr(n.bridge.clone(), plan.router_addr, 24),
+        );
+
+        plan.step(4)?;
+        let ns_path = create_netns(&self.cfg.netns_dir, &n.netns)?;
+        rollback.push(format!("netns {}", n.netns), Undo::Netns(ns_path.clone()));
+
+        plan.step(5)?;
+        let ns_file = File::open(&ns_path)
+            .map_err(|e| VifError::Backend(format!("{}: {e}", ns_path.display())))?;
+        nl.add_veth(&n.veth_host, "eth0", Some(&ns_file))?;
+        rollback.push(
+            format!("veth {}", n.veth_host),
+            Undo::Link(n.veth_host.clone()),
+        );
+        nl.set_master(&n.veth_host, &n.bridge)?;
+        nl.up(&n.veth_host)?;
+        let mut inside = Netlink::open_in(&ns_path)?;
+        inside.up("lo")?;
+        inside.add_addr("eth0", plan.service_addr, 24)?;
+        inside.up("eth0")?;
+        inside.add_default_route(254, plan.router_addr, "eth0")?;
+
+        plan.step(6)?;
+        nl.add_default_route(n.table, plan.service_addr, &n.bridge)?;
+        rollback.push(
+            format!("route table {}", n.table),
+            Undo::Route(n.table, plan.service_addr),
+        );
+        set_table_name(&self.cfg.rt_tables, n.table, Some(&plan.alias))?;
+        rollback.push(format!("table name {}", n.table), Undo::TableName(n.table));
+        Ok(())
+    }
+
+    pub(crate) fn undo(&self, undo: &Undo) -> Result<(), VifError> {
+        match undo {
+            Undo::Link(name) => Netlink::open()?.del_link(name),
+            Undo::Addr(dev, ip, p) => Netlink::open()?.del_addr(dev, *ip, *p),
+            Undo::Netns(path) => delete_netns(path),
+            Undo::Route(table, gw) => Netlink::open()?.del_default_route(*table, *gw),
+            Undo::TableName(table) => set_table_name(&self.cfg.rt_tables, *table, None),
+        }
+    }
+
+    /// Removes everything an instance may have, whatever state it is in (idempotent).
+    pub(crate) fn remove(&self, plan: &Plan) -> Result<(), VifError> {
+        let n = names(plan.vlan_id, &plan.instance_id);
+        let mut errors = Vec::new();
+        let mut attempt = |r: Result<(), VifError>| {
+            if let Err(e) = r {
+                errors.push(e.to_string());
+            }
+        };
+        attempt(set_table_name(&self.cfg.rt_tables, n.table, None));
+        attempt(
+            Netlink::open().and_then(|mut nl| nl.del_default_route(n.table, plan.service_addr)),
+        );
+        attempt(Netlink::open().and_then(|mut nl| nl.del_link(&n.veth_host)));
+        attempt(delete_netns(&self.cfg.netns_dir.join(&n.netns)));
+        attempt(Netlink::open().and_then(|mut nl| nl.del_link(&n.bridge)));
+        attempt(Netlink::open().and_then(|mut nl| nl.del_link(&n.segment)));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(VifError::Backend(errors.join("; ")))
+        }
+    }
+
+    /// Whether every object of an ACTIVE instance is still there.
+    pub(crate) fn intact(&self, plan: &Plan) -> Result<bool, VifError> {
+        let n = names(plan.vlan_id, &plan.instance_id);
+        let mut nl = Netlink::open()?;
+        let links = nl.links()?;
+        let has = |name: &str| links.iter().any(|(_, l, _)| l == name);
+        Ok(has(&n.bridge)
+            && has(&n.segment)
+            && has(&n.veth_host)
+            && self.cfg.netns_dir.join(&n.netns).exists()
+            && nl.has_default_route(n.table, plan.service_addr)?)
+    }
+
+    /// Instance ids found in bridge aliases (`nnc:{id}`) and namespace names, with the VLAN id
+    /// when a bridge shows it.
+    pub(crate) fn tagged(&self) -> Result<Vec<(String, Option<u16>)>, VifError> {
+        let mut found = Vec::new();
+        for (_, name, alias) in Netlink::open()?.links()? {
+            let vlan = name.strip_prefix("nnc").and_then(|v| v.parse::<u16>().ok());
+            if let (Some(vlan), Some(id)) = (vlan, alias.as_deref().and_then(super::tag_in)) {
+                found.push((id.to_owned(), Some(vlan)));
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(&self.cfg.netns_dir) {
+            for entry in dir.flatten() {
+                if let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("nnc-"))
+                {
+                    if !found.iter().any(|(f, _)| f == id) {
+                        found.push((id.to_owned(), None));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}

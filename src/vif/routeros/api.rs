@@ -1,0 +1,390 @@
+//! The MikroTik RouterOS API (ports 8728, and 8729 over TLS): sentences of length-prefixed
+//! words ending in an empty word. Requests are a command word (`/ip/address/add`), attribute
+//! words (`=name=value`), query words (`?name=value`) and a `.tag`; replies are `!re` (a row),
+//! `!done` (the end, maybe with `=ret=` holding a new item's `.id`), `!trap` (an error, still
+//! followed by `!done`), `!empty` (no rows, RouterOS 7.18+) and `!fatal` (the router closes
+//! the connection).
+//!
+//! This client is synchronous and used from blocking threads: one command at a time, each with
+//! its own tag, every read and write bounded by the configured timeout.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Words longer than this are refused (RouterOS values are short; this bounds memory).
+const MAX_WORD: usize = 1 << 20;
+/// Sentences with more words than this are refused.
+const MAX_WORDS: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiError {
+    /// Connecting, reading or writing failed (the connection is unusable afterwards).
+    Io(String),
+    /// The router refused the command.
+    Trap {
+        message: String,
+        category: Option<String>,
+    },
+    /// The router closed the session.
+    Fatal(String),
+    /// The bytes are not the RouterOS API.
+    Protocol(String),
+}
+
+impl ApiError {
+    /// Whether the connection must be dropped and opened again.
+    pub(crate) fn breaks_connection(&self) -> bool {
+        !matches!(self, ApiError::Trap { .. })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Io(e) => write!(f, "connection: {e}"),
+            ApiError::Trap { message, .. } => write!(f, "router refused: {message}"),
+            ApiError::Fatal(m) => write!(f, "router closed the session: {m}"),
+            ApiError::Protocol(m) => write!(f, "not a RouterOS API reply: {m}"),
+        }
+    }
+}
+
+fn io(e: &io::Error) -> ApiError {
+    ApiError::Io(e.to_string())
+}
+
+/// Appends the length prefix RouterOS uses for a word of `len` bytes.
+pub(crate) fn encode_length(len: usize, out: &mut Vec<u8>) {
+    // Lengths never exceed MAX_WORD here, so the casts below cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let n = len as u32;
+    match len {
+        0..0x80 => out.push(n as u8),
+        0x80..0x4000 => out.extend_from_slice(&((n | 0x8000) as u16).to_be_bytes()),
+        0x4000..0x20_0000 => out.extend_from_slice(&(n | 0x00C0_0000).to_be_bytes()[1..]),
+        0x20_0000..0x1000_0000 => out.extend_from_slice(&(n | 0xE000_0000).to_be_bytes()),
+        _ => {
+            out.push(0xF0);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// Encodes a sentence: each word with its length, then the empty word.
+pub(crate) fn encode_sentence<S: AsRef<str>>(words: &[S]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for w in words {
+        let b = w.as_ref().as_bytes();
+        encode_length(b.len(), &mut out);
+        out.extend_from_slice(b);
+    }
+    out.push(0);
+    out
+}
+
+/// Reads one word length prefix. `Ok(None)` at a clean end of stream before any byte.
+fn read_length(r: &mut dyn Read) -> Result<Option<usize>, ApiError> {
+    let mut first = [0u8; 1];
+    match r.read(&mut first) {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(io(&e)),
+    }
+    let b = first[0];
+    let (extra, value) = match b {
+        0x00..=0x7F => (0, u32::from(b)),
+        0x80..=0xBF => (1, u32::from(b & 0x3F)),
+        0xC0..=0xDF => (2, u32::from(b & 0x1F)),
+        0xE0..=0xEF => (3, u32::from(b & 0x0F)),
+        0xF0 => (4, 0),
+        _ => {
+            return Err(ApiError::Protocol(format!(
+                "reserved control byte {b:#04x}"
+            )));
+        }
+    };
+    let mut rest = [0u8; 4];
+    r.read_exact(&mut rest[..extra]).map_err(|e| io(&e))?;
+    let len = rest[..extra]
+        .iter()
+        .fold(value, |acc, byte| (acc << 8) | u32::from(*byte));
+    Ok(Some(len as usize))
+}
+
+/// Reads one sentence (its words, without the terminating empty word).
+pub(crate) fn read_sentence(r: &mut dyn Read) -> Result<Vec<String>, ApiError> {
+    let mut words = Vec::new();
+    loop {
+        let len = match read_length(r)? {
+            Some(n) => n,
+            None if words.is_empty() => {
+                return Err(ApiError::Io("connection closed by the router".into()));
+            }
+            None => return Err(ApiError::Protocol("connection closed mid-sentence".into())),
+        };
+        if len == 0 {
+            if words.is_empty() {
+                // An empty sentence carries nothing; RouterOS does not send them.
+                continue;
+            }
+            return Ok(words);
+        }
+        if len > MAX_WORD || words.len() >= MAX_WORDS {
+            return Err(ApiError::Protocol(format!(
+                "word of {len} bytes or sentence of {} words is beyond limits",
+                words.len()
+            )));
+        }
+        let mut buf = vec![0u8; len];
+        r.read_exact(&mut buf).map_err(|e| io(&e))?;
+        words.push(
+            String::from_utf8(buf).map_err(|_| ApiError::Protocol("word is not UTF-8".into()))?,
+        );
+    }
+}
+
+/// What a command returned.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// One map per `!re` sentence.
+    pub rows: Vec<BTreeMap<String, String>>,
+    /// The attributes of `!done` (`ret` for `add`).
+    pub done: BTreeMap<String, String>,
+}
+
+/// Parses the sentences answering the command tagged `tag`, stopping at its `!done`.
+pub(crate) fn read_reply(r: &mut dyn Read, tag: &str) -> Result<Reply, ApiError> {
+    let mut reply = Reply::default();
+    let mut trap: Option<ApiError> = None;
+    loop {
+        let words = read_sentence(r)?;
+        let kind = words[0].as_str();
+        let mut attrs = BTreeMap::new();
+        let mut sentence_tag = None;
+        for w in &words[1..] {
+            if let Some(t) = w.strip_prefix(".tag=") {
+                sentence_tag = Some(t);
+            } else if let Some(rest) = w.strip_prefix('=') {
+                // "=name=value"; the value may itself contain '='.
+                let (k, v) = rest.split_once('=').unwrap_or((rest, ""));
+                attrs.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        if kind == "!fatal" {
+            let message = words.get(1).cloned().unwrap_or_default();
+            return Err(ApiError::Fatal(message));
+        }
+        if sentence_tag.is_some_and(|t| t != tag) {
+            return Err(ApiError::Protocol(format!(
+                "reply tagged {:?} while waiting for {tag}",
+                sentence_tag.unwrap_or_default()
+            )));
+        }
+        match kind {
+            "!re" => reply.rows.push(attrs),
+            "!empty" => {}
+            "!trap" => {
+                trap.get_or_insert(ApiError::Trap {
+                    message: attrs
+                        .remove("message")
+                        .unwrap_or_else(|| "unknown error".into()),
+                    category: attrs.remove("category"),
+                });
+            }
+            "!done" => {
+                reply.done = attrs;
+                return match trap {
+                    Some(e) => Err(e),
+                    None => Ok(reply),
+                };
+            }
+            other => return Err(ApiError::Protocol(format!("unknown reply word {other:?}"))),
+        }
+    }
+}
+
+/// Where and how to reach a router's API.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<TlsTrust>,
+    pub user: String,
+    pub password: String,
+    pub timeout: Duration,
+}
+
+/// How the router's TLS certificate is trusted: RouterOS usually has a self-signed one, so a
+/// pinned SHA-256 fingerprint of it is the practical choice; a CA file works too.
+#[derive(Debug, Clone)]
+pub(crate) enum TlsTrust {
+    Fingerprint([u8; 32]),
+    CaFile(std::path::PathBuf),
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+pub(crate) struct Client {
+    stream: Box<dyn Stream>,
+    next_tag: u32,
+}
+
+impl Client {
+    /// Connects and logs in (`/login =name= =password=`, RouterOS 6.43 and later).
+    pub(crate) fn connect(ep: &Endpoint) -> Result<Client, ApiError> {
+        let addr = (ep.host.as_str(), ep.port)
+            .to_socket_addrs()
+            .map_err(|e| io(&e))?
+            .next()
+            .ok_or_else(|| ApiError::Io(format!("{} does not resolve", ep.host)))?;
+        let tcp = TcpStream::connect_timeout(&addr, ep.timeout).map_err(|e| io(&e))?;
+        tcp.set_read_timeout(Some(ep.timeout)).map_err(|e| io(&e))?;
+        tcp.set_write_timeout(Some(ep.timeout))
+            .map_err(|e| io(&e))?;
+        tcp.set_nodelay(true).map_err(|e| io(&e))?;
+        let stream: Box<dyn Stream> = match &ep.tls {
+            None => Box::new(tcp),
+            Some(trust) => Box::new(super::tls::wrap(tcp, &ep.host, trust)?),
+        };
+        let mut client = Client {
+            stream,
+            next_tag: 1,
+        };
+        client
+            .call(
+                "/login",
+                &[("name", &ep.user), ("password", &ep.password)],
+                &[],
+            )
+            .map_err(|e| match e {
+                ApiError::Trap { message, .. } => ApiError::Trap {
+                    message: format!("login as {} failed: {message}", ep.user),
+                    category: None,
+                },
+                other => other,
+            })?;
+        Ok(client)
+    }
+
+    /// Runs one command and waits for its `!done`.
+    pub(crate) fn call(
+        &mut self,
+        command: &str,
+        attrs: &[(&str, &str)],
+        queries: &[(&str, &str)],
+    ) -> Result<Reply, ApiError> {
+        let tag = self.next_tag.to_string();
+        self.next_tag = self.next_tag.wrapping_add(1);
+        let mut words: Vec<String> = Vec::with_capacity(2 + attrs.len() + queries.len());
+        words.push(command.to_owned());
+        words.extend(attrs.iter().map(|(k, v)| format!("={k}={v}")));
+        words.extend(queries.iter().map(|(k, v)| format!("?{k}={v}")));
+        words.push(format!(".tag={tag}"));
+        self.stream
+            .write_all(&encode_sentence(&words))
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| io(&e))?;
+        read_reply(&mut self.stream, &tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_len(n: usize) -> usize {
+        let mut out = Vec::new();
+        encode_length(n, &mut out);
+        read_length(&mut out.as_slice()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn lengths_round_trip_at_every_boundary() {
+        for n in [
+            0,
+            1,
+            0x7F,
+            0x80,
+            0x3FFF,
+            0x4000,
+            0x1F_FFFF,
+            0x20_0000,
+            0xFFF_FFFF,
+            0x1000_0000,
+        ] {
+            assert_eq!(roundtrip_len(n), n, "{n:#x}");
+        }
+        let mut out = Vec::new();
+        encode_length(0x80, &mut out);
+        assert_eq!(out, [0x80, 0x80]);
+        out.clear();
+        encode_length(0x4000, &mut out);
+        assert_eq!(out, [0xC0, 0x40, 0x00]);
+    }
+
+    #[test]
+    fn replies_parse_rows_ret_traps_and_empty() {
+        let mut bytes = Vec::new();
+        bytes.extend(encode_sentence(&["!re", "=.id=*1", "=name=a=b", ".tag=7"]));
+        bytes.extend(encode_sentence(&["!empty", ".tag=7"]));
+        bytes.extend(encode_sentence(&["!done", "=ret=*2", ".tag=7"]));
+        let r = read_reply(&mut bytes.as_slice(), "7").unwrap();
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.rows[0]["name"], "a=b");
+        assert_eq!(r.done["ret"], "*2");
+
+        let mut bytes = Vec::new();
+        bytes.extend(encode_sentence(&[
+            "!trap",
+            "=category=1",
+            "=message=no such item",
+            ".tag=3",
+        ]));
+        bytes.extend(encode_sentence(&["!done", ".tag=3"]));
+        let e = read_reply(&mut bytes.as_slice(), "3").unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::Trap {
+                message: "no such item".into(),
+                category: Some("1".into())
+            }
+        );
+        assert!(!e.breaks_connection());
+    }
+
+    #[test]
+    fn broken_replies_are_errors_not_panics() {
+        let fatal = encode_sentence(&["!fatal", "session terminated on request"]);
+        assert!(
+            matches!(read_reply(&mut fatal.as_slice(), "1"), Err(ApiError::Fatal(m)) if m.contains("terminated"))
+        );
+        let other_tag = encode_sentence(&["!done", ".tag=9"]);
+        assert!(matches!(
+            read_reply(&mut other_tag.as_slice(), "1"),
+            Err(ApiError::Protocol(_))
+        ));
+        let unknown = encode_sentence(&["!weird"]);
+        assert!(matches!(
+            read_reply(&mut unknown.as_slice(), "1"),
+            Err(ApiError::Protocol(_))
+        ));
+        let truncated = &encode_sentence(&["!done", "=ret=*1"])[..5];
+        assert!(read_reply(&mut &truncated[..], "1").is_err());
+        assert!(matches!(
+            read_reply(&mut &[0xF8u8][..], "1"),
+            Err(ApiError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_reply(&mut &[][..], "1"),
+            Err(ApiError::Io(_))
+        ));
+        let huge = [0xF0u8, 0x7F, 0xFF, 0xFF, 0xFF];
+        assert!(matches!(
+            read_reply(&mut &huge[..], "1"),
+            Err(ApiError::Protocol(_))
+        ));
+    }
+}

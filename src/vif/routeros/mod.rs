@@ -1,0 +1,255 @@
+//! The RouterOS backend: the seed's four API commands, each tagged `comment=nnc:{instance}`,
+//! undone by the `.id` RouterOS returned, in reverse:
+//!
+//! 1. `/interface/vlan/add =name=nnc-{feature}-{name} =vlan-id=N =interface={parent}`
+//! 2. `/ip/address/add =address=10.99.N.1/24 =interface=nnc-{feature}-{name}`
+//! 3. `/routing/table/add =name=nnc-{feature}-{name} =fib=`
+//! 4. `/ip/route/add =dst-address=0.0.0.0/0 =gateway=10.99.N.2 =routing-table=nnc-{feature}-{name}`
+//!
+//! One connection is kept and reopened after any error that breaks it, so a rollback after a
+//! dropped connection still runs. Removal by tag (`?comment=`) is the sweep that also finds an
+//! object whose `add` reached the router but whose answer did not reach us.
+
+pub(crate) mod api;
+mod tls;
+
+use std::sync::Mutex;
+
+use api::{ApiError, Client, Endpoint};
+
+use super::{Plan, Rollback, VifError};
+
+/// The menus we add to, in creation order; removal walks them backwards.
+const MENUS: [&str; 4] = [
+    "/interface/vlan",
+    "/ip/address",
+    "/routing/table",
+    "/ip/route",
+];
+
+/// Undo of one step: remove the item with this `.id` from this menu.
+pub(crate) struct Undo {
+    menu: &'static str,
+    id: String,
+}
+
+pub(crate) struct RouterOs {
+    endpoint: Endpoint,
+    parent: String,
+    client: Mutex<Option<Client>>,
+}
+
+fn backend(e: &ApiError) -> VifError {
+    match e {
+        ApiError::Io(_) | ApiError::Fatal(_) => VifError::Unreachable(e.to_string()),
+        _ => VifError::Backend(e.to_string()),
+    }
+}
+
+impl RouterOs {
+    pub(crate) fn new(endpoint: Endpoint, parent: String) -> RouterOs {
+        RouterOs {
+            endpoint,
+            parent,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the open connection, opening one when there is none; a connection that an
+    /// error broke is dropped so the next call reconnects.
+    fn with_client<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut guard = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(Client::connect(&self.endpoint)?);
+        }
+        let client = guard
+            .as_mut()
+            .ok_or_else(|| ApiError::Io("no connection".into()))?;
+        let result = f(client);
+        if let Err(e) = &result
+            && e.breaks_connection()
+        {
+            *guard = None;
+        }
+        result
+    }
+
+    /// A read or a removal can be repeated safely: once more on a fresh connection if the
+    /// first attempt broke the old one.
+    fn idempotent<T>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match self.with_client(&mut f) {
+            Err(e) if e.breaks_connection() => self.with_client(f),
+            other => other,
+        }
+    }
+
+    pub(crate) fn reachable(&self) -> Result<(), VifError> {
+        Client::connect(&self.endpoint).map(drop).map_err(|e| {
+            VifError::Unreachable(format!(
+                "{}:{}: {e}",
+                self.endpoint.host, self.endpoint.port
+            ))
+        })
+    }
+
+    fn add(
+        &self,
+        plan: &Plan,
+        menu: &'static str,
+        attrs: &[(&str, &str)],
+    ) -> Result<String, VifError> {
+        let tag = plan.tag();
+        let mut all: Vec<(&str, &str)> = attrs.to_vec();
+        all.push(("comment", &tag));
+        let reply = self
+            .with_client(|c| c.call(&format!("{menu}/add"), &all, &[]))
+            .map_err(|e| {
+                let what = attrs
+                    .first()
+                    .map_or(String::new(), |(k, v)| format!(" {k}={v}"));
+                match backend(&e) {
+                    VifError::Backend(m) => VifError::Backend(format!("{menu}/add{what}: {m}")),
+                    other => other,
+                }
+            })?;
+        reply
+            .done
+            .get("ret")
+            .cloned()
+            .ok_or_else(|| VifError::Backend(format!("{menu}/add returned no .id")))
+    }
+
+    pub(crate) fn create(
+        &self,
+        plan: &Plan,
+        rollback: &mut Rollback<Undo>,
+    ) -> Result<Vec<String>, VifError> {
+        let vlan = plan.vlan_id.to_string();
+        let address = format!("{}/24", plan.router_addr);
+        let gateway = plan.service_addr.to_string();
+        let name = plan.alias.as_str();
+        let steps: [(&'static str, Vec<(&str, &str)>); 4] = [
+            (
+                MENUS[0],
+                vec![
+                    ("name", name),
+                    ("vlan-id", &vlan),
+                    ("interface", &self.parent),
+                ],
+            ),
+            (MENUS[1], vec![("address", &address), ("interface", name)]),
+            (MENUS[2], vec![("name", name), ("fib", "")]),
+            (
+                MENUS[3],
+                vec![
+                    ("dst-address", "0.0.0.0/0"),
+                    ("gateway", &gateway),
+                    ("routing-table", name),
+                ],
+            ),
+        ];
+        let mut ids = Vec::new();
+        for (k, (menu, attrs)) in steps.iter().enumerate() {
+            plan.step(k + 1)?;
+            let id = self.add(plan, menu, attrs)?;
+            rollback.push(
+                format!("{menu} {id}"),
+                Undo {
+                    menu,
+                    id: id.clone(),
+                },
+            );
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    pub(crate) fn undo(&self, u: &Undo) -> Result<(), VifError> {
+        self.remove_ids(u.menu, std::slice::from_ref(&u.id))
+    }
+
+    fn remove_ids(&self, menu: &str, ids: &[String]) -> Result<(), VifError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let joined = ids.join(",");
+        match self.idempotent(|c| c.call(&format!("{menu}/remove"), &[(".id", &joined)], &[])) {
+            Ok(_) => Ok(()),
+            // Already gone: what an undo wants.
+            Err(ApiError::Trap { message, .. }) if message.contains("no such item") => Ok(()),
+            Err(e) => Err(backend(&e)),
+        }
+    }
+
+    fn ids_tagged(&self, menu: &str, tag: &str) -> Result<Vec<String>, VifError> {
+        let reply = self
+            .idempotent(|c| {
+                c.call(
+                    &format!("{menu}/print"),
+                    &[(".proplist", ".id")],
+                    &[("comment", tag)],
+                )
+            })
+            .map_err(|e| backend(&e))?;
+        Ok(reply
+            .rows
+            .into_iter()
+            .filter_map(|mut r| r.remove(".id"))
+            .collect())
+    }
+
+    /// Removes every object tagged for the instance, routes first, VLAN last.
+    pub(crate) fn remove(&self, plan: &Plan) -> Result<(), VifError> {
+        let tag = plan.tag();
+        for menu in MENUS.iter().rev() {
+            let ids = self.ids_tagged(menu, &tag)?;
+            self.remove_ids(menu, &ids)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn intact(&self, plan: &Plan) -> Result<bool, VifError> {
+        let tag = plan.tag();
+        for menu in MENUS {
+            if self.ids_tagged(menu, &tag)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn tagged(&self) -> Result<Vec<(String, Option<u16>)>, VifError> {
+        let mut found: Vec<(String, Option<u16>)> = Vec::new();
+        for menu in MENUS {
+            let reply = self
+                .idempotent(|c| {
+                    c.call(
+                        &format!("{menu}/print"),
+                        &[(".proplist", ".id,comment,vlan-id")],
+                        &[],
+                    )
+                })
+                .map_err(|e| backend(&e))?;
+            for row in reply.rows {
+                let Some(id) = row.get("comment").and_then(|c| super::tag_in(c)) else {
+                    continue;
+                };
+                let vlan = row.get("vlan-id").and_then(|v| v.parse().ok());
+                match found.iter_mut().find(|(f, _)| f == id) {
+                    Some(entry) => entry.1 = entry.1.or(vlan),
+                    None => found.push((id.to_owned(), vlan)),
+                }
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""A RouterOS v7 API simulator (test-only): the word protocol on TCP (plain, like port 8728, or
+TLS, like 8729), login, and the menus the interface factory uses, validated the way RouterOS
+validates them. It keeps tables of interfaces, VLANs, addresses, routing tables and routes with
+.ids and comments, and writes them to a JSON state file after every command.
+
+usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tls-key K]
+              [--fail-at K] [--drop-at K] [--empty-replies]
+  --fail-at K      the K-th 'add' command (counting from 1) answers !trap
+  --drop-at K      the connection is closed, unanswered, on the K-th 'add' command
+  --empty-replies  a print with no match answers !empty (RouterOS >= 7.18) before !done
+Prints 'listening PORT' once ready. Faithfulness is checked against PyPI librouteros and
+routeros-api in tests/routeros/clients.py.
+"""
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import ssl
+import sys
+
+BUILTIN_INTERFACES = ["ether1", "ether2", "ether3", "bridge", "lo"]
+
+
+class ApiError(Exception):
+    def __init__(self, message, category=None):
+        super().__init__(message)
+        self.message = message
+        self.category = category
+
+
+def encode_length(n):
+    if n < 0x80:
+        return n.to_bytes(1, "big")
+    if n < 0x4000:
+        return (n | 0x8000).to_bytes(2, "big")
+    if n < 0x200000:
+        return (n | 0xC00000).to_bytes(3, "big")
+    if n < 0x10000000:
+        return (n | 0xE0000000).to_bytes(4, "big")
+    return b"\xf0" + n.to_bytes(4, "big")
+
+
+def encode_sentence(words):
+    out = b""
+    for w in words:
+        b = w.encode()
+        out += encode_length(len(b)) + b
+    return out + b"\x00"
+
+
+async def read_length(reader):
+    b = (await reader.readexactly(1))[0]
+    if b < 0x80:
+        return b
+    if b < 0xC0:
+        return ((b & 0x3F) << 8) | (await reader.readexactly(1))[0]
+    if b < 0xE0:
+        return ((b & 0x1F) << 16) | int.from_bytes(await reader.readexactly(2), "big")
+    if b < 0xF0:
+        return ((b & 0x0F) << 24) | int.from_bytes(await reader.readexactly(3), "big")
+    if b == 0xF0:
+        return int.from_bytes(await reader.readexactly(4), "big")
+    raise ApiError(f"control byte {b:#x}")
+
+
+async def read_sentence(reader):
+    words = []
+    while True:
+        n = await read_length(reader)
+        if n == 0:
+            return words
+        words.append((await reader.readexactly(n)).decode("utf-8", "replace"))
+
+
+def query_matches(row, queries):
+    """RouterOS print queries: each '?' word pushes a truth value ('?name=v' / '?=name=v'
+    equal, '?name' present, '?-name' absent, '?<name=v' / '?>name=v' compare); '?#' words
+    combine the stack ('|' or, '&' and, '!' not, '.' duplicate). The row matches when every
+    value left on the stack is true."""
+    stack = []
+    for q in queries:
+        if q.startswith("#"):
+            for op in q[1:]:
+                if op == "!":
+                    stack.append(not stack.pop())
+                elif op == ".":
+                    stack.append(stack[-1])
+                elif op in "|&":
+                    b, a = stack.pop(), stack.pop()
+                    stack.append((a or b) if op == "|" else (a and b))
+            continue
+        if q.startswith("-"):
+            stack.append(q[1:] not in row)
+        elif q[:1] in "<>":
+            k, _, v = q[1:].partition("=")
+            have = row.get(k)
+            stack.append(have is not None and ((have < v) if q[0] == "<" else (have > v)))
+        elif "=" in q.lstrip("="):
+            k, _, v = q.lstrip("=").partition("=") if q.startswith("=") else q.partition("=")
+            stack.append(row.get(k) == v)
+        else:
+            stack.append(q in row)
+    return all(stack)
+
+
+class Router:
+    """The router's state: one table per menu, rows are dicts with '.id'."""
+
+    def __init__(self, state_file, fail_at, drop_at):
+        self.state_file = state_file
+        self.fail_at, self.drop_at = fail_at, drop_at
+        self.adds = 0
+        self.next_id = 1
+        self.menus = {"/interface/vlan": [], "/ip/address": [], "/routing/table": [], "/ip/route": []}
+        self.log = []
+        self.save()
+
+    def new_id(self):
+        i = f"*{self.next_id:X}"
+        self.next_id += 1
+        return i
+
+    def interface_names(self):
+        return set(BUILTIN_INTERFACES) | {v["name"] for v in self.menus["/interface/vlan"]}
+
+    def save(self):
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"menus": self.menus, "log": self.log}, f, indent=1)
+        os.replace(tmp, self.state_file)
+
+    def validate_add(self, menu, a):
+        rows = self.menus[menu]
+        if menu == "/interface/vlan":
+            for k in ("name", "vlan-id", "interface"):
+                if k not in a:
+                    raise ApiError(f"failure: {k} not set", 1)
+            if a["name"] in self.interface_names():
+                raise ApiError("failure: already have interface with such name", 1)
+            try:
+                vid = int(a["vlan-id"])
+            except ValueError:
+                raise ApiError("value of vlan-id must be a number", 1)
+            if not 1 <= vid <= 4094:
+                raise ApiError("value of vlan-id out of range (1..4094)", 1)
+            if a["interface"] not in self.interface_names():
+                raise ApiError("input does not match any value of interface", 1)
+            if any(r["interface"] == a["interface"] and r["vlan-id"] == str(vid) for r in rows):
+                raise ApiError("failure: already have vlan with such id on that interface", 1)
+            a["vlan-id"] = str(vid)
+        elif menu == "/ip/address":
+            if "address" not in a or "interface" not in a:
+                raise ApiError("failure: address and interface must be set", 1)
+            try:
+                ipaddress.ip_interface(a["address"])
+            except ValueError:
+                raise ApiError("invalid value for argument address", 1)
+            if a["interface"] not in self.interface_names():
+                raise ApiError("input does not match any value of interface", 1)
+            if any(r["address"] == a["address"] and r["interface"] == a["interface"] for r in rows):
+                raise ApiError("failure: already have such address", 1)
+        elif menu == "/routing/table":
+            if "name" not in a:
+                raise ApiError("failure: name not set", 1)
+            if any(r["name"] == a["name"] for r in rows) or a["name"] == "main":
+                raise ApiError("failure: entry already exists", 1)
+        elif menu == "/ip/route":
+            try:
+                ipaddress.ip_network(a.get("dst-address", "0.0.0.0/0"))
+                ipaddress.ip_address(a["gateway"])
+            except (KeyError, ValueError):
+                raise ApiError("invalid value for argument gateway or dst-address", 1)
+            table = a.get("routing-table", "main")
+            if table != "main" and not any(r["name"] == table for r in self.menus["/routing/table"]):
+                raise ApiError("input does not match any value of routing-table", 1)
+
+    def find(self, menu, rid):
+        for r in self.menus[menu]:
+            if r[".id"] == rid:
+                return r
+        raise ApiError("no such item", 1)
+
+    def in_use(self, menu, row):
+        """RouterOS refuses to remove what something else still refers to."""
+        if menu == "/interface/vlan":
+            if any(a["interface"] == row["name"] for a in self.menus["/ip/address"]):
+                return True
+        if menu == "/routing/table":
+            if any(r.get("routing-table") == row["name"] for r in self.menus["/ip/route"]):
+                return True
+        return False
+
+
+async def handle(router, args, reader, writer):
+    logged_in = False
+    peer = writer.get_extra_info("peername")
+    try:
+        while True:
+            words = await read_sentence(reader)
+            if not words:
+                continue
+            cmd, rest = words[0], words[1:]
+            attrs, queries, tag = {}, [], None
+            for w in rest:
+                if w.startswith("=") and "=" in w[1:]:
+                    k, _, v = w[1:].partition("=")
+                    attrs[k] = v
+                elif w.startswith("?"):
+                    queries.append(w[1:])
+                elif w.startswith(".tag="):
+                    tag = w[5:]
+            tagw = [f".tag={tag}"] if tag is not None else []
+            out = []
+            try:
+                if cmd == "/login":
+                    if attrs.get("name") == args.user and attrs.get("password") == args.password:
+                        logged_in = True
+                        out.append(["!done"])
+                    else:
+                        raise ApiError("invalid user name or password (6)")
+                elif cmd == "/quit":
+                    writer.write(encode_sentence(["!fatal", "session terminated on request"]))
+                    await writer.drain()
+                    return
+                elif not logged_in:
+                    raise ApiError("not logged in", 1)
+                else:
+                    menu, _, op = cmd.rpartition("/")
+                    if op == "print" and menu in ("/system/identity",):
+                        out.append(["!re", "=name=sim-router"])
+                        out.append(["!done"])
+                    elif op == "print" and menu == "/system/resource":
+                        out.append(["!re", "=version=7.16 (stable)", "=board-name=nnc-sim"])
+                        out.append(["!done"])
+                    elif menu == "/interface" and op == "print":
+                        for n in sorted(router.interface_names()):
+                            out.append(["!re", f"=name={n}"])
+                        out.append(["!done"])
+                    elif menu not in router.menus or op not in ("add", "print", "remove", "set"):
+                        raise ApiError("no such command prefix", 0)
+                    elif op == "add":
+                        router.adds += 1
+                        if router.drop_at and router.adds == router.drop_at:
+                            router.log.append({"cmd": cmd, "attrs": attrs, "result": "dropped"})
+                            router.save()
+                            writer.close()
+                            return
+                        if router.fail_at and router.adds == router.fail_at:
+                            raise ApiError("failure: simulated failure", 1)
+                        router.validate_add(menu, attrs)
+                        row = {".id": router.new_id(), **attrs}
+                        router.menus[menu].append(row)
+                        out.append(["!done", f"=ret={row['.id']}"])
+                    elif op == "print":
+                        props = attrs.get(".proplist")
+                        matched = 0
+                        for r in router.menus[menu]:
+                            if query_matches(r, queries):
+                                keys = props.split(",") if props else list(r)
+                                out.append(["!re"] + [f"={k}={r[k]}" for k in keys if k in r])
+                                matched += 1
+                        if matched == 0 and args.empty_replies:
+                            out.append(["!empty"])
+                        out.append(["!done"])
+                    elif op == "remove":
+                        ids = attrs.get(".id", "").split(",")
+                        rows = [router.find(menu, i) for i in ids]
+                        for r in rows:
+                            if router.in_use(menu, r):
+                                raise ApiError("failure: item is in use", 1)
+                        for r in rows:
+                            router.menus[menu].remove(r)
+                        out.append(["!done"])
+                    elif op == "set":
+                        r = router.find(menu, attrs.get(".id", ""))
+                        r.update({k: v for k, v in attrs.items() if k != ".id"})
+                        out.append(["!done"])
+                    router.log.append({"cmd": cmd, "attrs": attrs, "result": "ok"})
+            except ApiError as e:
+                trap = ["!trap", f"=message={e.message}"]
+                if e.category is not None:
+                    trap.insert(1, f"=category={e.category}")
+                out = [trap, ["!done"]]
+                router.log.append({"cmd": cmd, "attrs": attrs, "result": "trap: " + e.message})
+            router.save()
+            for s in out:
+                writer.write(encode_sentence(s + tagw))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--state", required=True)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--user", default="admin")
+    ap.add_argument("--password", default="")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--fail-at", type=int, default=0)
+    ap.add_argument("--drop-at", type=int, default=0)
+    ap.add_argument("--empty-replies", action="store_true")
+    args = ap.parse_args()
+    router = Router(args.state, args.fail_at, args.drop_at)
+    ctx = None
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    server = await asyncio.start_server(lambda r, w: handle(router, args, r, w), "127.0.0.1", args.port, ssl=ctx)
+    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
