@@ -12,18 +12,39 @@ source cross/env.sh
 bash cross/setup.sh
 export PATH="$NNC_CACHE/venv/bin:$PATH"
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=("${NNC_TARGETS[@]}")
-for t in "${targets[@]}"; do
+jobs=${NNC_CROSS_JOBS:-$(nproc)}
+
+build_one() {
+  local t=$1 flags var
   flags="-C link-self-contained=no -Zunstable-options -Cpanic=immediate-abort -A linker-messages"
   case $t in
     mips*) flags+=" -C target-feature=+crt-static" ;;
     x86_64-*) flags+=" -C relocation-model=static" ;;
   esac
   var=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS
-  echo "== build $t"
+  # One target dir per target: fat LTO links on one core, so targets build side by side.
   env "$var=$flags" cargo +nightly zigbuild --quiet --locked --release --target "$t" \
     -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
-    --target-dir "$NNC_CACHE/target-cross"
+    --target-dir "$NNC_CACHE/target-cross/$t" || return 1
   mkdir -p "$NNC_DIST/$t"
-  cp "$NNC_CACHE/target-cross/$t/release/nnc-agent" "$NNC_DIST/$t/nnc-agent"
+  cp "$NNC_CACHE/target-cross/$t/$t/release/nnc-agent" "$NNC_DIST/$t/nnc-agent"
   python3 cross/check_elf.py "$t" "$NNC_DIST/$t/nnc-agent"
+}
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+  echo "== build $t"
+  ( build_one "$t" > "$logs/$t.log" 2>&1; echo $? > "$logs/$t.rc" ) &
 done
+wait
+fail=0
+for t in "${targets[@]}"; do
+  if [ "$(cat "$logs/$t.rc" 2>/dev/null)" = 0 ]; then
+    tail -1 "$logs/$t.log"
+  else
+    echo "== build $t FAILED:"; cat "$logs/$t.log"; fail=1
+  fi
+done
+exit $fail

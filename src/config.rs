@@ -56,6 +56,7 @@ pub(crate) struct Config {
     pub vlan: VlanConfig,
     /// RouterOS routers reached through their API.
     pub routers: Vec<RouterConfig>,
+    pub supervisor: SupervisorConfig,
     pub download: DownloadConfig,
 }
 
@@ -116,6 +117,43 @@ struct FileConfig {
     vlan: FileVlan,
     #[serde(default)]
     routers: Vec<FileRouter>,
+    #[serde(default)]
+    supervisor: FileSupervisor,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSupervisor {
+    cgroup_root: Option<PathBuf>,
+    uid_range: Option<[u32; 2]>,
+    crash_limit: Option<u32>,
+    backoff_initial_secs: Option<f64>,
+    backoff_max_secs: Option<f64>,
+    stable_secs: Option<f64>,
+    stop_grace_secs: Option<f64>,
+    log_max_bytes: Option<u64>,
+    probe_interval_secs: Option<f64>,
+    probe_timeout_secs: Option<f64>,
+    probe_threshold: Option<u32>,
+    startup_timeout_secs: Option<f64>,
+    memory_max: Option<u64>,
+    pids_max: Option<u32>,
+    cpu_max: Option<String>,
+}
+
+/// How services are run, restarted and confined.
+#[derive(Debug, Clone)]
+pub(crate) struct SupervisorConfig {
+    pub cgroup_root: PathBuf,
+    /// Service users are allocated from this uid (= gid) range.
+    pub uid_range: [u32; 2],
+    pub policy: crate::supervisor::Policy,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub probe_threshold: u32,
+    pub startup_timeout: Duration,
+    /// Default limits of a service's cgroup (a feature or the instance's settings may change them).
+    pub limits: crate::supervisor::Limits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,7 +381,9 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
             return err(format!("router '{}' is configured twice", r.id));
         }
     }
+    let supervisor = merge_supervisor(&file.supervisor, board.as_ref())?;
     Ok(Config {
+        supervisor,
         vlan,
         routers,
         board,
@@ -408,6 +448,75 @@ fn merge_vlan(file: &FileVlan, board: Option<&Board>) -> Result<VlanConfig, Conf
             .rt_tables
             .clone()
             .unwrap_or_else(|| "/etc/iproute2/rt_tables.d/nnc.conf".into()),
+    })
+}
+
+fn merge_supervisor(
+    f: &FileSupervisor,
+    board: Option<&Board>,
+) -> Result<SupervisorConfig, ConfigError> {
+    let d = crate::supervisor::Policy::default();
+    let s = |name: &str, v: Option<f64>, def: Duration| {
+        secs(name, v, def).map_err(|e| ConfigError(e.0.replace("download.", "supervisor.")))
+    };
+    let uid_range = f.uid_range.unwrap_or([61000, 61999]);
+    if uid_range[0] < 1000 || uid_range[0] > uid_range[1] {
+        return err(format!(
+            "supervisor.uid_range {}-{} must start at 1000 or above",
+            uid_range[0], uid_range[1]
+        ));
+    }
+    let cpu_max = f
+        .cpu_max
+        .clone()
+        .or_else(|| board.map(|b| b.resources.cpu_max.clone()))
+        .unwrap_or_else(|| "max 100000".into());
+    Ok(SupervisorConfig {
+        cgroup_root: f
+            .cgroup_root
+            .clone()
+            .or_else(|| board.map(|b| b.cgroup.root.clone()))
+            .unwrap_or_else(|| "/sys/fs/cgroup/nnc".into()),
+        uid_range,
+        policy: crate::supervisor::Policy {
+            backoff_initial: s(
+                "backoff_initial_secs",
+                f.backoff_initial_secs,
+                d.backoff_initial,
+            )?,
+            backoff_max: s("backoff_max_secs", f.backoff_max_secs, d.backoff_max)?,
+            stable_after: s("stable_secs", f.stable_secs, d.stable_after)?,
+            crash_limit: f.crash_limit.unwrap_or(d.crash_limit).max(1),
+            stop_grace: s("stop_grace_secs", f.stop_grace_secs, d.stop_grace)?,
+            log_max_bytes: f.log_max_bytes.unwrap_or(d.log_max_bytes),
+        },
+        probe_interval: s(
+            "probe_interval_secs",
+            f.probe_interval_secs,
+            Duration::from_secs(2),
+        )?,
+        probe_timeout: s(
+            "probe_timeout_secs",
+            f.probe_timeout_secs,
+            Duration::from_secs(2),
+        )?,
+        probe_threshold: f.probe_threshold.unwrap_or(3).max(1),
+        startup_timeout: s(
+            "startup_timeout_secs",
+            f.startup_timeout_secs,
+            Duration::from_secs(60),
+        )?,
+        limits: crate::supervisor::Limits {
+            memory_max: f
+                .memory_max
+                .or_else(|| board.map(|b| b.resources.memory_max))
+                .unwrap_or(64 << 20),
+            pids_max: f
+                .pids_max
+                .or_else(|| board.map(|b| b.resources.pids_max))
+                .unwrap_or(64),
+            cpu_max,
+        },
     })
 }
 

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::store::{InterfaceRecord, Status};
+use crate::supervisor::ProcState;
 use crate::util;
 
 /// What `service.install.progress` reports, also the `installProgress` subscription item.
@@ -72,6 +73,19 @@ pub(crate) enum EventKind {
     },
     InterfaceCreated(InterfaceRecord),
     InterfaceRemoved(InterfaceRecord),
+    /// A managed process changed state (STARTING, RUNNING, CRASHED, BACKOFF ...).
+    ProcessStateChanged {
+        from: ProcState,
+        to: ProcState,
+        reason: Option<String>,
+    },
+    ServiceCrashed {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        restart_count: u32,
+        /// None when the crash-loop limit ended the restarts.
+        next_backoff_ms: Option<u64>,
+    },
 }
 
 impl EventKind {
@@ -84,6 +98,8 @@ impl EventKind {
             EventKind::Uninstalled { .. } => "service.uninstalled",
             EventKind::InterfaceCreated(_) => "interface.created",
             EventKind::InterfaceRemoved(_) => "interface.removed",
+            EventKind::ProcessStateChanged { .. } => "service.state.changed",
+            EventKind::ServiceCrashed { .. } => "service.crashed",
         }
     }
 }
@@ -123,6 +139,18 @@ impl Event {
                 "router": r.router_id, "interface": r.name, "alias": r.alias, "vlanId": r.vlan_id,
                 "address": r.address, "serviceAddress": r.service_address,
                 "routingTable": r.routing_table,
+            }),
+            EventKind::ProcessStateChanged { from, to, reason } => {
+                json!({ "from": from.as_str(), "to": to.as_str(), "reason": reason })
+            }
+            EventKind::ServiceCrashed {
+                exit_code,
+                signal,
+                restart_count,
+                next_backoff_ms,
+            } => json!({
+                "exitCode": exit_code, "signal": signal, "restartCount": restart_count,
+                "nextBackoffMs": next_backoff_ms,
             }),
         };
         if let (Value::Object(map), Some(id)) = (&mut v, &self.instance_id) {

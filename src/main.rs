@@ -5,12 +5,14 @@ mod api;
 mod board;
 mod catalogue;
 mod config;
+mod configgen;
 mod events;
 mod failpoint;
 mod http_client;
 mod install;
 mod logger;
 mod store;
+mod supervisor;
 mod util;
 mod vif;
 
@@ -88,20 +90,32 @@ fn serve(cfg: Config) -> Result<(), String> {
             bus.clone(),
             routers(&cfg),
         ));
+        let cgroups = supervisor::Cgroups::new(&cfg.supervisor.cgroup_root);
+        let supervisor = Arc::new(supervisor::Supervisor::new(
+            bus.clone(),
+            cgroups,
+            cfg.supervisor.policy.clone(),
+        ));
         let installer = Arc::new(install::Installer::new(
             store,
             bus,
             catalogue,
             layout,
-            cfg.download.clone(),
+            &cfg,
             Arc::clone(&interfaces),
+            supervisor,
         ));
+        installer.attach_supervisor();
         // Repair interfaces an earlier run left half-made before any install continues.
         let factory = Arc::clone(&interfaces);
         tokio::task::spawn_blocking(move || factory.reconcile())
             .await
             .map_err(|e| format!("reconcile: {e}"))?;
         let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
+        let restarted = installer.restart_wanted().map_err(|e| e.to_string())?;
+        if restarted > 0 {
+            log::info!(target: "supervisor", "starting {restarted} service(s) that were running before");
+        }
         log::info!(target: "api", "data dir {}, catalogue {} ({} features), {resumed} interrupted install(s) resumed",
             data_dir.display(), installer.catalogue.source, installer.catalogue.features.len());
         log::info!(target: "api", "API token in {} (send it as 'Authorization: Bearer <token>')", cfg.token_file.display());

@@ -299,3 +299,110 @@ fn x86_64_vm_provisions_a_real_vlan_and_removes_it() {
         "the guest never downloaded"
     );
 }
+
+#[test]
+fn x86_64_vm_enforces_cgroup_limits_on_services() {
+    let root = common::TempDir::new("vm-cgroup");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/bin/busybox", www.join("busybox")).unwrap();
+    let nginx = common::Nginx::start(&www, "");
+    let feature = |id: &str, script: &str| {
+        json!({ "id": id, "name": id, "version": "1", "binary": "busybox",
+                "service": { "args": ["sh", "-c", script], "health": { "exec": ["/bin/true"] } },
+                "assets": { "x86_64": { "url": format!("http://10.0.2.2:{}/busybox", nginx.port),
+                                        "sha256": common::sha256_file(&www.join("busybox")) } } })
+    };
+    let catalogue = root.path().join("catalogue.json");
+    std::fs::write(
+        &catalogue,
+        json!({ "schema": 1, "features": [
+            // dd's 64 MiB buffer, filled from /dev/zero, cannot fit a 16 MiB memory.max.
+            feature("hog", "exec dd if=/dev/zero of=/dev/null bs=64M count=1000"),
+            // A subshell forks until pids.max stops it (it may die of that); the service lives on.
+            feature("bomb", "(i=0; while [ $i -lt 64 ]; do sleep 600 & i=$((i+1)); done); echo forked; exec sleep 600"),
+            feature("capped", "exec sleep 600"),
+        ] })
+        .to_string(),
+    )
+    .unwrap();
+    let config = root.path().join("nnc.toml");
+    std::fs::write(
+        &config,
+        "board = \"x86_64-vm\"\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"/etc/nnc/token\"\ncatalogue = \"/etc/nnc/catalogue.json\"\n\
+         [vlan]\nmode = \"off\"\n[supervisor]\nbackoff_initial_secs = 0.3\ncrash_limit = 100\n",
+    )
+    .unwrap();
+    let events = boot(
+        "amd64",
+        "x86_64-unknown-linux-musl",
+        "cgroup.sh",
+        &[
+            format!("{}=/etc/nnc/catalogue.json", catalogue.display()),
+            format!("{}=/etc/nnc/nnc.toml", config.display()),
+        ],
+        |n, guest| {
+            if n > 1 {
+                return "finish".to_owned();
+            }
+            assert_eq!(
+                guest.data("{ agent { resourceLimits } }", json!({}))["agent"]["resourceLimits"],
+                true
+            );
+            let install = |f: &str, settings: Value| {
+                guest.data(
+                    "mutation($f: ID!, $s: JSON) { installFeature(featureId: $f, routerId: \"local\", name: \"t\", settings: $s) { instanceId } }",
+                    json!({ "f": f, "s": settings }),
+                )["installFeature"]["instanceId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            let hog = install("hog", json!({ "memoryMax": 16777216 }));
+            let bomb = install("bomb", json!({ "pidsMax": 16 }));
+            let capped = install(
+                "capped",
+                json!({ "cpuMax": "25000 100000", "memoryMax": 33554432 }),
+            );
+            let process = |id: &str| {
+                guest.data("query($id: ID!) { instance(id: $id) { status error process { state restartCount lastSignal lastExitCode } } }", json!({ "id": id }))["instance"].clone()
+            };
+            // The hog is OOM-killed (SIGKILL) in its cgroup, and restarted; the agent lives on.
+            let mut last = Value::Null;
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !(last["process"]["restartCount"].as_u64().unwrap_or(0) >= 2
+                && last["process"]["lastSignal"] == 9)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the hog was not OOM-killed and restarted: {last}\n{}",
+                    guest.data(
+                        "query($id: ID!) { instanceLogs(id: $id, tail: 5) }",
+                        json!({ "id": hog })
+                    )
+                );
+                std::thread::sleep(Duration::from_millis(200));
+                last = process(&hog);
+            }
+            for id in [&bomb, &capped] {
+                common::wait_until("RUNNING", Duration::from_secs(120), || {
+                    process(id)["status"] == "RUNNING"
+                });
+            }
+            format!("check {hog} {bomb} {capped}")
+        },
+    );
+    let names = result_names(&events);
+    for name in [
+        "oom-killed-in-its-cgroup",
+        "bomb-pids-capped",
+        "bomb-forks-refused",
+        "capped-cpu-max",
+        "agent-alive",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "no result {name}: {names:?}"
+        );
+    }
+}

@@ -63,6 +63,8 @@ def main():
     version = open(os.path.join(vmdir, "VERSION")).read().strip()
     moddir = os.path.join(vmdir, "modules", "lib", "modules", version)
     root = tempfile.mkdtemp(prefix="nnc-initrd-")
+    # mkdtemp makes 0700; as the guest's / that would lock every unprivileged service out.
+    os.chmod(root, 0o755)
     try:
         for d in ("bin", "sbin", "usr/bin", "proc", "sys", "dev", "tmp", "etc/nnc", "lib/modules", "data"):
             os.makedirs(os.path.join(root, d), exist_ok=True)

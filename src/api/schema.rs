@@ -17,6 +17,7 @@ use crate::catalogue::{self, Feature};
 use crate::events::{Event, EventKind, Progress, ProgressStatus};
 use crate::install::{self, InstallRequest, Installer, RequestError};
 use crate::store::{self, IfStatus, InterfaceRecord, Status};
+use crate::supervisor::{LogLine, ProcState, ProcessInfo};
 use crate::util;
 
 pub(crate) type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -137,6 +138,23 @@ impl QueryRoot {
         Ok(list.into_iter().map(InterfaceObject).collect())
     }
 
+    /// The last `tail` lines (default 100, at most 5000) an instance's service printed.
+    async fn instance_logs(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        tail: Option<i32>,
+    ) -> async_graphql::Result<Vec<String>> {
+        let id = checked_id(&id)?;
+        let inst = installer(ctx);
+        if inst.store.instance(id).map_err(state_error)?.is_none() {
+            return Err(error("NOT_FOUND", format!("no instance {id}")));
+        }
+        let n = usize::try_from(tail.unwrap_or(100).clamp(1, 5000)).unwrap_or(100);
+        let dir = inst.instance_paths(id).logs;
+        Ok(inst.supervisor.log_tail(&dir, n))
+    }
+
     /// The agent's own identity: version and the catalogue architecture key of this machine.
     async fn agent(&self, ctx: &Context<'_>) -> AgentObject {
         AgentObject {
@@ -144,6 +162,7 @@ impl QueryRoot {
             arch: catalogue::host_arch().into(),
             catalogue: installer(ctx).catalogue.source.clone(),
             board: ctx.data_unchecked::<Option<BoardObject>>().clone(),
+            resource_limits: installer(ctx).supervisor.cgroups.enabled(),
         }
     }
 }
@@ -174,8 +193,38 @@ impl MutationRoot {
         })
     }
 
-    /// Removes an INSTALLED or FAILED instance; the binary stays while another instance uses
-    /// it.
+    /// Starts an instance's service (and keeps it running across agent restarts).
+    async fn start_instance(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&id)?;
+        Ok(InstanceObject(installer(ctx).start(id).await?))
+    }
+
+    /// Stops an instance's service: SIGTERM, then SIGKILL after the grace period.
+    async fn stop_instance(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&id)?;
+        Ok(InstanceObject(installer(ctx).stop(id).await?))
+    }
+
+    /// Restarts an instance's service with a new process (no crash is counted).
+    async fn restart_instance(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&id)?;
+        Ok(InstanceObject(installer(ctx).restart(id).await?))
+    }
+
+    /// Removes an instance (its process, interface and files); the binary stays while another
+    /// instance uses it.
     async fn uninstall_instance(
         &self,
         ctx: &Context<'_>,
@@ -228,6 +277,28 @@ impl SubscriptionRoot {
                     }
                     Err(RecvError::Lagged(n)) => {
                         log::warn!(target: "api", "installProgress subscriber lagged by {n} events");
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Lines an instance's service prints, as it prints them.
+    async fn logs(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = LogLineObject> + use<>> {
+        let id = checked_id(&instance_id)?.to_owned();
+        let mut rx = installer(ctx).supervisor.subscribe_logs();
+        Ok(async_stream::stream! {
+            loop {
+                match rx.recv().await {
+                    Ok(l) if l.instance_id == id => yield LogLineObject(l),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => {
+                        log::warn!(target: "api", "logs subscriber lagged by {n} lines");
                     }
                     Err(RecvError::Closed) => break,
                 }
@@ -337,6 +408,8 @@ pub(crate) struct AgentObject {
     catalogue: String,
     /// The board profile the agent was started with (`--board`), if any.
     board: Option<BoardObject>,
+    /// Whether services get cgroup v2 limits (memory, pids, cpu) on this system.
+    resource_limits: bool,
 }
 
 #[derive(Clone)]
@@ -406,8 +479,13 @@ impl FeatureObject {
     async fn supported(&self) -> bool {
         self.0.asset(catalogue::host_arch()).is_some()
     }
+    /// JSON Schema of the settings `installFeature` accepts for it.
     async fn settings_schema(&self) -> Option<Json<Value>> {
-        self.0.settings_schema.clone().map(Json)
+        self.0.schema().map(Json)
+    }
+    /// Whether installing it ends with a running service.
+    async fn runs(&self) -> bool {
+        self.0.runs()
     }
 }
 
@@ -469,6 +547,17 @@ impl InstanceObject {
     async fn progress(&self, ctx: &Context<'_>) -> Option<ProgressObject> {
         installer(ctx).progress_of(&self.0.id).map(ProgressObject)
     }
+    /// The instance's service process, when it is supervised.
+    async fn process(&self, ctx: &Context<'_>) -> Option<ProcessObject> {
+        installer(ctx)
+            .supervisor
+            .info(&self.0.id)
+            .map(ProcessObject)
+    }
+    /// Whether the user wants its service running.
+    async fn desired_running(&self) -> bool {
+        self.0.desired_running
+    }
     /// The instance's network segment, when its router has interfaces.
     async fn interface(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<InterfaceObject>> {
         let rec = installer(ctx)
@@ -476,6 +565,52 @@ impl InstanceObject {
             .interface(&self.0.id)
             .map_err(|e| error(e.code(), e.to_string()))?;
         Ok(rec.map(InterfaceObject))
+    }
+}
+
+pub(crate) struct ProcessObject(ProcessInfo);
+
+#[Object(name = "Process")]
+impl ProcessObject {
+    async fn state(&self) -> ProcState {
+        self.0.state
+    }
+    async fn pid(&self) -> Option<i32> {
+        self.0.pid
+    }
+    async fn restart_count(&self) -> u32 {
+        self.0.restart_count
+    }
+    async fn last_exit_code(&self) -> Option<i32> {
+        self.0.last_exit_code
+    }
+    async fn last_signal(&self) -> Option<i32> {
+        self.0.last_signal
+    }
+    async fn started_at(&self) -> Option<String> {
+        self.0.started_at.map(util::rfc3339)
+    }
+    async fn next_restart_at(&self) -> Option<String> {
+        self.0.next_restart_at.map(util::rfc3339)
+    }
+}
+
+pub(crate) struct LogLineObject(LogLine);
+
+#[Object(name = "LogLine")]
+impl LogLineObject {
+    async fn instance_id(&self) -> ID {
+        ID(self.0.instance_id.clone())
+    }
+    /// `stdout`, `stderr`, or `agent` (a line the agent wrote, e.g. why a start failed).
+    async fn stream(&self) -> &str {
+        self.0.stream
+    }
+    async fn line(&self) -> &str {
+        &self.0.line
+    }
+    async fn at(&self) -> String {
+        util::rfc3339(self.0.at_ms)
     }
 }
 

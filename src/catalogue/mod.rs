@@ -88,15 +88,83 @@ pub(crate) struct Feature {
     pub binary: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// The config generator (`tor`, `sing-box`, `xray`) that configures and runs it.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// How to run it (overrides what the generator says).
+    #[serde(default)]
+    pub service: Option<Service>,
     #[serde(default)]
     pub assets: BTreeMap<String, Asset>,
     #[serde(default)]
     pub settings_schema: Option<Value>,
 }
 
+/// How a feature's binary runs as a service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Service {
+    /// Arguments after the program; `{config}` is the instance's config file.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Arguments that make the binary check `{config}` and exit (0: good).
+    #[serde(default)]
+    pub check: Option<Vec<String>>,
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
+    /// Capabilities the service keeps (e.g. `CAP_NET_ADMIN` for tun), inside its namespace.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    #[serde(default)]
+    pub pids_max: Option<u32>,
+    #[serde(default)]
+    pub cpu_max: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(crate) enum HealthSpec {
+    /// Connect to this port on the service's address.
+    Tcp(u16),
+    /// Run this command; exit 0 is healthy.
+    Exec(Vec<String>),
+}
+
+/// Linux capability numbers by name (the ones a network service may plausibly need).
+pub(crate) fn capability(name: &str) -> Option<u32> {
+    Some(match name {
+        "CAP_NET_BIND_SERVICE" => 10,
+        "CAP_NET_BROADCAST" => 11,
+        "CAP_NET_ADMIN" => 12,
+        "CAP_NET_RAW" => 13,
+        "CAP_SYS_RESOURCE" => 24,
+        _ => return None,
+    })
+}
+
 impl Feature {
     pub(crate) fn asset(&self, arch: &str) -> Option<&Asset> {
         self.assets.get(arch)
+    }
+
+    pub(crate) fn generator(&self) -> Option<crate::configgen::Generator> {
+        self.config
+            .as_deref()
+            .and_then(crate::configgen::Generator::by_name)
+    }
+
+    /// Whether installing it ends with a running service (it has a generator or arguments).
+    pub(crate) fn runs(&self) -> bool {
+        self.generator().is_some() || self.service.as_ref().is_some_and(|s| s.args.is_some())
+    }
+
+    /// The schema its settings must match: the catalogue's own, else its generator's.
+    pub(crate) fn schema(&self) -> Option<serde_json::Value> {
+        self.settings_schema
+            .clone()
+            .or_else(|| self.generator().map(crate::configgen::Generator::schema))
     }
 }
 
@@ -168,6 +236,22 @@ fn validate_feature(f: &Feature) -> Result<(), String> {
     }
     if !is_safe_component(&f.binary, 64) {
         return Err(format!("binary '{}' is not a plain file name", f.binary));
+    }
+    if let Some(c) = &f.config
+        && crate::configgen::Generator::by_name(c).is_none()
+    {
+        return Err(format!("config '{c}' is not one of tor, sing-box, xray"));
+    }
+    if let Some(svc) = &f.service {
+        for cap in &svc.capabilities {
+            if capability(cap).is_none() {
+                return Err(format!("capability '{cap}' is not one this agent grants"));
+            }
+        }
+        if f.config.is_none() && svc.args.is_none() && (svc.check.is_some() || svc.health.is_some())
+        {
+            return Err("service needs 'args' (or a 'config' generator) to run".into());
+        }
     }
     for (arch, asset) in &f.assets {
         if !ARCH_KEYS.contains(&arch.as_str()) {

@@ -10,6 +10,7 @@ mod archive;
 mod checksums;
 mod elf;
 mod fetch;
+mod service;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::catalogue::{self, Catalogue, Feature};
-use crate::config::DownloadConfig;
+use crate::config::SupervisorConfig;
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
 use crate::store::{Instance, Status, Step, Store, StoreError};
+use crate::supervisor::{Outcome, Supervisor};
 use crate::util;
 use crate::vif::{self, InterfaceFactory};
 use fetch::{ArtifactDirs, ArtifactKey, Downloads, FetchRequest, FetchState, Phase};
@@ -38,12 +40,19 @@ enum Stage {
     /// Give the instance its VLAN, address, routing table and (Linux) network namespace
     /// (status PROVISIONING), when its router has interfaces.
     Provision,
+    /// Service user, directories, the generated config and the service's own check of it
+    /// (status CONFIGURING), for features that run.
+    Configure,
+    /// Hand the process to the supervisor and wait until it is healthy (status STARTING).
+    Start,
 }
 
-const PIPELINE: &[Stage] = &[Stage::Fetch, Stage::Provision];
-
-/// The status an instance ends in once every stage has run.
-const FINAL_STATUS: Status = Status::Installed;
+const PIPELINE: &[Stage] = &[
+    Stage::Fetch,
+    Stage::Provision,
+    Stage::Configure,
+    Stage::Start,
+];
 
 /// Why a step failed: the step, a stable code for clients, and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +159,10 @@ pub(crate) struct Installer {
     layout: Layout,
     downloads: Arc<Downloads>,
     pub interfaces: Arc<InterfaceFactory>,
+    pub supervisor: Arc<Supervisor>,
+    services: SupervisorConfig,
+    /// Starts waiting for their first health verdict.
+    pending_starts: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Outcome>>>,
     /// Latest progress per instance, for subscribers that arrive mid-install.
     progress: Mutex<HashMap<String, Progress>>,
 }
@@ -160,12 +173,20 @@ impl Installer {
         bus: Bus,
         catalogue: Catalogue,
         layout: Layout,
-        download: DownloadConfig,
+        cfg: &crate::config::Config,
         interfaces: Arc<InterfaceFactory>,
+        supervisor: Arc<Supervisor>,
     ) -> Installer {
         Installer {
             interfaces,
-            downloads: Arc::new(Downloads::new(store.clone(), layout.clone(), download)),
+            supervisor,
+            services: cfg.supervisor.clone(),
+            pending_starts: Mutex::new(HashMap::new()),
+            downloads: Arc::new(Downloads::new(
+                store.clone(),
+                layout.clone(),
+                cfg.download.clone(),
+            )),
             store,
             bus,
             catalogue,
@@ -247,6 +268,14 @@ impl Installer {
             Some(v @ Value::Object(_)) => v,
             Some(_) => return Err(refuse("INVALID_SETTINGS", "settings must be a JSON object")),
         };
+        if let Some(schema) = feature.schema() {
+            crate::configgen::validate(&schema, &settings).map_err(|e| {
+                refuse(
+                    "INVALID_SETTINGS",
+                    format!("{e} (see features {{ settingsSchema }})"),
+                )
+            })?;
+        }
         let now = util::now_ms();
         let inst = Instance {
             id: util::random_hex(8).map_err(|e| refuse("INTERNAL", e.to_string()))?,
@@ -263,6 +292,9 @@ impl Installer {
             sha256: None,
             binary_path: None,
             verified_by: None,
+            desired_running: false,
+            uid: None,
+            pid: None,
             created_at: now,
             updated_at: now,
         };
@@ -324,6 +356,9 @@ impl Installer {
             let result = match stage {
                 Stage::Fetch => self.fetch_stage(&inst, &feature).await,
                 Stage::Provision => self.provision_stage(&inst).await,
+                Stage::Configure if feature.runs() => self.configure_stage(&inst, &feature).await,
+                Stage::Start if feature.runs() => self.start_stage(&inst, &feature).await,
+                Stage::Configure | Stage::Start => Ok(inst.clone()),
             };
             match result {
                 Ok(updated) => inst = updated,
@@ -333,20 +368,16 @@ impl Installer {
                 }
             }
         }
-        let reason = "binary verified and in place";
+        let (status, reason) = if feature.runs() {
+            (Status::Running, "service healthy")
+        } else {
+            (Status::Installed, "binary verified and in place")
+        };
         if let Some(done) = self
-            .transition(&inst.id, FINAL_STATUS, Some(reason), |_| {})
+            .transition(&inst.id, status, Some(reason), |_| {})
             .await
         {
-            self.bus.publish(
-                Some(&done.id),
-                EventKind::ServiceInstalled {
-                    feature_id: done.feature_id.clone(),
-                    version: done.version.clone(),
-                    sha256: done.sha256.clone().unwrap_or_default(),
-                    verified_by: done.verified_by.clone().unwrap_or_default(),
-                },
-            );
+            self.announce_installed(&done);
         }
     }
 
@@ -629,15 +660,25 @@ impl Installer {
             .store
             .instance(id)?
             .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
-        if !matches!(inst.status, Status::Installed | Status::Failed) {
+        if !matches!(
+            inst.status,
+            Status::Installed | Status::Failed | Status::Running | Status::Stopped
+        ) {
             return Err(refuse(
                 "INVALID_STATE",
                 format!(
-                    "instance {id} is {}; it can be uninstalled once it is INSTALLED or FAILED",
+                    "instance {id} is {}; it can be uninstalled once it is INSTALLED, RUNNING, STOPPED or FAILED",
                     inst.status.as_str()
                 ),
             ));
         }
+        self.transition(id, Status::Uninstalling, Some("uninstall requested"), |i| {
+            i.desired_running = false;
+        })
+        .await;
+        // The process first (SIGTERM, grace, SIGKILL, cgroup), then the network, then files.
+        self.supervisor.remove(id).await;
+        self.supervisor.cgroups.kill_and_remove(id);
         let factory = Arc::clone(&self.interfaces);
         let owner = inst.id.clone();
         blocking(move || factory.remove(&owner))
@@ -656,6 +697,9 @@ impl Installer {
         let record = inst.clone();
         blocking(move || -> Result<(), StoreError> {
             store.remove_instance(&record.id)?;
+            if let Some(uid) = record.uid {
+                store.release_uid(uid)?;
+            }
             remove_dir(&layout.instance_dir(&record.id));
             if !shared {
                 let key = ArtifactKey {

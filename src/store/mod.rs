@@ -24,6 +24,8 @@ const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts"
 const INTERFACES: TableDefinition<&str, &[u8]> = TableDefinition::new("interfaces");
 /// "{router}/{vlan:04}" -> instance id
 const VLANS: TableDefinition<&str, &str> = TableDefinition::new("vlans");
+/// uid -> instance id (service users)
+const UIDS: TableDefinition<u32, &str> = TableDefinition::new("uids");
 
 #[derive(Debug)]
 pub(crate) enum StoreError {
@@ -79,6 +81,7 @@ impl Store {
             tx.open_table(table).map_err(db_err)?;
         }
         tx.open_table(VLANS).map_err(db_err)?;
+        tx.open_table(UIDS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -282,6 +285,38 @@ impl Store {
         Ok(id)
     }
 
+    /// The service uid of `owner`: the one it holds, else the lowest free one in `range`.
+    pub(crate) fn allocate_uid(&self, range: [u32; 2], owner: &str) -> Result<u32, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let uid = {
+            let mut t = tx.open_table(UIDS).map_err(db_err)?;
+            let mut taken = std::collections::BTreeSet::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                if v.value() == owner {
+                    return Ok(k.value());
+                }
+                taken.insert(k.value());
+            }
+            let uid = (range[0]..=range[1])
+                .find(|u| !taken.contains(u))
+                .ok_or(StoreError::PoolExhausted)?;
+            t.insert(uid, owner).map_err(db_err)?;
+            uid
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(uid)
+    }
+
+    pub(crate) fn release_uid(&self, uid: u32) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.open_table(UIDS)
+            .map_err(db_err)?
+            .remove(uid)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
     pub(crate) fn release_vlan(&self, router: &str, id: u16) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         tx.open_table(VLANS)
@@ -334,6 +369,9 @@ mod tests {
             sha256: None,
             binary_path: None,
             verified_by: None,
+            desired_running: false,
+            uid: None,
+            pid: None,
             created_at: 1,
             updated_at: 1,
         }

@@ -37,6 +37,8 @@ impl Status {
                 | Status::Verifying
                 | Status::Installing
                 | Status::Provisioning
+                | Status::Configuring
+                | Status::Starting
         )
     }
 
@@ -66,6 +68,10 @@ pub(crate) enum Step {
     Verifying,
     Installing,
     Provisioning,
+    Configuring,
+    Starting,
+    /// The service failed after it had started (crash-loop limit).
+    Running,
 }
 
 impl Step {
@@ -75,6 +81,9 @@ impl Step {
             Step::Verifying => "verifying",
             Step::Installing => "installing",
             Step::Provisioning => "provisioning",
+            Step::Configuring => "configuring",
+            Step::Starting => "starting",
+            Step::Running => "running",
         }
     }
 }
@@ -104,6 +113,16 @@ pub(crate) struct Instance {
     pub binary_path: Option<String>,
     #[serde(default)]
     pub verified_by: Option<String>,
+    /// Whether the user wants its service running (kept across agent restarts).
+    #[serde(default)]
+    pub desired_running: bool,
+    /// The unprivileged uid (and gid) its service runs as.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The service's last PID and its start time (clock ticks since boot), so that a process
+    /// outliving a crashed agent can be recognised and killed at the next start.
+    #[serde(default)]
+    pub pid: Option<(i32, u64)>,
     pub created_at: u64,
     pub updated_at: u64,
 }

@@ -6,6 +6,7 @@ usage: subscribe.py URL TOKEN progress INSTANCE_ID   print each installProgress 
        subscribe.py URL TOKEN events COUNT           print COUNT events (any instance) as JSON lines
        subscribe.py URL TOKEN rejected               exit 0 only if the server refuses the token
        subscribe.py URL TOKEN query QUERY            run QUERY over the WebSocket, print the result
+       subscribe.py URL TOKEN logs INSTANCE_ID COUNT print COUNT log lines of an instance
 """
 import asyncio
 import json
@@ -49,6 +50,18 @@ async def events(url, token, count):
                 return
 
 
+async def logs(url, token, instance_id, count):
+    q = gql("subscription($id: ID!) { logs(instanceId: $id) { stream line at } }")
+    async with Client(transport=transport(url, token)) as session:
+        print("subscribed", flush=True)
+        n = 0
+        async for item in session.subscribe(q, variable_values={"id": instance_id}):
+            print(json.dumps(item["logs"]), flush=True)
+            n += 1
+            if n >= count:
+                return
+
+
 async def query(url, token, text):
     async with Client(transport=transport(url, token)) as session:
         print(json.dumps(await session.execute(gql(text))), flush=True)
@@ -72,6 +85,8 @@ def main():
         asyncio.run(asyncio.wait_for(progress(url, token, sys.argv[4]), 120))
     elif mode == "events":
         asyncio.run(asyncio.wait_for(events(url, token, int(sys.argv[4])), 120))
+    elif mode == "logs":
+        asyncio.run(asyncio.wait_for(logs(url, token, sys.argv[4], int(sys.argv[5])), 120))
     elif mode == "query":
         asyncio.run(asyncio.wait_for(query(url, token, sys.argv[4]), 60))
     elif mode == "rejected":

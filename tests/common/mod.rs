@@ -24,7 +24,8 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("nnc-it-{tag}-{}-{n}", std::process::id()));
+        // Not under /tmp: services get a private /tmp, which would hide their own files there.
+        let p = PathBuf::from("/var/tmp").join(format!("nnc-it-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)

@@ -1,0 +1,93 @@
+//! Xray (and V2Ray 4, whose format is the common subset used here): a `socks` inbound and a
+//! `dokodemo-door` (transparent) inbound on the instance's address, the user's proxy outbound
+//! and `freedom`, both with `sockopt.mark` set to the instance's routing mark.
+
+use serde_json::{Value, json};
+
+use super::{Context, Rendered, port, port_schema};
+
+pub(super) const FILE: &str = "config.json";
+
+pub(super) fn schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "socksPort": port_schema(),
+            "transparentPort": port_schema(),
+            "logLevel": { "enum": ["debug", "info", "warning", "error", "none"] },
+            "outbound": super::singbox::outbound_schema(false)
+        }
+    })
+}
+
+fn stream(mark: Option<u32>, tls: bool, server: &str) -> Value {
+    let mut s = json!({ "network": "tcp" });
+    if tls {
+        s["security"] = json!("tls");
+        s["tlsSettings"] = json!({ "serverName": server });
+    }
+    if let Some(m) = mark {
+        s["sockopt"] = json!({ "mark": m });
+    }
+    s
+}
+
+fn user_outbound(o: &Value, mark: Option<u32>) -> Value {
+    let kind = o["type"].as_str().unwrap_or_default();
+    let server = o["server"].as_str().unwrap_or_default();
+    let port = &o["serverPort"];
+    let tls_on = |default: bool| {
+        o.pointer("/tls/enabled")
+            .and_then(Value::as_bool)
+            .unwrap_or(default)
+    };
+    let (settings, tls) = match kind {
+        "vless" => (
+            json!({ "vnext": [{ "address": server, "port": port, "users": [{ "id": o["uuid"], "encryption": "none" }] }] }),
+            tls_on(false),
+        ),
+        "vmess" => (
+            json!({ "vnext": [{ "address": server, "port": port, "users": [{ "id": o["uuid"], "security": o.get("security").and_then(Value::as_str).unwrap_or("auto") }] }] }),
+            tls_on(false),
+        ),
+        "trojan" => (
+            json!({ "servers": [{ "address": server, "port": port, "password": o["password"] }] }),
+            tls_on(true),
+        ),
+        _ => (
+            json!({ "servers": [{ "address": server, "port": port, "method": o["method"], "password": o["password"] }] }),
+            false,
+        ),
+    };
+    json!({ "tag": "proxy", "protocol": kind, "settings": settings, "streamSettings": stream(mark, tls, server) })
+}
+
+pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
+    let listen = ctx.listen.to_string();
+    let socks = port(s, "socksPort", 10808);
+    let mut outbounds = vec![
+        json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, false, "") }),
+    ];
+    if let Some(o) = s.get("outbound") {
+        // The first outbound is the default route.
+        outbounds.insert(0, user_outbound(o, ctx.mark));
+    }
+    let config = json!({
+        "log": { "loglevel": s.get("logLevel").and_then(Value::as_str).unwrap_or("warning") },
+        "inbounds": [
+            { "tag": "socks-in", "protocol": "socks", "listen": listen, "port": socks,
+              "settings": { "auth": "noauth", "udp": true } },
+            { "tag": "transparent-in", "protocol": "dokodemo-door", "listen": listen,
+              "port": port(s, "transparentPort", 12345),
+              "settings": { "network": "tcp,udp", "followRedirect": true } }
+        ],
+        "outbounds": outbounds
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
+    Ok(Rendered {
+        text,
+        health_port: socks,
+        needs_net_admin: ctx.mark.is_some(),
+    })
+}
