@@ -73,6 +73,20 @@ pub(crate) enum EventKind {
     },
     InterfaceCreated(InterfaceRecord),
     InterfaceRemoved(InterfaceRecord),
+    /// An update finished: the new version is proven (healthy, when it runs).
+    ServiceUpdated {
+        feature_id: String,
+        from: String,
+        to: String,
+        sha256: String,
+    },
+    /// An update failed; the previous version is back.
+    UpdateRolledBack {
+        from: String,
+        to: String,
+        step: &'static str,
+        error: String,
+    },
     /// A managed process changed state (STARTING, RUNNING, CRASHED, BACKOFF ...).
     ProcessStateChanged {
         from: ProcState,
@@ -99,6 +113,8 @@ impl EventKind {
             EventKind::InterfaceCreated(_) => "interface.created",
             EventKind::InterfaceRemoved(_) => "interface.removed",
             EventKind::ProcessStateChanged { .. } => "service.state.changed",
+            EventKind::ServiceUpdated { .. } => "service.updated",
+            EventKind::UpdateRolledBack { .. } => "service.update.rolled_back",
             EventKind::ServiceCrashed { .. } => "service.crashed",
         }
     }
@@ -140,6 +156,18 @@ impl Event {
                 "address": r.address, "serviceAddress": r.service_address,
                 "routingTable": r.routing_table,
             }),
+            EventKind::ServiceUpdated {
+                feature_id,
+                from,
+                to,
+                sha256,
+            } => json!({ "featureId": feature_id, "from": from, "to": to, "sha256": sha256 }),
+            EventKind::UpdateRolledBack {
+                from,
+                to,
+                step,
+                error,
+            } => json!({ "from": from, "to": to, "step": step, "error": error }),
             EventKind::ProcessStateChanged { from, to, reason } => {
                 json!({ "from": from.as_str(), "to": to.as_str(), "reason": reason })
             }

@@ -112,6 +112,11 @@ fn serve(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("reconcile: {e}"))?;
         let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
+        let rolled_back = installer.recover_updates().await.map_err(|e| e.to_string())?;
+        if rolled_back > 0 {
+            log::warn!(target: "api", "{rolled_back} interrupted update(s) rolled back");
+        }
+        installer.collect_artifacts().await;
         let restarted = installer.restart_wanted().map_err(|e| e.to_string())?;
         if restarted > 0 {
             log::info!(target: "supervisor", "starting {restarted} service(s) that were running before");

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +16,6 @@ use common::{
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-const PROCESS: &str = "query($id: ID!) { instance(id: $id) { status failedStep error errorCode desiredRunning process { state pid restartCount lastExitCode lastSignal startedAt nextRestartAt } interface { netns } } }";
 
 fn busybox_feature(nginx: &Nginx, www: &Path, id: &str, script: &str, extra: Value) -> Value {
     let mut service = json!({ "args": ["sh", "-c", script] });
@@ -36,26 +34,15 @@ fn www_with_busybox(root: &TempDir) -> PathBuf {
 }
 
 fn process(agent: &Agent, id: &str) -> Value {
-    agent.data(PROCESS, json!({ "id": id }))["instance"].clone()
+    agent.process(id)
 }
 
 fn wait_status(agent: &Agent, id: &str, want: &[&str]) -> Value {
-    let mut last = Value::Null;
-    common::wait_until(&format!("instance {id} in {want:?}"), TIMEOUT, || {
-        last = process(agent, id);
-        want.contains(&last["status"].as_str().unwrap_or(""))
-    });
-    last
+    agent.wait_status(id, want, TIMEOUT)
 }
 
-/// SOCKS5 greeting "no authentication" → the server's choice: [5, 0] means it speaks SOCKS5.
 fn socks5_greeting(port: u16) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&[5, 1, 0]).unwrap();
-    let mut reply = [0u8; 2];
-    s.read_exact(&mut reply).unwrap();
-    reply.to_vec()
+    common::socks5_greeting(([127, 0, 0, 1], port).into())
 }
 
 fn pid_alive(pid: i64) -> bool {

@@ -78,12 +78,19 @@ pub(crate) struct QueryRoot;
 impl QueryRoot {
     /// Features of the catalogue, with whether this machine's architecture has an asset.
     async fn features(&self, ctx: &Context<'_>) -> Vec<FeatureObject> {
-        installer(ctx)
-            .catalogue
-            .features
-            .iter()
-            .cloned()
-            .map(FeatureObject)
+        let catalogue = &installer(ctx).catalogue;
+        catalogue
+            .current()
+            .map(|f| {
+                FeatureObject(
+                    f.clone(),
+                    catalogue
+                        .versions(&f.id)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            })
             .collect()
     }
 
@@ -221,6 +228,20 @@ impl MutationRoot {
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
         Ok(InstanceObject(installer(ctx).restart(id).await?))
+    }
+
+    /// Moves an instance to another version the catalogue offers (`features { versions }`).
+    /// Returns at once with the instance UPDATING; the new binary is staged and verified, the
+    /// config checked with it, and the new version must become healthy, or the previous
+    /// version is put back (events `service.updated` / `service.update.rolled_back`).
+    async fn update_instance(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        version: String,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&id)?;
+        Ok(InstanceObject(installer(ctx).update(id, &version).await?))
     }
 
     /// Removes an instance (its process, interface and files); the binary stays while another
@@ -452,7 +473,7 @@ impl BoardObject {
     }
 }
 
-pub(crate) struct FeatureObject(Feature);
+pub(crate) struct FeatureObject(Feature, Vec<String>);
 
 #[Object(name = "Feature")]
 impl FeatureObject {
@@ -462,8 +483,13 @@ impl FeatureObject {
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// The current version (what installFeature installs).
     async fn version(&self) -> &str {
         &self.0.version
+    }
+    /// Every version the catalogue offers, current first (updateInstance targets).
+    async fn versions(&self) -> &[String] {
+        &self.1
     }
     async fn binary(&self) -> &str {
         &self.0.binary

@@ -195,8 +195,34 @@ impl Catalogue {
         Catalogue::parse(BUILTIN.as_bytes(), "built-in catalogue")
     }
 
+    /// The current version of a feature: the first entry with its id.
     pub(crate) fn feature(&self, id: &str) -> Option<&Feature> {
         self.features.iter().find(|f| f.id == id)
+    }
+
+    /// A feature at a given version (an update target or the version an instance has).
+    pub(crate) fn feature_version(&self, id: &str, version: &str) -> Option<&Feature> {
+        self.features
+            .iter()
+            .find(|f| f.id == id && f.version == version)
+    }
+
+    /// Every version the catalogue offers for a feature, current first.
+    pub(crate) fn versions(&self, id: &str) -> Vec<&str> {
+        self.features
+            .iter()
+            .filter(|f| f.id == id)
+            .map(|f| f.version.as_str())
+            .collect()
+    }
+
+    /// One entry per feature id: the current version of each.
+    pub(crate) fn current(&self) -> impl Iterator<Item = &Feature> {
+        self.features
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| !self.features[..*i].iter().any(|o| o.id == f.id))
+            .map(|(_, f)| f)
     }
 
     /// Parses and validates a catalogue document. Errors name the feature and the field.
@@ -213,8 +239,13 @@ impl Catalogue {
         let mut seen = std::collections::BTreeSet::new();
         for f in &doc.features {
             validate_feature(f).map_err(|m| fail(format!("feature '{}': {m}", f.id)))?;
-            if !seen.insert(f.id.as_str()) {
-                return Err(fail(format!("feature '{}' is listed twice", f.id)));
+            // A feature may be listed once per version: the first entry is its current one,
+            // the others are what updateInstance can move an instance to.
+            if !seen.insert((f.id.as_str(), f.version.as_str())) {
+                return Err(fail(format!(
+                    "feature '{}' {} is listed twice",
+                    f.id, f.version
+                )));
             }
         }
         Ok(Catalogue {

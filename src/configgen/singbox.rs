@@ -41,7 +41,8 @@ fn outbound(kind: &str, required: &[&str], extra: Value) -> Value {
     json!({ "type": "object", "additionalProperties": false, "required": req, "properties": props })
 }
 
-pub(super) fn outbound_schema(with_hysteria: bool) -> Value {
+/// The allowed outbound forms. Xray adds its transports (`tcp`, `ws`, `grpc`) to every form.
+pub(super) fn outbound_schema(with_hysteria: bool, transports: Option<&[&str]>) -> Value {
     let password = json!({ "type": "string", "format": "text", "minLength": 1, "maxLength": 128 });
     let uuid = json!({ "type": "string", "format": "uuid" });
     let mut forms = vec![
@@ -80,6 +81,13 @@ pub(super) fn outbound_schema(with_hysteria: bool) -> Value {
             json!({ "password": password, "tls": tls_schema() }),
         ));
     }
+    if let Some(t) = transports {
+        for f in &mut forms {
+            if let Some(p) = f.get_mut("properties").and_then(Value::as_object_mut) {
+                p.insert("transport".into(), json!({ "enum": t }));
+            }
+        }
+    }
     json!({ "oneOf": forms })
 }
 
@@ -92,7 +100,7 @@ pub(super) fn schema() -> Value {
             "tproxyPort": port_schema(),
             "redirectPort": port_schema(),
             "logLevel": { "enum": ["trace", "debug", "info", "warn", "error", "fatal", "panic"] },
-            "outbound": outbound_schema(true)
+            "outbound": outbound_schema(true, None)
         }
     })
 }

@@ -17,6 +17,12 @@ pub(super) fn schema() -> Value {
             "transPort": port_schema(),
             "dnsPort": port_schema(),
             "controlPort": port_schema(),
+            "bridges": {
+                "type": "array",
+                "maxItems": 8,
+                "description": "Bridge lines (\"IP:PORT [FINGERPRINT]\"); Tor checks them",
+                "items": { "type": "string", "format": "text", "minLength": 1, "maxLength": 200 }
+            },
             "relay": {
                 "type": "object",
                 "additionalProperties": false,
@@ -61,6 +67,16 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     line(format!("Log notice file {}/tor.log", ctx.log_dir.display()));
     line("RunAsDaemon 0".into());
     line("AvoidDiskWrites 1".into());
+    if let Some(bridges) = s
+        .get("bridges")
+        .and_then(Value::as_array)
+        .filter(|b| !b.is_empty())
+    {
+        line("UseBridges 1".into());
+        for b in bridges.iter().filter_map(Value::as_str) {
+            line(format!("Bridge {b}"));
+        }
+    }
     match s.get("relay") {
         None => line("ClientOnly 1".into()),
         Some(r) => {

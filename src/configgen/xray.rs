@@ -16,13 +16,13 @@ pub(super) fn schema() -> Value {
             "socksPort": port_schema(),
             "transparentPort": port_schema(),
             "logLevel": { "enum": ["debug", "info", "warning", "error", "none"] },
-            "outbound": super::singbox::outbound_schema(false)
+            "outbound": super::singbox::outbound_schema(false, Some(&["tcp", "ws", "grpc"]))
         }
     })
 }
 
-fn stream(mark: Option<u32>, tls: bool, server: &str) -> Value {
-    let mut s = json!({ "network": "tcp" });
+fn stream(mark: Option<u32>, tls: bool, server: &str, network: &str) -> Value {
+    let mut s = json!({ "network": network });
     if tls {
         s["security"] = json!("tls");
         s["tlsSettings"] = json!({ "serverName": server });
@@ -60,14 +60,15 @@ fn user_outbound(o: &Value, mark: Option<u32>) -> Value {
             false,
         ),
     };
-    json!({ "tag": "proxy", "protocol": kind, "settings": settings, "streamSettings": stream(mark, tls, server) })
+    let network = o.get("transport").and_then(Value::as_str).unwrap_or("tcp");
+    json!({ "tag": "proxy", "protocol": kind, "settings": settings, "streamSettings": stream(mark, tls, server, network) })
 }
 
 pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     let listen = ctx.listen.to_string();
     let socks = port(s, "socksPort", 10808);
     let mut outbounds = vec![
-        json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, false, "") }),
+        json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, false, "", "tcp") }),
     ];
     if let Some(o) = s.get("outbound") {
         // The first outbound is the default route.

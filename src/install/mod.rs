@@ -11,6 +11,7 @@ mod checksums;
 mod elf;
 mod fetch;
 mod service;
+mod update;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use serde_json::Value;
 use crate::catalogue::{self, Catalogue, Feature};
 use crate::config::SupervisorConfig;
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
-use crate::store::{Instance, Status, Step, Store, StoreError};
+use crate::store::{Artifact, Instance, Status, Step, Store, StoreError};
 use crate::supervisor::{Outcome, Supervisor};
 use crate::util;
 use crate::vif::{self, InterfaceFactory};
@@ -112,7 +113,7 @@ impl Layout {
 
     /// `{base}/features/{feature}/{version}`: binaries per version, so an update can roll back.
     fn feature_version(&self, feature: &str, version: &str) -> PathBuf {
-        self.base.join("features").join(feature).join(version)
+        self.features_dir().join(feature).join(version)
     }
 
     fn artifact(&self, feature: &str, version: &str) -> ArtifactDirs {
@@ -121,6 +122,10 @@ impl Layout {
             download: dir.join("download"),
             bin: dir.join("bin"),
         }
+    }
+
+    fn features_dir(&self) -> PathBuf {
+        self.base.join("features")
     }
 
     fn instance_dir(&self, id: &str) -> PathBuf {
@@ -295,6 +300,7 @@ impl Installer {
             desired_running: false,
             uid: None,
             pid: None,
+            previous: None,
             created_at: now,
             updated_at: now,
         };
@@ -343,11 +349,18 @@ impl Installer {
             log::error!(target: "api", "instance {id} vanished before its install ran");
             return;
         };
-        let Some(feature) = self.catalogue.feature(&inst.feature_id).cloned() else {
+        let Some(feature) = self
+            .catalogue
+            .feature_version(&inst.feature_id, &inst.version)
+            .cloned()
+        else {
             let e = StepError::new(
                 Step::Downloading,
-                "UNKNOWN_FEATURE",
-                format!("feature {} is no longer in the catalogue", inst.feature_id),
+                "CATALOGUE_CHANGED",
+                format!(
+                    "the catalogue no longer offers {} {}; install again",
+                    inst.feature_id, inst.version
+                ),
             );
             self.fail(&inst, &e).await;
             return;
@@ -384,16 +397,34 @@ impl Installer {
     /// Download, verification and placement, shared with every other install of the same
     /// artifact. Instance statuses follow the job's phases.
     async fn fetch_stage(&self, inst: &Instance, feature: &Feature) -> Result<Instance, StepError> {
-        if feature.version != inst.version {
-            return Err(StepError::new(
-                Step::Downloading,
-                "CATALOGUE_CHANGED",
-                format!(
-                    "the catalogue now offers {} {} instead of {}; install again",
-                    feature.id, feature.version, inst.version
-                ),
-            ));
-        }
+        let (artifact, status, bytes) = self.fetch_artifact(inst, feature, true).await?;
+        let updated = self
+            .transition(&inst.id, status, None, move |i| {
+                i.sha256 = Some(artifact.sha256.clone());
+                i.binary_path = Some(artifact.binary_path.clone());
+                i.verified_by = Some(artifact.verified_by.clone());
+            })
+            .await
+            .ok_or_else(|| {
+                StepError::new(
+                    Step::Installing,
+                    "STATE_ERROR",
+                    "instance record vanished".into(),
+                )
+            })?;
+        self.report(&updated, ProgressStatus::Completed, bytes, Some(bytes));
+        Ok(updated)
+    }
+
+    /// Gets `feature`'s verified binary in place (joining a running download of it), reporting
+    /// progress for `inst`; with `track_status` the instance's status follows the job's phases
+    /// (an install), without it the status stays what it is (an update).
+    async fn fetch_artifact(
+        &self,
+        inst: &Instance,
+        feature: &Feature,
+        track_status: bool,
+    ) -> Result<(Artifact, Status, u64), StepError> {
         let asset = feature.asset(&inst.arch).cloned().ok_or_else(|| {
             StepError::new(
                 Step::Downloading,
@@ -416,33 +447,16 @@ impl Installer {
         let mut status = inst.status;
         loop {
             let state: FetchState = rx.borrow_and_update().clone();
-            let target = match state.phase {
-                Phase::Downloading => Status::Downloading,
-                Phase::Verifying => Status::Verifying,
-                Phase::Extracting => Status::Installing,
-            };
-            status = self.advance(&inst.id, status, target).await;
+            if track_status {
+                let target = match state.phase {
+                    Phase::Downloading => Status::Downloading,
+                    Phase::Verifying => Status::Verifying,
+                    Phase::Extracting => Status::Installing,
+                };
+                status = self.advance(&inst.id, status, target).await;
+            }
             match state.outcome {
-                Some(Ok(artifact)) => {
-                    let total = Some(state.bytes);
-                    let artifact = artifact.clone();
-                    let updated = self
-                        .transition(&inst.id, status, None, move |i| {
-                            i.sha256 = Some(artifact.sha256.clone());
-                            i.binary_path = Some(artifact.binary_path.clone());
-                            i.verified_by = Some(artifact.verified_by.clone());
-                        })
-                        .await
-                        .ok_or_else(|| {
-                            StepError::new(
-                                Step::Installing,
-                                "STATE_ERROR",
-                                "instance record vanished".into(),
-                            )
-                        })?;
-                    self.report(&updated, ProgressStatus::Completed, state.bytes, total);
-                    return Ok(updated);
-                }
+                Some(Ok(artifact)) => return Ok((artifact, status, state.bytes)),
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
@@ -701,19 +715,11 @@ impl Installer {
                 store.release_uid(uid)?;
             }
             remove_dir(&layout.instance_dir(&record.id));
-            if !shared {
-                let key = ArtifactKey {
-                    feature: record.feature_id.clone(),
-                    version: record.version.clone(),
-                    arch: record.arch.clone(),
-                };
-                store.remove_artifact(&key.id())?;
-                store.clear_download_state(&key.id())?;
-                remove_dir(&layout.feature_version(&record.feature_id, &record.version));
-            }
             Ok(())
         })
         .await?;
+        // The feature version's files go when no other instance uses them.
+        self.collect_artifacts().await;
         self.progress
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -76,9 +76,7 @@ impl Installer {
                     && inst.desired_running
                 {
                     self.transition(id, Status::Running, Some("service healthy"), |i| {
-                        i.failed_step = None;
-                        i.error = None;
-                        i.error_code = None;
+                        clear_failure(i);
                     })
                     .await;
                 }
@@ -161,7 +159,11 @@ impl Installer {
     }
 
     /// The generator's view of the instance: where it listens and its routing mark.
-    fn context(&self, inst: &Instance, paths: &InstancePaths) -> (Context, Option<PathBuf>) {
+    pub(super) fn context(
+        &self,
+        inst: &Instance,
+        paths: &InstancePaths,
+    ) -> (Context, Option<PathBuf>) {
         let iface = self.interfaces.interface(&inst.id).ok().flatten();
         let listen = iface
             .as_ref()
@@ -181,7 +183,11 @@ impl Installer {
     }
 
     /// Everything the supervisor needs to run the instance's service.
-    fn service_def(&self, inst: &Instance, feature: &Feature) -> Result<ServiceDef, StepError> {
+    pub(super) fn service_def(
+        &self,
+        inst: &Instance,
+        feature: &Feature,
+    ) -> Result<ServiceDef, StepError> {
         let err = |m: String| StepError::new(Step::Starting, "START_FAILED", m);
         let paths = self.instance_paths(&inst.id);
         let (ctx, netns) = self.context(inst, &paths);
@@ -271,6 +277,7 @@ impl Installer {
                 startup_timeout: self.services.startup_timeout,
             },
             log_dir: paths.logs,
+            start_attempts: None,
         })
     }
 
@@ -293,7 +300,20 @@ impl Installer {
                 )
             })?;
         self.kill_leftover(&inst);
-        let def = self.service_def(&inst, feature)?;
+        self.launch(&inst, feature, None).await?;
+        Ok(inst)
+    }
+
+    /// Hands the service to the supervisor and waits for its first verdict: healthy, or
+    /// given up on (after `attempts` crashes before its first healthy run, when given).
+    pub(super) async fn launch(
+        &self,
+        inst: &Instance,
+        feature: &Feature,
+        attempts: Option<u32>,
+    ) -> Result<(), StepError> {
+        let mut def = self.service_def(inst, feature)?;
+        def.start_attempts = attempts;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending_starts
             .lock()
@@ -301,7 +321,7 @@ impl Installer {
             .insert(inst.id.clone(), tx);
         self.supervisor.start(def);
         match rx.await {
-            Ok(Outcome::Healthy) => Ok(inst),
+            Ok(Outcome::Healthy) => Ok(()),
             Ok(Outcome::Failed(reason)) => {
                 Err(StepError::new(Step::Starting, "START_FAILED", reason))
             }
@@ -315,7 +335,7 @@ impl Installer {
 
     /// Kills a process a previous agent left behind (recognised by PID and start time), and
     /// anything left in the instance's cgroup.
-    fn kill_leftover(&self, inst: &Instance) {
+    pub(super) fn kill_leftover(&self, inst: &Instance) {
         if let Some((pid, start)) = inst.pid
             && process_start_time(pid) == Some(start)
         {
@@ -376,7 +396,7 @@ impl Installer {
             .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
         let feature = self
             .catalogue
-            .feature(&inst.feature_id)
+            .feature_version(&inst.feature_id, &inst.version)
             .cloned()
             .ok_or_else(|| {
                 refuse(
@@ -411,9 +431,7 @@ impl Installer {
             .await
             .map_err(|e| refuse(e.code, e.message.clone()))?;
         self.transition(id, Status::Running, Some("started"), |i| {
-            i.failed_step = None;
-            i.error = None;
-            i.error_code = None;
+            clear_failure(i);
         })
         .await
         .ok_or_else(|| refuse("STATE_ERROR", "instance record vanished"))
@@ -473,6 +491,16 @@ impl Installer {
     }
 }
 
+/// Forgets why a service failed once it runs again. What the last update did (a rollback and
+/// its reason) stays visible until the next update.
+fn clear_failure(i: &mut Instance) {
+    if i.failed_step != Some(Step::Updating) {
+        i.failed_step = None;
+        i.error = None;
+        i.error_code = None;
+    }
+}
+
 /// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot.
 pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -505,7 +533,7 @@ fn prepare_dirs(p: &InstancePaths, uid: u32) -> Result<(), StepError> {
 }
 
 /// Writes a config file atomically, readable by the service user.
-fn write_config(file: &Path, text: &str) -> Result<(), StepError> {
+pub(super) fn write_config(file: &Path, text: &str) -> Result<(), StepError> {
     let tmp = file.with_extension("new");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
@@ -514,7 +542,12 @@ fn write_config(file: &Path, text: &str) -> Result<(), StepError> {
 }
 
 /// Runs the service's own config check as the service user; its output is the error.
-fn run_check(binary: &Path, args: &[String], uid: u32, cwd: &Path) -> Result<(), StepError> {
+pub(super) fn run_check(
+    binary: &Path,
+    args: &[String],
+    uid: u32,
+    cwd: &Path,
+) -> Result<(), StepError> {
     use std::os::unix::process::CommandExt;
     let fail = |m: String| StepError::new(Step::Configuring, "CONFIG_REJECTED", m);
     let child = std::process::Command::new(binary)

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub(crate) use records::{
-    Artifact, DownloadState, IfStatus, Instance, InterfaceRecord, Status, Step,
+    Artifact, DownloadState, IfStatus, Instance, InterfaceRecord, Previous, Status, Step,
 };
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
@@ -372,6 +372,7 @@ mod tests {
             desired_running: false,
             uid: None,
             pid: None,
+            previous: None,
             created_at: 1,
             updated_at: 1,
         }

@@ -25,6 +25,8 @@ pub(crate) enum Status {
     Stopped,
     Failed,
     Uninstalling,
+    /// Moving to another version; the previous one comes back if the new one fails.
+    Updating,
 }
 
 impl Status {
@@ -56,6 +58,7 @@ impl Status {
             Status::Stopped => "STOPPED",
             Status::Failed => "FAILED",
             Status::Uninstalling => "UNINSTALLING",
+            Status::Updating => "UPDATING",
         }
     }
 }
@@ -72,6 +75,8 @@ pub(crate) enum Step {
     Starting,
     /// The service failed after it had started (crash-loop limit).
     Running,
+    /// An update failed (and was rolled back).
+    Updating,
 }
 
 impl Step {
@@ -84,6 +89,7 @@ impl Step {
             Step::Configuring => "configuring",
             Step::Starting => "starting",
             Step::Running => "running",
+            Step::Updating => "updating",
         }
     }
 }
@@ -123,8 +129,25 @@ pub(crate) struct Instance {
     /// outliving a crashed agent can be recognised and killed at the next start.
     #[serde(default)]
     pub pid: Option<(i32, u64)>,
+    /// While UPDATING: what to go back to if the new version fails.
+    #[serde(default)]
+    pub previous: Option<Previous>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// The version an update is replacing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Previous {
+    pub version: String,
+    /// The version being moved to (its binary must not be collected meanwhile).
+    #[serde(default)]
+    pub target: String,
+    pub sha256: Option<String>,
+    pub binary_path: Option<String>,
+    pub verified_by: Option<String>,
+    /// The status to return to (RUNNING, STOPPED or INSTALLED).
+    pub status: Status,
 }
 
 /// Resume information for a partial download; the bytes themselves are the `.part` file.

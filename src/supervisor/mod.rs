@@ -108,6 +108,9 @@ pub(crate) struct ServiceDef {
     pub limits: Limits,
     pub health: HealthCheck,
     pub log_dir: PathBuf,
+    /// Give up after this many crashes before the first healthy run (an update's new version
+    /// gets one chance); `None`: the policy's crash-loop limit applies.
+    pub start_attempts: Option<u32>,
 }
 
 /// What the supervisor tells the installer about an instance.
@@ -291,6 +294,7 @@ impl Supervisor {
         };
         let mut backoff = self.policy.backoff_initial;
         let mut crashes_in_a_row = 0u32;
+        let mut ever_healthy = false;
         loop {
             self.set_state(&id, &info, ProcState::Starting, None);
             let started = Instant::now();
@@ -312,7 +316,15 @@ impl Supervisor {
                     crashes_in_a_row = 0;
                     continue;
                 }
-                RunEnd::Crashed { code, signal, why } => (code, signal, why),
+                RunEnd::Crashed {
+                    code,
+                    signal,
+                    why,
+                    healthy,
+                } => {
+                    ever_healthy |= healthy;
+                    (code, signal, why)
+                }
             };
             {
                 let mut i = lock(&info);
@@ -328,7 +340,11 @@ impl Supervisor {
             }
             crashes_in_a_row += 1;
             let restart_count = lock(&info).restart_count;
-            if crashes_in_a_row >= self.policy.crash_limit {
+            let limit = match def.start_attempts {
+                Some(n) if !ever_healthy => n,
+                _ => self.policy.crash_limit,
+            };
+            if crashes_in_a_row >= limit {
                 let tail = logs::tail(&def.log_dir, 10).join("\n");
                 let reason = format!(
                     "crashed {crashes_in_a_row} times in a row ({why}); last log lines:\n{tail}"
@@ -403,6 +419,7 @@ impl Supervisor {
             code: None,
             signal: None,
             why,
+            healthy: false,
         };
         let mut spec = def.spawn.clone();
         match self.cgroups.leaf(id, &def.limits) {
@@ -460,7 +477,7 @@ impl Supervisor {
                         (_, Some(s)) => format!("killed by signal {s}"),
                         _ => "ended".into(),
                     };
-                    return RunEnd::Crashed { code, signal, why };
+                    return RunEnd::Crashed { code, signal, why, healthy };
                 }
                 msg = control.recv() => {
                     self.terminate(id, info, pid, &exit).await;
@@ -496,7 +513,12 @@ impl Supervisor {
                             log::warn!(target: "supervisor", "instance {id}: health probe failed ({failures}/{}): {e}", health.threshold);
                             if failures >= health.threshold {
                                 self.terminate(id, info, pid, &exit).await;
-                                return crashed(format!("unhealthy: {e}"));
+                                return RunEnd::Crashed {
+                                    code: None,
+                                    signal: None,
+                                    why: format!("unhealthy: {e}"),
+                                    healthy: true,
+                                };
                             }
                         }
                     }
@@ -585,6 +607,7 @@ enum RunEnd {
         code: Option<i32>,
         signal: Option<i32>,
         why: String,
+        healthy: bool,
     },
     Restart,
     Stopped(oneshot::Sender<()>),

@@ -204,8 +204,10 @@ fn command_in(program: &str, netns: Option<&str>) -> Command {
     }
 }
 
-/// Debian's nginx on 127.0.0.1, serving `root`, logging every request with its Range header.
+/// Debian's nginx on 127.0.0.1 (or an address inside a test namespace), serving `root`,
+/// logging every request with its Range header and the peer's address.
 pub struct Nginx {
+    pub addr: std::net::IpAddr,
     pub port: u16,
     pub dir: PathBuf,
     child: Child,
@@ -219,6 +221,16 @@ impl Nginx {
 
     /// Like `start`, inside the network namespace `netns`.
     pub fn start_in(root: &Path, extra: &str, netns: Option<&TestNetns>) -> Nginx {
+        Nginx::start_on(root, extra, netns, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Like `start_in`, listening on `addr` (an address of that namespace).
+    pub fn start_on(
+        root: &Path,
+        extra: &str,
+        netns: Option<&TestNetns>,
+        addr: std::net::IpAddr,
+    ) -> Nginx {
         let dir = root.join(format!("nginx-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -227,13 +239,13 @@ impl Nginx {
 error_log {d}/error.log; pid {d}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
-  log_format ranged '$request_method $uri $status $body_bytes_sent range="$http_range"';
+  log_format ranged '$request_method $uri $status $body_bytes_sent range="$http_range" from=$remote_addr';
   access_log {d}/access.log ranged;
   client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
   uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
   types {{ application/octet-stream bin; }}
   server {{
-    listen 127.0.0.1:{port};
+    listen {addr}:{port};
     root {root};
     {extra}
   }}
@@ -251,10 +263,15 @@ http {{
             .stdin(Stdio::null())
             .spawn()
             .expect("nginx (Debian nginx-light) must be installed: run tests/setup.sh");
-        let n = Nginx { port, dir, child };
+        let n = Nginx {
+            addr,
+            port,
+            dir,
+            child,
+        };
         let ns = netns.map(TestNetns::path);
         wait_until("nginx to listen", Duration::from_secs(10), || {
-            let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            let connect = || std::net::TcpStream::connect((addr, port)).is_ok();
             match &ns {
                 None => connect(),
                 Some(p) => enter(p, connect),
@@ -265,7 +282,8 @@ http {{
 
     pub fn url(&self, path: &str) -> String {
         format!(
-            "http://127.0.0.1:{}/{}",
+            "http://{}:{}/{}",
+            self.addr,
             self.port,
             path.trim_start_matches('/')
         )
@@ -560,6 +578,104 @@ impl Agent {
         });
         last
     }
+}
+
+impl Agent {
+    /// The instance with its process, waiting until its status is one of `want`.
+    pub fn wait_status(&self, id: &str, want: &[&str], timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        wait_until(&format!("instance {id} in {want:?}"), timeout, || {
+            last = self.process(id);
+            want.contains(&last["status"].as_str().unwrap_or(""))
+        });
+        last
+    }
+
+    /// The instance's status, version, error and process.
+    pub fn process(&self, id: &str) -> Value {
+        self.data(
+            "query($id: ID!) { instance(id: $id) { status version failedStep error errorCode desiredRunning binaryPath process { state pid restartCount lastExitCode lastSignal startedAt nextRestartAt } interface { vlanId serviceAddress netns name } } }",
+            json!({ "id": id }),
+        )["instance"]
+            .clone()
+    }
+
+    /// A `events` subscription through the third-party client, collected in the background.
+    pub fn events(&self) -> EventStream {
+        EventStream::start(self)
+    }
+}
+
+/// The `events` subscription of PyPI's gql client, each event collected as it arrives.
+pub struct EventStream {
+    child: Child,
+    events: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl EventStream {
+    fn start(agent: &Agent) -> EventStream {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/subscribe.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .args([&agent.url(), &agent.token, "events", "1000000"])
+            .stdout(Stdio::piped())
+            // Its traceback when the agent is killed under it is expected noise.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python subscribe client");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "subscribed");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&events);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        EventStream { child, events }
+    }
+
+    /// Waits for an event of `kind` about `instance`; returns it.
+    pub fn wait_for(&self, kind: &str, instance: &str, timeout: Duration) -> Value {
+        let mut found = Value::Null;
+        wait_until(&format!("event {kind} for {instance}"), timeout, || {
+            let all = self.events.lock().unwrap();
+            if let Some(e) = all
+                .iter()
+                .find(|e| e["type"] == kind && e["instanceId"] == instance)
+            {
+                found = e.clone();
+                return true;
+            }
+            false
+        });
+        found
+    }
+
+    /// Every event received so far.
+    pub fn all(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SOCKS5 greeting "no authentication" → the server's choice: [5, 0] means it speaks SOCKS5.
+pub fn socks5_greeting(addr: std::net::SocketAddr) -> Vec<u8> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).unwrap();
+    reply.to_vec()
 }
 
 impl Drop for Agent {
