@@ -19,6 +19,10 @@ nnc-agent: installs, isolates and supervises network services on this router
 
 usage:
   nnc-agent serve [options]      run the agent (GraphQL on --listen)
+  nnc-agent config schema GEN    the JSON Schema of a generator's settings (tor, sing-box, xray)
+  nnc-agent config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]
+                                 print the config the agent would write (settings checked
+                                 against the schema first, as installFeature does)
   nnc-agent version              print the version
   nnc-agent help                 this text
 
@@ -37,8 +41,66 @@ serve options (each also a key of the --config TOML file, with '_' for '-'):
 #[derive(Debug)]
 pub(crate) enum Command {
     Serve(Box<Config>),
+    /// `config schema|render`: the config generators without an agent.
+    Config(ConfigCommand),
     Version,
     Help,
+}
+
+#[derive(Debug)]
+pub(crate) enum ConfigCommand {
+    Schema(String),
+    Render {
+        generator: String,
+        settings: String,
+        listen: std::net::IpAddr,
+        mark: Option<u32>,
+        dir: PathBuf,
+    },
+}
+
+fn parse_config_command(args: &[String]) -> Result<Command, ConfigError> {
+    let generator = args.get(1).cloned().unwrap_or_default();
+    match args.first().map(String::as_str) {
+        Some("schema") if args.len() == 2 => Ok(Command::Config(ConfigCommand::Schema(generator))),
+        Some("render") if args.len() >= 2 => {
+            let mut settings = "{}".to_owned();
+            let mut listen = std::net::IpAddr::from([127, 0, 0, 1]);
+            let mut mark = None;
+            let mut dir = PathBuf::from("/var/lib/nnc/instance");
+            let mut it = args[2..].iter();
+            while let Some(flag) = it.next() {
+                let Some(value) = it.next() else {
+                    return err(format!("{flag} needs a value"));
+                };
+                match flag.as_str() {
+                    "--settings" => settings.clone_from(value),
+                    "--listen" => {
+                        listen = value.parse().map_err(|_| {
+                            ConfigError(format!("--listen {value:?} is not an IP address"))
+                        })?;
+                    }
+                    "--mark" => {
+                        mark = Some(value.parse().map_err(|_| {
+                            ConfigError(format!("--mark {value:?} is not a number"))
+                        })?);
+                    }
+                    "--dir" => dir = PathBuf::from(value),
+                    other => return err(format!("unknown option '{other}' for config render")),
+                }
+            }
+            Ok(Command::Config(ConfigCommand::Render {
+                generator,
+                settings,
+                listen,
+                mark,
+                dir,
+            }))
+        }
+        _ => err(
+            "usage: nnc-agent config schema GEN | config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]",
+        ),
+    }
 }
 
 /// Everything `serve` needs, after flags, file and defaults are merged.
@@ -250,6 +312,7 @@ pub(crate) fn parse_command(args: &[String]) -> Result<Command, ConfigError> {
             };
             merge(flags, file).map(|c| Command::Serve(Box::new(c)))
         }
+        Some("config") => parse_config_command(&args[1..]),
         Some(other) => err(format!("unknown command '{other}' (try 'nnc-agent help')")),
     }
 }

@@ -49,6 +49,16 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Config(c) => match configgen::command(c) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nnc-agent: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Serve(cfg) => match serve(*cfg) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -265,3 +265,63 @@ fn updates_roll_back_on_any_failure_and_move_on_when_the_new_version_is_healthy(
         "INVALID_ID"
     );
 }
+
+#[test]
+fn configs_the_real_checkers_refuse_fail_at_configuring_with_their_words() {
+    let root = TempDir::new("rejects");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let nginx = Nginx::start(&www, "");
+    std::fs::copy("/usr/sbin/tor", www.join("tor")).unwrap();
+    std::fs::copy("/usr/bin/v2ray", www.join("v2ray")).unwrap();
+    let catalogue = write_catalogue(
+        root.path(),
+        &[
+            singbox_entry(&nginx, &www, "a", SB),
+            json!({ "id": "tor", "name": "Tor", "version": "0.4", "binary": "tor", "config": "tor",
+                    "assets": { "x86_64": { "url": nginx.url("tor"), "sha256": sha256_file(&www.join("tor")) } } }),
+            json!({ "id": "xray", "name": "Xray", "version": "4.34.0", "binary": "v2ray", "config": "xray",
+                    "service": { "args": ["-config", "{config}"], "check": ["-test", "-config", "{config}"] },
+                    "assets": { "x86_64": { "url": nginx.url("v2ray"), "sha256": sha256_file(&www.join("v2ray")) } } }),
+        ],
+    );
+    let agent = Agent::start(root.path(), &catalogue, "");
+    // Each passes the published schema; only the service itself knows better.
+    let cases = [
+        (
+            "tor",
+            json!({ "bridges": ["not-an-address"] }),
+            "Bridge line did not parse",
+        ),
+        (
+            "sing-box",
+            json!({ "outbound": { "type": "hysteria2", "server": "192.0.2.1", "serverPort": 443,
+                                  "password": "secret", "tls": { "enabled": false } } }),
+            "TLS required",
+        ),
+        (
+            "xray",
+            json!({ "outbound": { "type": "vless", "server": "192.0.2.1", "serverPort": 443,
+                                  "uuid": "123e4567-e89b-12d3-a456-426614174000", "transport": "grpc" } }),
+            "unknown transport protocol: grpc",
+        ),
+    ];
+    for (feature, settings, words) in cases {
+        let id = install(&agent, feature, "bad", settings);
+        let p = agent.wait_status(&id, &["RUNNING", "FAILED"], TIMEOUT);
+        assert_eq!(p["status"], "FAILED", "{feature}: {p}");
+        assert_eq!(p["failedStep"], "configuring", "{feature}: {p}");
+        assert_eq!(p["errorCode"], "CONFIG_REJECTED", "{feature}: {p}");
+        let err = p["error"].as_str().unwrap();
+        assert!(err.contains(words), "{feature}: {err}");
+        assert!(
+            !err.contains('\u{1b}'),
+            "colour codes are stripped: {err:?}"
+        );
+        assert!(
+            p["process"].is_null() || p["process"]["pid"].is_null(),
+            "no process may start: {p}"
+        );
+        assert!(!p["desiredRunning"].as_bool().unwrap());
+    }
+}

@@ -139,3 +139,40 @@ pub(crate) fn expand(template: &[String], config: &Path) -> Vec<String> {
     let c = config.display().to_string();
     template.iter().map(|a| a.replace("{config}", &c)).collect()
 }
+
+/// `nnc-agent config schema|render`: what a generator publishes or writes, for people and
+/// for tests that feed the output to the real checkers.
+pub(crate) fn command(c: crate::config::ConfigCommand) -> Result<String, String> {
+    use crate::config::ConfigCommand;
+    let find = |name: &str| {
+        Generator::by_name(name)
+            .ok_or_else(|| format!("no config generator {name:?} (tor, sing-box, xray)"))
+    };
+    match c {
+        ConfigCommand::Schema(name) => {
+            let schema = find(&name)?.schema();
+            serde_json::to_string_pretty(&schema)
+                .map(|s| s + "\n")
+                .map_err(|e| e.to_string())
+        }
+        ConfigCommand::Render {
+            generator,
+            settings,
+            listen,
+            mark,
+            dir,
+        } => {
+            let g = find(&generator)?;
+            let settings: Value = serde_json::from_str(&settings)
+                .map_err(|e| format!("--settings is not JSON: {e}"))?;
+            validate(&g.schema(), &settings)?;
+            let ctx = Context {
+                listen,
+                mark,
+                data_dir: dir.join("data"),
+                log_dir: dir.join("logs"),
+            };
+            g.render(&ctx, &settings).map(|r| r.text)
+        }
+    }
+}

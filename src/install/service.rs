@@ -491,6 +491,26 @@ impl Installer {
     }
 }
 
+/// Drops terminal colour sequences (`ESC [ ... letter`) that some checkers print.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Forgets why a service failed once it runs again. What the last update did (a rollback and
 /// its reason) stays visible until the next update.
 fn clear_failure(i: &mut Instance) {
@@ -590,6 +610,7 @@ pub(super) fn run_check(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let text = strip_ansi(&text);
     let tail: Vec<&str> = text.lines().rev().take(12).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     Err(fail(format!(
@@ -604,6 +625,14 @@ pub(super) fn run_check(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn colour_codes_are_dropped_from_checker_output() {
+        assert_eq!(
+            super::strip_ansi("\u{1b}[31mFATAL\u{1b}[0m[0000] TLS required"),
+            "FATAL[0000] TLS required"
+        );
+    }
+
     #[test]
     fn start_time_of_this_process_is_readable() {
         let pid = i32::try_from(std::process::id()).unwrap();
