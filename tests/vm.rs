@@ -406,3 +406,92 @@ fn x86_64_vm_enforces_cgroup_limits_on_services() {
         );
     }
 }
+
+#[test]
+fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
+    let root = common::TempDir::new("vm-traffic");
+    let www = root.path().join("www");
+    common::make_fixtures(
+        &www,
+        &[
+            "singbox",
+            common::singbox_binary("amd64").to_str().unwrap(),
+            "1.14.4",
+        ],
+    );
+    let nginx = common::Nginx::start(&www, "");
+    let host = |p: &str| format!("http://10.0.2.2:{}/{p}", nginx.port);
+    let catalogue = root.path().join("catalogue.json");
+    std::fs::write(
+        &catalogue,
+        json!({ "schema": 1, "features": [ {
+            "id": "sing-box", "name": "sing-box", "version": "1.14.4", "binary": "sing-box", "config": "sing-box",
+            "assets": { "x86_64": { "url": host("sing-box-1.14.4-linux-amd64.tar.gz"), "checksums": host("checksums.txt"),
+                                    "archive": "tar.gz", "path": "sing-box-1.14.4-linux-amd64/sing-box" } } } ] })
+        .to_string(),
+    )
+    .unwrap();
+    let config = root.path().join("nnc.toml");
+    std::fs::write(
+        &config,
+        "board = \"x86_64-vm\"\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"/etc/nnc/token\"\ncatalogue = \"/etc/nnc/catalogue.json\"\n\
+         [vlan]\nmode = \"vlan\"\nparent = \"lan0\"\n",
+    )
+    .unwrap();
+    let mut id = String::new();
+    let events = boot(
+        "amd64",
+        "x86_64-unknown-linux-musl",
+        "traffic.sh",
+        &[
+            format!("{}=/etc/nnc/catalogue.json", catalogue.display()),
+            format!("{}=/etc/nnc/nnc.toml", config.display()),
+        ],
+        |n, guest| match n {
+            1 => {
+                let d = guest.data("mutation { installFeature(featureId: \"sing-box\", routerId: \"local\", name: \"vm\", settings: { mixedPort: 2080 }) { instanceId } }", json!({}));
+                id = d["installFeature"]["instanceId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let mut inst = Value::Null;
+                common::wait_until(
+                    "sing-box running in the VM",
+                    Duration::from_secs(200),
+                    || {
+                        inst = guest.data("query($id: ID!) { instance(id: $id) { status error interface { vlanId serviceAddress } } }", json!({ "id": id }))["instance"].clone();
+                        matches!(inst["status"].as_str(), Some("RUNNING" | "FAILED"))
+                    },
+                );
+                assert_eq!(inst["status"], "RUNNING", "{inst}");
+                format!(
+                    "check {} {}",
+                    inst["interface"]["vlanId"],
+                    inst["interface"]["serviceAddress"].as_str().unwrap()
+                )
+            }
+            2 => {
+                guest.data(
+                    "mutation($id: ID!) { uninstallInstance(id: $id) { instanceId } }",
+                    json!({ "id": id }),
+                );
+                "removed".to_owned()
+            }
+            _ => "finish".to_owned(),
+        },
+    );
+    let names = result_names(&events);
+    for name in [
+        "vlan-on-lan0",
+        "lan-through-sing-box",
+        "server-saw-the-service",
+        "untagged-is-not-the-segment",
+        "no-links",
+        "agent-alive",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "no result {name}: {names:?}"
+        );
+    }
+}
