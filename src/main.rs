@@ -123,6 +123,10 @@ fn serve(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("reconcile: {e}"))?;
         let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
         let rolled_back = installer.recover_updates().await.map_err(|e| e.to_string())?;
+        installer
+            .resume_uninstalls()
+            .await
+            .map_err(|e| e.to_string())?;
         if rolled_back > 0 {
             log::warn!(target: "api", "{rolled_back} interrupted update(s) rolled back");
         }

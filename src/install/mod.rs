@@ -48,6 +48,27 @@ enum Stage {
     Start,
 }
 
+impl Stage {
+    /// Its failpoint name: `install.{name}` fires just before the stage runs.
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Provision => "provision",
+            Stage::Configure => "configure",
+            Stage::Start => "start",
+        }
+    }
+
+    fn step(self) -> Step {
+        match self {
+            Stage::Fetch => Step::Downloading,
+            Stage::Provision => Step::Provisioning,
+            Stage::Configure => Step::Configuring,
+            Stage::Start => Step::Starting,
+        }
+    }
+}
+
 const PIPELINE: &[Stage] = &[
     Stage::Fetch,
     Stage::Provision,
@@ -366,6 +387,11 @@ impl Installer {
             return;
         };
         for stage in PIPELINE {
+            if let Err(m) = crate::failpoint::hit(&format!("install.{}", stage.name())) {
+                self.fail(&inst, &StepError::new(stage.step(), "INJECTED", m))
+                    .await;
+                return;
+            }
             let result = match stage {
                 Stage::Fetch => self.fetch_stage(&inst, &feature).await,
                 Stage::Provision => self.provision_stage(&inst).await,
@@ -380,6 +406,11 @@ impl Installer {
                     return;
                 }
             }
+        }
+        if let Err(m) = crate::failpoint::hit("install.finish") {
+            self.fail(&inst, &StepError::new(Step::Starting, "INJECTED", m))
+                .await;
+            return;
         }
         let (status, reason) = if feature.runs() {
             (Status::Running, "service healthy")
@@ -690,9 +721,35 @@ impl Installer {
             i.desired_running = false;
         })
         .await;
+        self.finish_uninstall(inst).await
+    }
+
+    /// Agent start: uninstalls an earlier run began are finished (each step is idempotent).
+    pub(crate) async fn resume_uninstalls(&self) -> Result<usize, StoreError> {
+        let pending: Vec<Instance> = self
+            .store
+            .instances()?
+            .into_iter()
+            .filter(|i| i.status == Status::Uninstalling)
+            .collect();
+        for inst in &pending {
+            log::info!(target: "api", "instance {} was being uninstalled when the agent stopped; finishing", inst.id);
+            let id = inst.id.clone();
+            self.kill_leftover(inst);
+            if let Err(e) = self.finish_uninstall(inst.clone()).await {
+                log::error!(target: "api", "instance {id}: cannot finish its uninstall: {}", e.message);
+            }
+        }
+        Ok(pending.len())
+    }
+
+    /// Process, interface, files, record; in that order, each step safe to repeat.
+    async fn finish_uninstall(&self, inst: Instance) -> Result<(), RequestError> {
+        let id = inst.id.as_str();
         // The process first (SIGTERM, grace, SIGKILL, cgroup), then the network, then files.
         self.supervisor.remove(id).await;
         self.supervisor.cgroups.kill_and_remove(id);
+        crate::failpoint::hit("uninstall.stopped").map_err(|m| refuse("INJECTED", m))?;
         let factory = Arc::clone(&self.interfaces);
         let owner = inst.id.clone();
         blocking(move || factory.remove(&owner))
@@ -703,6 +760,7 @@ impl Installer {
                     format!("cannot remove the interface of {id}: {e}"),
                 )
             })?;
+        crate::failpoint::hit("uninstall.unprovisioned").map_err(|m| refuse("INJECTED", m))?;
         let shared = self.store.instances()?.iter().any(|o| {
             o.id != inst.id && o.feature_id == inst.feature_id && o.version == inst.version
         });
@@ -710,12 +768,12 @@ impl Installer {
         let layout = self.layout.clone();
         let record = inst.clone();
         blocking(move || -> Result<(), StoreError> {
-            store.remove_instance(&record.id)?;
+            // Files before the record: a crash in between leaves UNINSTALLING to finish.
+            remove_dir(&layout.instance_dir(&record.id));
             if let Some(uid) = record.uid {
                 store.release_uid(uid)?;
             }
-            remove_dir(&layout.instance_dir(&record.id));
-            Ok(())
+            store.remove_instance(&record.id)
         })
         .await?;
         // The feature version's files go when no other instance uses them.

@@ -487,6 +487,11 @@ impl Agent {
 
     /// POSTs a GraphQL request with the right token; returns (HTTP status, body).
     pub fn post(&self, body: &str, token: Option<&str>) -> (u16, Value) {
+        self.try_post(body, token).expect("POST /graphql")
+    }
+
+    /// Like `post`, for a request the agent may die under (kill -9 tests).
+    pub fn try_post(&self, body: &str, token: Option<&str>) -> Result<(u16, Value), String> {
         match &self.netns {
             None => self.post_here(body, token),
             Some(ns) => enter(&PathBuf::from("/run/netns").join(ns), || {
@@ -495,7 +500,7 @@ impl Agent {
         }
     }
 
-    fn post_here(&self, body: &str, token: Option<&str>) -> (u16, Value) {
+    fn post_here(&self, body: &str, token: Option<&str>) -> Result<(u16, Value), String> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -506,13 +511,13 @@ impl Agent {
         if let Some(t) = token {
             req = req.header("authorization", &format!("Bearer {t}"));
         }
-        let mut resp = req.send(body).expect("POST /graphql");
+        let mut resp = req.send(body).map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        (
+        Ok((
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        ))
     }
 
     /// Runs a GraphQL operation and returns the whole response document.
