@@ -23,6 +23,9 @@ usage:
   nnc-agent config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]
                                  print the config the agent would write (settings checked
                                  against the schema first, as installFeature does)
+  nnc-agent catalogue keygen PUB SEC [COMMENT]   a signify-compatible key pair (unencrypted)
+  nnc-agent catalogue sign SEC FILE [SIG]        detached signature (default FILE.sig)
+  nnc-agent catalogue verify PUB FILE [SIG]      check one (signify -V compatible)
   nnc-agent version              print the version
   nnc-agent help                 this text
 
@@ -43,8 +46,63 @@ pub(crate) enum Command {
     Serve(Box<Config>),
     /// `config schema|render`: the config generators without an agent.
     Config(ConfigCommand),
+    /// `catalogue keygen|sign|verify`: for feed publishers.
+    Catalogue(CatalogueCommand),
     Version,
     Help,
+}
+
+#[derive(Debug)]
+pub(crate) enum CatalogueCommand {
+    Keygen {
+        public: PathBuf,
+        secret: PathBuf,
+        comment: String,
+    },
+    Sign {
+        secret: PathBuf,
+        file: PathBuf,
+        sig: PathBuf,
+    },
+    Verify {
+        public: PathBuf,
+        file: PathBuf,
+        sig: PathBuf,
+    },
+}
+
+fn parse_catalogue_command(args: &[String]) -> Result<Command, ConfigError> {
+    let p = |i: usize| args.get(i).map(PathBuf::from);
+    let sig_of = |f: &PathBuf| PathBuf::from(format!("{}.sig", f.display()));
+    let cmd = match (args.first().map(String::as_str), args.len()) {
+        (Some("keygen"), 3 | 4) => CatalogueCommand::Keygen {
+            public: p(1).unwrap_or_default(),
+            secret: p(2).unwrap_or_default(),
+            comment: args.get(3).cloned().unwrap_or_else(|| "nnc-agent".into()),
+        },
+        (Some("sign"), 3 | 4) => {
+            let file = p(2).unwrap_or_default();
+            CatalogueCommand::Sign {
+                secret: p(1).unwrap_or_default(),
+                sig: p(3).unwrap_or_else(|| sig_of(&file)),
+                file,
+            }
+        }
+        (Some("verify"), 3 | 4) => {
+            let file = p(2).unwrap_or_default();
+            CatalogueCommand::Verify {
+                public: p(1).unwrap_or_default(),
+                sig: p(3).unwrap_or_else(|| sig_of(&file)),
+                file,
+            }
+        }
+        _ => {
+            return err(
+                "usage: nnc-agent catalogue keygen PUB SEC [COMMENT] | sign SEC FILE [SIG] | verify PUB FILE [SIG]",
+            );
+        }
+    };
+    Ok(Command::Catalogue(cmd))
 }
 
 #[derive(Debug)]
@@ -120,6 +178,18 @@ pub(crate) struct Config {
     pub routers: Vec<RouterConfig>,
     pub supervisor: SupervisorConfig,
     pub download: DownloadConfig,
+    pub trust: TrustConfig,
+}
+
+/// Who may sign catalogues and checksums files, and what is required of them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TrustConfig {
+    /// Refuse a catalogue without a valid `.sig` from a trusted key.
+    pub require_signature: bool,
+    /// Public keys (signify / usign format) from files or directories of files.
+    pub trusted_keys: Vec<crate::trust::signify::PublicKey>,
+    /// Accept a catalogue whose `serial` is lower than one already seen.
+    pub allow_downgrade: bool,
 }
 
 /// Download-manager tuning. Defaults suit a home router on a slow uplink.
@@ -181,6 +251,52 @@ struct FileConfig {
     routers: Vec<FileRouter>,
     #[serde(default)]
     supervisor: FileSupervisor,
+    #[serde(default)]
+    trust: FileTrust,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTrust {
+    require_signature: Option<bool>,
+    #[serde(default)]
+    trusted_keys: Vec<PathBuf>,
+    allow_downgrade: Option<bool>,
+}
+
+/// Reads every trusted key: a file, or each file of a directory (like /etc/opkg/keys).
+fn trust_config(t: &FileTrust) -> Result<TrustConfig, ConfigError> {
+    let mut keys = Vec::new();
+    for path in &t.trusted_keys {
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut f: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| ConfigError(format!("trust.trusted_keys {}: {e}", path.display())))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            f.sort();
+            f
+        } else {
+            vec![path.clone()]
+        };
+        for f in files {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| ConfigError(format!("trust.trusted_keys {}: {e}", f.display())))?;
+            let key = crate::trust::signify::parse_public(&text)
+                .map_err(|e| ConfigError(format!("trust.trusted_keys {}: {e}", f.display())))?;
+            keys.push(key);
+        }
+    }
+    let require_signature = t.require_signature.unwrap_or(false);
+    if require_signature && keys.is_empty() {
+        return err("trust.require_signature is on but trust.trusted_keys names no key");
+    }
+    Ok(TrustConfig {
+        require_signature,
+        trusted_keys: keys,
+        allow_downgrade: t.allow_downgrade.unwrap_or(false),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +429,7 @@ pub(crate) fn parse_command(args: &[String]) -> Result<Command, ConfigError> {
             merge(flags, file).map(|c| Command::Serve(Box::new(c)))
         }
         Some("config") => parse_config_command(&args[1..]),
+        Some("catalogue") => parse_catalogue_command(&args[1..]),
         Some(other) => err(format!("unknown command '{other}' (try 'nnc-agent help')")),
     }
 }
@@ -445,7 +562,9 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
         }
     }
     let supervisor = merge_supervisor(&file.supervisor, board.as_ref())?;
+    let trust = trust_config(&file.trust)?;
     Ok(Config {
+        trust,
         supervisor,
         vlan,
         routers,

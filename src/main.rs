@@ -13,12 +13,13 @@ mod install;
 mod logger;
 mod store;
 mod supervisor;
+mod trust;
 mod util;
 mod vif;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -49,6 +50,16 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Catalogue(c) => match trust::command(c) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nnc-agent: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Config(c) => match configgen::command(c) {
             Ok(text) => {
                 print!("{text}");
@@ -79,9 +90,9 @@ fn serve(cfg: Config) -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
     let token = load_or_create_token(&cfg.token_file)?;
-    let catalogue = load_catalogue(cfg.catalogue.as_deref(), &cfg)?;
     let layout = install::Layout::new(data_dir.clone());
     let store = store::Store::open(&layout.state_db()).map_err(|e| e.to_string())?;
+    let catalogue = trust::load_catalogue(&cfg, &store, &data_dir)?;
     let bus = events::Bus::new(4096);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -212,19 +223,4 @@ fn load_or_create_token(path: &Path) -> Result<api::Token, String> {
         .map_err(|e| format!("cannot create token file {}: {e}", path.display()))?;
     log::info!(target: "api", "created a new API token in {}", path.display());
     Ok(api::Token::new(&secret))
-}
-
-fn load_catalogue(src: Option<&str>, cfg: &Config) -> Result<catalogue::Catalogue, String> {
-    let Some(src) = src else {
-        return catalogue::Catalogue::builtin().map_err(|e| e.to_string());
-    };
-    let bytes = if src.starts_with("http://") || src.starts_with("https://") {
-        let agent = http_client::agent(&cfg.download);
-        http_client::get_small(&agent, src, 4 << 20)
-            .map_err(|e| format!("cannot load catalogue: {e}"))?
-    } else {
-        std::fs::read(PathBuf::from(src))
-            .map_err(|e| format!("cannot read catalogue {src}: {e}"))?
-    };
-    catalogue::Catalogue::parse(&bytes, src).map_err(|e| e.to_string())
 }

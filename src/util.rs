@@ -96,6 +96,13 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Writes a file by writing a sibling temp file and renaming it over the target.
+pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,6 +168,8 @@ impl QueryRoot {
             version: env!("CARGO_PKG_VERSION").into(),
             arch: catalogue::host_arch().into(),
             catalogue: installer(ctx).catalogue.source.clone(),
+            catalogue_serial: installer(ctx).catalogue.serial,
+            catalogue_signed_by: installer(ctx).catalogue.signed_by.clone(),
             board: ctx.data_unchecked::<Option<BoardObject>>().clone(),
             resource_limits: installer(ctx).supervisor.cgroups.enabled(),
         }
@@ -228,6 +230,33 @@ impl MutationRoot {
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
         Ok(InstanceObject(installer(ctx).restart(id).await?))
+    }
+
+    /// Clears the trust-on-first-use pins of a feature (one version, or every version), so
+    /// that an artifact whose digest changed can be installed. Returns how many were cleared.
+    async fn unpin_feature(
+        &self,
+        ctx: &Context<'_>,
+        feature_id: ID,
+        version: Option<String>,
+    ) -> async_graphql::Result<i32> {
+        if version
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || v.contains('/'))
+        {
+            return Err(error(
+                "INVALID_VERSION",
+                "version must be a plain version string",
+            ));
+        }
+        if !crate::catalogue::is_feature_id(&feature_id) {
+            return Err(error(
+                "INVALID_ID",
+                format!("{:?} is not a feature id", feature_id.as_str()),
+            ));
+        }
+        let n = installer(ctx).unpin(&feature_id, version.as_deref())?;
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
     /// Moves an instance to another version the catalogue offers (`features { versions }`).
@@ -427,6 +456,10 @@ pub(crate) struct AgentObject {
     version: String,
     arch: String,
     catalogue: String,
+    /// The catalogue's serial (0 when it has none).
+    catalogue_serial: u64,
+    /// The trusted key (usign/signify key id, hex) that signed the catalogue, if signed.
+    catalogue_signed_by: Option<String>,
     /// The board profile the agent was started with (`--board`), if any.
     board: Option<BoardObject>,
     /// Whether services get cgroup v2 limits (memory, pids, cpu) on this system.

@@ -56,6 +56,10 @@ pub(crate) struct Asset {
     /// URL of a GNU `sha256sum` file listing the asset by the file name of `url`.
     #[serde(default)]
     pub checksums: Option<String>,
+    /// URL of the checksums file's detached signature (signify/usign), checked against the
+    /// trusted keys.
+    #[serde(default)]
+    pub checksums_sig: Option<String>,
     #[serde(default = "archive_none")]
     pub archive: ArchiveKind,
     /// Member of the archive that is the binary.
@@ -173,6 +177,10 @@ pub(crate) struct Catalogue {
     pub features: Vec<Feature>,
     /// Where it came from, for messages.
     pub source: String,
+    /// The publisher's serial number (0 when absent); it must not go backwards.
+    pub serial: u64,
+    /// The trusted key that signed it, when it was signed.
+    pub signed_by: Option<String>,
 }
 
 #[derive(Debug)]
@@ -187,6 +195,8 @@ impl fmt::Display for CatalogueError {
 #[derive(Deserialize)]
 struct Document {
     schema: u32,
+    #[serde(default)]
+    serial: u64,
     features: Vec<Feature>,
 }
 
@@ -251,6 +261,8 @@ impl Catalogue {
         Ok(Catalogue {
             features: doc.features,
             source: source.to_owned(),
+            serial: doc.serial,
+            signed_by: None,
         })
     }
 }
@@ -310,6 +322,14 @@ fn validate_asset(a: &Asset) -> Result<(), String> {
         && util::parse_sha256_hex(h).is_none()
     {
         return Err(format!("sha256 must be 64 hex digits, got '{h}'"));
+    }
+    if let Some(c) = &a.checksums_sig {
+        if a.checksums.is_none() {
+            return Err("checksums_sig without checksums".into());
+        }
+        if !is_http_url(c) {
+            return Err(format!("checksums_sig '{c}' must be an http(s) URL"));
+        }
     }
     if let Some(c) = &a.checksums
         && !is_http_url(c)

@@ -80,11 +80,19 @@ pub(crate) struct Downloads {
     agent: ureq::Agent,
     machine: Machine,
     jobs: Mutex<HashMap<String, watch::Receiver<FetchState>>>,
+    /// Keys that may sign checksums files.
+    trust: crate::config::TrustConfig,
 }
 
 impl Downloads {
-    pub(crate) fn new(store: Store, layout: Layout, cfg: DownloadConfig) -> Downloads {
+    pub(crate) fn new(
+        store: Store,
+        layout: Layout,
+        cfg: DownloadConfig,
+        trust: crate::config::TrustConfig,
+    ) -> Downloads {
         Downloads {
+            trust,
             agent: crate::http_client::agent(&cfg),
             store,
             layout,
@@ -144,7 +152,22 @@ impl Downloads {
             log::info!(target: "download-manager", "{id}: verified binary already in place");
             return Ok(artifact);
         }
-        let (expected, verified_by) = self.expected_digest(&req.asset)?;
+        let (expected, mut verified_by) = self.expected_digest(&req.asset)?;
+        let first = crate::trust::pinned(&self.store, &id)
+            .map_err(|e| StepError::new(Step::Verifying, "STATE_ERROR", e))?;
+        if let Some(p) = &first {
+            if *p != util::hex(&expected) {
+                return Err(StepError::new(
+                    Step::Verifying,
+                    "PIN_MISMATCH",
+                    format!(
+                        "{id} was first verified as sha256 {p}; {verified_by} now says {}: refused until an operator clears the pin (unpinFeature)",
+                        util::hex(&expected)
+                    ),
+                ));
+            }
+            verified_by.push_str("+tofu");
+        }
         let dirs = self.layout.artifact(&req.key.feature, &req.key.version);
         for dir in [&dirs.download, &dirs.bin] {
             fs::create_dir_all(dir).map_err(|e| io_step(Step::Downloading, dir, &e))?;
@@ -217,6 +240,10 @@ impl Downloads {
         self.store
             .put_artifact(&artifact)
             .map_err(|e| store_step(Step::Installing, &e))?;
+        if first.is_none() {
+            crate::trust::pin(&self.store, &id, &artifact.sha256)
+                .map_err(|e| StepError::new(Step::Installing, "STATE_ERROR", e))?;
+        }
         self.clear_state(&id)?;
         log::info!(target: "download-manager", "{id}: {} verified ({}) and installed at {}", req.asset.file_name(), artifact.verified_by, artifact.binary_path);
         Ok(artifact)
@@ -265,9 +292,31 @@ impl Downloads {
                     };
                     StepError::new(Step::Verifying, code, format!("{e} ({url})"))
                 })?;
-                Some(digest)
+                let signed_by = match &asset.checksums_sig {
+                    None => None,
+                    Some(sig_url) => {
+                        let sig = crate::http_client::get_small(&self.agent, sig_url, 4096)
+                            .map_err(|m| {
+                                StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", m)
+                            })?;
+                        crate::trust::check_signature(
+                            &format!("checksums file {url}"),
+                            text.as_bytes(),
+                            Some(&String::from_utf8_lossy(&sig)),
+                            &self.trust,
+                            true,
+                        )
+                        .map_err(|m| StepError::new(Step::Verifying, "BAD_SIGNATURE", m))?
+                    }
+                };
+                Some((digest, signed_by))
             }
         };
+        let (listed, signature) = match listed {
+            Some((d, s)) => (Some(d), s.map(|k| format!("+signature:{k}"))),
+            None => (None, None),
+        };
+        let sig = signature.unwrap_or_default();
         match (pinned, listed) {
             (Some(p), Some(l)) if p != l => Err(StepError::new(
                 Step::Verifying,
@@ -279,9 +328,9 @@ impl Downloads {
                     util::hex(&l)
                 ),
             )),
-            (Some(p), Some(_)) => Ok((p, "pin+checksums".into())),
+            (Some(p), Some(_)) => Ok((p, format!("pin+checksums{sig}"))),
             (Some(p), None) => Ok((p, "pin".into())),
-            (None, Some(l)) => Ok((l, "checksums".into())),
+            (None, Some(l)) => Ok((l, format!("checksums{sig}"))),
             (None, None) => Err(StepError::new(
                 Step::Verifying,
                 "CHECKSUM_MISSING",

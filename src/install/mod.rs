@@ -212,6 +212,7 @@ impl Installer {
                 store.clone(),
                 layout.clone(),
                 cfg.download.clone(),
+                cfg.trust.clone(),
             )),
             store,
             bus,
@@ -696,6 +697,19 @@ impl Installer {
             bytes_downloaded: 0,
             total_bytes: None,
         })
+    }
+
+    /// `unpinFeature`: forgets the first-verified digests of a feature (one version or all),
+    /// so that a changed artifact can be installed. Logged: it weakens a protection.
+    pub(crate) fn unpin(
+        &self,
+        feature: &str,
+        version: Option<&str>,
+    ) -> Result<usize, RequestError> {
+        let n = crate::trust::unpin(&self.store, feature, version)
+            .map_err(|e| refuse("STATE_ERROR", e))?;
+        log::warn!(target: "api", "pins of {feature} {} cleared on request ({n} removed)", version.unwrap_or("(all versions)"));
+        Ok(n)
     }
 
     /// Removes an instance that is not mid-install: its record, its directory, and the

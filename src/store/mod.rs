@@ -26,6 +26,8 @@ const INTERFACES: TableDefinition<&str, &[u8]> = TableDefinition::new("interface
 const VLANS: TableDefinition<&str, &str> = TableDefinition::new("vlans");
 /// uid -> instance id (service users)
 const UIDS: TableDefinition<u32, &str> = TableDefinition::new("uids");
+/// Trust state: `tofu/{feature}/{version}/{arch}` → first verified sha256, `catalogue/serial`.
+const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 
 #[derive(Debug)]
 pub(crate) enum StoreError {
@@ -77,7 +79,7 @@ impl Store {
         let db = Database::create(path).map_err(db_err)?;
         // Create the tables up front so that readers never meet a missing table.
         let tx = db.begin_write().map_err(db_err)?;
-        for table in [INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES] {
+        for table in [INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES, TRUST] {
             tx.open_table(table).map_err(db_err)?;
         }
         tx.open_table(VLANS).map_err(db_err)?;
@@ -306,6 +308,39 @@ impl Store {
         };
         tx.commit().map_err(db_err)?;
         Ok(uid)
+    }
+
+    pub(crate) fn trust_value(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.get(TRUST, key)
+    }
+
+    pub(crate) fn put_trust_value(
+        &self,
+        key: &str,
+        v: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.put(TRUST, key, v)
+    }
+
+    /// Removes every trust entry under `prefix`; returns how many there were.
+    pub(crate) fn remove_trust_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let n = {
+            let mut t = tx.open_table(TRUST).map_err(db_err)?;
+            let keys: Vec<String> = t
+                .iter()
+                .map_err(db_err)?
+                .flatten()
+                .map(|(k, _)| k.value().to_owned())
+                .filter(|k| k.starts_with(prefix))
+                .collect();
+            for k in &keys {
+                t.remove(k.as_str()).map_err(db_err)?;
+            }
+            keys.len()
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(n)
     }
 
     pub(crate) fn release_uid(&self, uid: u32) -> Result<(), StoreError> {

@@ -1,0 +1,226 @@
+//! Trust: signed catalogues and checksums files, the catalogue serial that must not go
+//! backwards, and trust-on-first-use pins of verified digests.
+//!
+//! A catalogue `SRC` may come with `SRC.sig` (signify/usign format, see `signify.rs`). A
+//! signature that is present must verify against a trusted key; with `require_signature` it
+//! must be present. A catalogue that passes becomes the "last trusted" copy under the data
+//! dir; when a later one fails (bad or missing signature, lower serial, unreachable feed), the
+//! agent says why and keeps using the last trusted copy.
+//!
+//! Pins: the first verified SHA-256 of each feature+version+arch is recorded; a later
+//! catalogue or checksums file that names another digest for the same version is refused
+//! (`PIN_MISMATCH`) until `unpinFeature` clears it.
+
+pub(crate) mod signify;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::catalogue::Catalogue;
+use crate::config::{Config, TrustConfig};
+use crate::store::Store;
+
+const SERIAL_KEY: &str = "catalogue/serial";
+
+fn read_source(src: &str, cfg: &Config, cap: u64) -> Result<Vec<u8>, String> {
+    if src.starts_with("http://") || src.starts_with("https://") {
+        let agent = crate::http_client::agent(&cfg.download);
+        crate::http_client::get_small(&agent, src, cap)
+    } else {
+        std::fs::read(PathBuf::from(src)).map_err(|e| format!("{src}: {e}"))
+    }
+}
+
+/// Checks a document's detached signature under the policy; `Ok(None)` = unsigned, allowed.
+pub(crate) fn check_signature(
+    what: &str,
+    bytes: &[u8],
+    sig: Option<&str>,
+    trust: &TrustConfig,
+    required: bool,
+) -> Result<Option<String>, String> {
+    match sig {
+        Some(sig) => signify::verify(bytes, sig, &trust.trusted_keys)
+            .map(Some)
+            .map_err(|e| format!("{what}: bad signature: {e}")),
+        None if required => Err(format!(
+            "{what}: no signature, and trust.require_signature is on"
+        )),
+        None => Ok(None),
+    }
+}
+
+/// One candidate catalogue judged under the policy (signature, then content, then serial).
+fn judge(
+    src: &str,
+    bytes: &[u8],
+    sig: Option<&str>,
+    cfg: &Config,
+    store: &Store,
+) -> Result<Catalogue, String> {
+    let signed_by = check_signature(
+        &format!("catalogue {src}"),
+        bytes,
+        sig,
+        &cfg.trust,
+        cfg.trust.require_signature,
+    )?;
+    let mut catalogue = Catalogue::parse(bytes, src).map_err(|e| e.to_string())?;
+    catalogue.signed_by = signed_by;
+    let seen = store
+        .trust_value(SERIAL_KEY)
+        .map_err(|e| e.to_string())?
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    if catalogue.serial < seen && !cfg.trust.allow_downgrade {
+        return Err(format!(
+            "catalogue {src}: serial {} is older than serial {seen} already in use (a replayed or rolled-back feed?); set trust.allow_downgrade to accept it",
+            catalogue.serial
+        ));
+    }
+    Ok(catalogue)
+}
+
+fn last_trusted(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("catalogue");
+    (
+        dir.join("last-trusted.json"),
+        dir.join("last-trusted.json.sig"),
+    )
+}
+
+/// Loads the configured catalogue under the trust policy, falling back to the last trusted
+/// copy (with a warning saying why) when the fresh one is refused or unreachable.
+pub(crate) fn load_catalogue(
+    cfg: &Config,
+    store: &Store,
+    data_dir: &Path,
+) -> Result<Catalogue, String> {
+    let Some(src) = cfg.catalogue.as_deref() else {
+        return Catalogue::builtin().map_err(|e| e.to_string());
+    };
+    let fresh = read_source(src, cfg, 4 << 20)
+        .map_err(|e| format!("cannot load catalogue: {e}"))
+        .and_then(|bytes| {
+            let sig = read_source(&format!("{src}.sig"), cfg, 4096)
+                .ok()
+                .map(|s| String::from_utf8_lossy(&s).into_owned());
+            judge(src, &bytes, sig.as_deref(), cfg, store).map(|c| (c, bytes, sig))
+        });
+    let (copy, copy_sig) = last_trusted(data_dir);
+    match fresh {
+        Ok((catalogue, bytes, sig)) => {
+            let serial = catalogue.serial;
+            store
+                .put_trust_value(SERIAL_KEY, &json!(serial))
+                .map_err(|e| e.to_string())?;
+            let saved = std::fs::create_dir_all(copy.parent().unwrap_or(data_dir))
+                .and_then(|()| crate::util::write_atomic(&copy, &bytes))
+                .and_then(|()| match &sig {
+                    Some(s) => crate::util::write_atomic(&copy_sig, s.as_bytes()),
+                    None => std::fs::remove_file(&copy_sig).or(Ok(())),
+                });
+            if let Err(e) = saved {
+                log::warn!(target: "api", "cannot keep a copy of the trusted catalogue: {e}");
+            }
+            if let Some(k) = &catalogue.signed_by {
+                log::info!(target: "api", "catalogue {src} (serial {serial}) signed by trusted key {k}");
+            }
+            Ok(catalogue)
+        }
+        Err(why) => {
+            let Ok(bytes) = std::fs::read(&copy) else {
+                return Err(why);
+            };
+            let sig = std::fs::read_to_string(&copy_sig).ok();
+            let source = format!("last trusted copy of {src}");
+            let catalogue = judge(&source, &bytes, sig.as_deref(), cfg, store).map_err(|e| {
+                format!("{why}; and the last trusted copy is no longer acceptable: {e}")
+            })?;
+            log::error!(target: "api", "{why}; keeping the last trusted catalogue (serial {})", catalogue.serial);
+            Ok(catalogue)
+        }
+    }
+}
+
+/// The TOFU key of an artifact (`feature/version/arch`).
+fn pin_key(artifact: &str) -> String {
+    format!("tofu/{artifact}")
+}
+
+/// The digest first verified for this artifact, if any.
+pub(crate) fn pinned(store: &Store, artifact: &str) -> Result<Option<String>, String> {
+    Ok(store
+        .trust_value(&pin_key(artifact))
+        .map_err(|e| e.to_string())?
+        .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(str::to_owned)))
+}
+
+pub(crate) fn pin(store: &Store, artifact: &str, sha256: &str) -> Result<(), String> {
+    store
+        .put_trust_value(
+            &pin_key(artifact),
+            &json!({ "sha256": sha256, "at": crate::util::now_ms() }),
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// Clears the pins of a feature (one version, or all); returns how many went.
+pub(crate) fn unpin(store: &Store, feature: &str, version: Option<&str>) -> Result<usize, String> {
+    let prefix = match version {
+        Some(v) => format!("tofu/{feature}/{v}/"),
+        None => format!("tofu/{feature}/"),
+    };
+    store
+        .remove_trust_prefix(&prefix)
+        .map_err(|e| e.to_string())
+}
+
+/// `nnc-agent catalogue keygen|sign|verify`.
+pub(crate) fn command(c: crate::config::CatalogueCommand) -> Result<String, String> {
+    use crate::config::CatalogueCommand;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let text = |p: &Path| read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
+    match c {
+        CatalogueCommand::Keygen {
+            public,
+            secret,
+            comment,
+        } => {
+            let (pk, sk) = signify::keygen(&comment)?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secret)
+                .map_err(|e| format!("{}: {e}", secret.display()))?;
+            f.write_all(sk.as_bytes())
+                .map_err(|e| format!("{}: {e}", secret.display()))?;
+            std::fs::write(&public, pk).map_err(|e| format!("{}: {e}", public.display()))?;
+            let key = signify::parse_public(&text(&public)?)?;
+            Ok(format!(
+                "key {} written to {} and {}\n",
+                key.id(),
+                public.display(),
+                secret.display()
+            ))
+        }
+        CatalogueCommand::Sign { secret, file, sig } => {
+            let name = secret
+                .file_name()
+                .map(|n| n.to_string_lossy().replace(".sec", ".pub"))
+                .unwrap_or_default();
+            let s = signify::sign(&read(&file)?, &text(&secret)?, &name)?;
+            std::fs::write(&sig, s).map_err(|e| format!("{}: {e}", sig.display()))?;
+            Ok(format!("signature written to {}\n", sig.display()))
+        }
+        CatalogueCommand::Verify { public, file, sig } => {
+            let key = signify::parse_public(&text(&public)?)?;
+            let id = signify::verify(&read(&file)?, &text(&sig)?, &[key])?;
+            Ok(format!("Signature Verified (key {id})\n"))
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Signed catalogues and checksums files (signify / usign format) with Debian's
+//! signify-openbsd as the independent implementation, the catalogue serial, and
+//! trust-on-first-use pins.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Agent, BIN, Nginx, TempDir, sha256_file};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn agent_cli(args: &[&Path]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("catalogue").args(args);
+    c
+}
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (p, s) = (
+        dir.join(format!("{name}.pub")),
+        dir.join(format!("{name}.sec")),
+    );
+    run(Command::new(BIN)
+        .args(["catalogue", "keygen"])
+        .arg(&p)
+        .arg(&s));
+    (p, s)
+}
+
+fn sign(sec: &Path, file: &Path) {
+    run(Command::new(BIN)
+        .args(["catalogue", "sign"])
+        .arg(sec)
+        .arg(file));
+}
+
+#[test]
+fn keys_and_signatures_interoperate_with_signify_both_ways() {
+    let dir = TempDir::new("signify");
+    let msg = dir.path().join("catalogue.json");
+    std::fs::write(&msg, b"{\"schema\": 1, \"features\": []}\n").unwrap();
+    let sig = dir.path().join("catalogue.json.sig");
+
+    // Our key pair: signify verifies what we sign and signs with our secret key.
+    let (ours_pub, ours_sec) = keygen(dir.path(), "ours");
+    sign(&ours_sec, &msg);
+    run(Command::new("signify-openbsd")
+        .args(["-V", "-p"])
+        .arg(&ours_pub)
+        .arg("-m")
+        .arg(&msg));
+    std::fs::remove_file(&sig).unwrap();
+    run(Command::new("signify-openbsd")
+        .args(["-S", "-s"])
+        .arg(&ours_sec)
+        .arg("-m")
+        .arg(&msg));
+    let out = run(&mut agent_cli(&[Path::new("verify"), &ours_pub, &msg]));
+    assert!(out.starts_with("Signature Verified"), "{out}");
+
+    // signify's key pair (unencrypted): we verify what it signs and sign with its key.
+    let (theirs_pub, theirs_sec) = (dir.path().join("theirs.pub"), dir.path().join("theirs.sec"));
+    run(Command::new("signify-openbsd")
+        .args(["-G", "-n", "-p"])
+        .arg(&theirs_pub)
+        .arg("-s")
+        .arg(&theirs_sec));
+    run(Command::new("signify-openbsd")
+        .args(["-S", "-s"])
+        .arg(&theirs_sec)
+        .arg("-m")
+        .arg(&msg));
+    run(&mut agent_cli(&[Path::new("verify"), &theirs_pub, &msg]));
+    sign(&theirs_sec, &msg);
+    run(Command::new("signify-openbsd")
+        .args(["-V", "-p"])
+        .arg(&theirs_pub)
+        .arg("-m")
+        .arg(&msg));
+
+    // A wrong key, a changed message and a corrupt signature are all refused.
+    let refused = |args: &[&Path]| {
+        let out = agent_cli(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(refused(&[Path::new("verify"), &ours_pub, &msg]).contains("not a trusted key"));
+    std::fs::write(&msg, b"{\"schema\": 1, \"features\": [] }\n").unwrap();
+    assert!(refused(&[Path::new("verify"), &theirs_pub, &msg]).contains("does not match"));
+    std::fs::write(&sig, "untrusted comment: x\nRWQ=\n").unwrap();
+    assert!(refused(&[Path::new("verify"), &theirs_pub, &msg]).contains("bytes, expected 74"));
+}
+
+fn catalogue_doc(serial: u64, features: &[Value]) -> String {
+    json!({ "schema": 1, "serial": serial, "features": features }).to_string()
+}
+
+fn tool(nginx: &Nginx, www: &Path, file: &str, version: &str) -> Value {
+    json!({ "id": "tool", "name": "tool", "version": version, "binary": "tool",
+            "assets": { "x86_64": { "url": nginx.url(file), "sha256": sha256_file(&www.join(file)) } } })
+}
+
+fn features(agent: &Agent) -> Value {
+    agent.data(
+        "{ features { id version } agent { catalogue catalogueSerial catalogueSignedBy } }",
+        json!({}),
+    )
+}
+
+#[test]
+fn signed_catalogues_are_enforced_and_the_last_trusted_one_stays_in_use() {
+    let root = TempDir::new("signed-catalogue");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("true")).unwrap();
+    let nginx = Nginx::start(&www, "");
+    let (public, secret) = keygen(root.path(), "feed");
+    let (_, stranger) = keygen(root.path(), "stranger");
+    let cat = root.path().join("feed.json");
+    let sig = root.path().join("feed.json.sig");
+    let write = |serial: u64, version: &str, signer: Option<&Path>| {
+        std::fs::write(
+            &cat,
+            catalogue_doc(serial, &[tool(&nginx, &www, "true", version)]),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&sig);
+        if let Some(s) = signer {
+            sign(s, &cat);
+        }
+    };
+    let trust = format!(
+        "[trust]\nrequire_signature = true\ntrusted_keys = [{:?}]\n",
+        public.display().to_string()
+    );
+    write(5, "1.0.0", Some(&secret));
+    let mut agent = Agent::start(root.path(), &cat, &trust);
+    let f = features(&agent);
+    assert_eq!(f["features"][0]["version"], "1.0.0");
+    assert_eq!(f["agent"]["catalogueSerial"], 5);
+    let signed_by = f["agent"]["catalogueSignedBy"].as_str().unwrap().to_owned();
+    assert_eq!(signed_by.len(), 16, "{f}");
+
+    // Tampered (a new version without a new signature), unsigned, signed by a stranger, or
+    // an older serial: each is refused with its reason, and version 1.0.0 stays in use.
+    let tampered = || {
+        let doc = catalogue_doc(6, &[tool(&nginx, &www, "true", "6.6.6")]);
+        std::fs::write(&cat, doc).unwrap();
+    };
+    for (case, prepare, reason) in [
+        (
+            "tampered",
+            Box::new(tampered) as Box<dyn Fn()>,
+            "does not match the data",
+        ),
+        (
+            "unsigned",
+            Box::new(|| write(6, "6.6.6", None)),
+            "no signature, and trust.require_signature is on",
+        ),
+        (
+            "stranger",
+            Box::new(|| write(6, "6.6.6", Some(&stranger))),
+            "not a trusted key",
+        ),
+        (
+            "replayed",
+            Box::new(|| write(3, "0.9.0", Some(&secret))),
+            "serial 3 is older than serial 5",
+        ),
+    ] {
+        agent.kill9();
+        prepare();
+        agent.restart();
+        let f = features(&agent);
+        assert_eq!(f["features"][0]["version"], "1.0.0", "[{case}] {f}");
+        assert!(
+            f["agent"]["catalogue"]
+                .as_str()
+                .unwrap()
+                .starts_with("last trusted copy"),
+            "[{case}] {f}"
+        );
+        assert!(
+            agent.log().contains(reason),
+            "[{case}] no '{reason}' in the log:\n{}",
+            agent.log()
+        );
+    }
+
+    // A properly signed newer catalogue is taken.
+    agent.kill9();
+    write(7, "2.0.0", Some(&secret));
+    agent.restart();
+    let f = features(&agent);
+    assert_eq!(
+        (
+            f["features"][0]["version"].as_str(),
+            f["agent"]["catalogueSerial"].as_u64()
+        ),
+        (Some("2.0.0"), Some(7)),
+        "{f}"
+    );
+    agent.kill9();
+
+    // Without a last trusted copy a refused catalogue stops the start, saying why.
+    write(8, "3.0.0", Some(&stranger));
+    let fresh = root.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let config = fresh.join("nnc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\ncatalogue = {:?}\n{trust}",
+            fresh.join("data").display().to_string(),
+            cat.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad signature") && err.contains("not a trusted key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn first_verified_digests_are_pinned_until_an_operator_unpins() {
+    let root = TempDir::new("tofu");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("a")).unwrap();
+    std::fs::copy("/usr/bin/false", www.join("b")).unwrap();
+    let nginx = Nginx::start(&www, "");
+    let cat = root.path().join("feed.json");
+    std::fs::write(&cat, catalogue_doc(1, &[tool(&nginx, &www, "a", "1.0.0")])).unwrap();
+    let mut agent = Agent::start(root.path(), &cat, "");
+    let id = agent.install("tool", "t");
+    let done = agent.wait_done(&id, TIMEOUT);
+    assert_eq!(done["status"], "INSTALLED", "{done}");
+    agent.uninstall(&id);
+
+    // Same version, another binary: the pin from the first install refuses it.
+    agent.kill9();
+    std::fs::write(&cat, catalogue_doc(2, &[tool(&nginx, &www, "b", "1.0.0")])).unwrap();
+    agent.restart();
+    let id = agent.install("tool", "t");
+    let failed = agent.wait_done(&id, TIMEOUT);
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert_eq!(failed["errorCode"], "PIN_MISMATCH", "{failed}");
+    assert_eq!(failed["failedStep"], "verifying");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains(&sha256_file(&www.join("a"))),
+        "{failed}"
+    );
+    assert!(
+        !agent.data_dir.join("features/tool/1.0.0/bin/tool").exists(),
+        "nothing unpinned is put in place"
+    );
+    agent.uninstall(&id);
+
+    let n = agent.data(
+        "mutation { unpinFeature(featureId: \"tool\", version: \"1.0.0\") }",
+        json!({}),
+    );
+    assert_eq!(n["unpinFeature"], 1);
+    assert!(
+        agent.log().contains("pins of tool 1.0.0 cleared"),
+        "{}",
+        agent.log()
+    );
+    let id = agent.install("tool", "t");
+    let done = agent.wait_done(&id, TIMEOUT);
+    assert_eq!(done["status"], "INSTALLED", "{done}");
+    assert_eq!(done["sha256"], sha256_file(&www.join("b")));
+    // Installed again from the same pin: the pin vouches too.
+    agent.uninstall(&id);
+    let id = agent.install("tool", "t");
+    assert_eq!(agent.wait_done(&id, TIMEOUT)["verifiedBy"], "pin+tofu");
+}
+
+#[test]
+fn a_signed_checksums_file_is_checked_against_the_trusted_keys() {
+    let root = TempDir::new("checksums-sig");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("tool-1")).unwrap();
+    std::fs::write(
+        www.join("SHA256SUMS"),
+        format!("{}  tool-1\n", sha256_file(&www.join("tool-1"))),
+    )
+    .unwrap();
+    let (public, secret) = keygen(root.path(), "feed");
+    let (_, stranger) = keygen(root.path(), "stranger");
+    sign(&secret, &www.join("SHA256SUMS"));
+    std::fs::copy(www.join("SHA256SUMS.sig"), www.join("good.sig")).unwrap();
+    sign(&stranger, &www.join("SHA256SUMS"));
+    std::fs::copy(www.join("SHA256SUMS.sig"), www.join("stranger.sig")).unwrap();
+    let nginx = Nginx::start(&www, "");
+    let entry = |id: &str, sig: &str| {
+        json!({ "id": id, "name": id, "version": "1", "binary": "tool",
+                "assets": { "x86_64": { "url": nginx.url("tool-1"), "checksums": nginx.url("SHA256SUMS"), "checksums_sig": nginx.url(sig) } } })
+    };
+    let cat = common::write_catalogue(
+        root.path(),
+        &[entry("good", "good.sig"), entry("bad", "stranger.sig")],
+    );
+    let trust = format!(
+        "[trust]\ntrusted_keys = [{:?}]\n",
+        public.display().to_string()
+    );
+    let agent = Agent::start(root.path(), &cat, &trust);
+    let good = agent.wait_done(&agent.install("good", "g"), TIMEOUT);
+    assert_eq!(good["status"], "INSTALLED", "{good}");
+    assert!(
+        good["verifiedBy"]
+            .as_str()
+            .unwrap()
+            .starts_with("checksums+signature:"),
+        "{good}"
+    );
+    let bad = agent.wait_done(&agent.install("bad", "b"), TIMEOUT);
+    assert_eq!(bad["errorCode"], "BAD_SIGNATURE", "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("not a trusted key"),
+        "{bad}"
+    );
+}
