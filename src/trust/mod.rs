@@ -27,8 +27,9 @@ fn read_source(src: &str, cfg: &Config, cap: u64) -> Result<Vec<u8>, String> {
     if src.starts_with("http://") || src.starts_with("https://") {
         let agent = crate::http_client::agent(&cfg.download);
         crate::http_client::get_small(&agent, src, cap)
+            .map_err(|e| format!("cannot load catalogue: {e}"))
     } else {
-        std::fs::read(PathBuf::from(src)).map_err(|e| format!("{src}: {e}"))
+        std::fs::read(PathBuf::from(src)).map_err(|e| format!("cannot read catalogue {src}: {e}"))
     }
 }
 
@@ -100,14 +101,12 @@ pub(crate) fn load_catalogue(
     let Some(src) = cfg.catalogue.as_deref() else {
         return Catalogue::builtin().map_err(|e| e.to_string());
     };
-    let fresh = read_source(src, cfg, 4 << 20)
-        .map_err(|e| format!("cannot load catalogue: {e}"))
-        .and_then(|bytes| {
-            let sig = read_source(&format!("{src}.sig"), cfg, 4096)
-                .ok()
-                .map(|s| String::from_utf8_lossy(&s).into_owned());
-            judge(src, &bytes, sig.as_deref(), cfg, store).map(|c| (c, bytes, sig))
-        });
+    let fresh = read_source(src, cfg, 4 << 20).and_then(|bytes| {
+        let sig = read_source(&format!("{src}.sig"), cfg, 4096)
+            .ok()
+            .map(|s| String::from_utf8_lossy(&s).into_owned());
+        judge(src, &bytes, sig.as_deref(), cfg, store).map(|c| (c, bytes, sig))
+    });
     let (copy, copy_sig) = last_trusted(data_dir);
     match fresh {
         Ok((catalogue, bytes, sig)) => {
