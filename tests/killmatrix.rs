@@ -225,6 +225,16 @@ fn service_processes(data: &Path) -> Vec<i32> {
     pids
 }
 
+/// The failpoint must have killed the agent; it starts again without failpoints.
+fn died_and_restarted(agent: &mut Agent, fp: &str) {
+    assert!(
+        agent.wait_exit(TIMEOUT),
+        "[{fp}] the failpoint did not fire\n{}",
+        agent.log()
+    );
+    agent.restart_with(&[]);
+}
+
 fn settle(agent: &Agent, id: &str) -> Value {
     agent.wait_status(id, &["RUNNING", "FAILED", "STOPPED", "INSTALLED"], TIMEOUT)
 }
@@ -243,12 +253,7 @@ fn kill_9_at_every_install_step_is_repaired_at_the_next_start() {
     ] {
         let mut agent = rig.agent(Some(fp));
         let id = rig.install(&agent);
-        assert!(
-            agent.wait_exit(TIMEOUT),
-            "[{fp}] the failpoint did not fire\n{}",
-            agent.log()
-        );
-        agent.restart_with(&[]);
+        died_and_restarted(&mut agent, fp);
         let p = settle(&agent, &id);
         assert_eq!(p["status"], "RUNNING", "[{fp}] {p}\n{}", agent.log());
         rig.assert_invariants(&agent, &id, Some(("RUNNING", "1")), fp);
@@ -279,12 +284,7 @@ fn kill_9_at_every_update_step_rolls_back_at_the_next_start() {
             "mutation($id: ID!) { updateInstance(id: $id, version: \"2\") { status } }",
             json!({ "id": id }),
         );
-        assert!(
-            agent.wait_exit(TIMEOUT),
-            "[{fp}] the failpoint did not fire\n{}",
-            agent.log()
-        );
-        agent.restart_with(&[]);
+        died_and_restarted(&mut agent, fp);
         let p = settle(&agent, &id);
         assert_eq!(p["errorCode"], "UPDATE_INTERRUPTED", "[{fp}] {p}");
         rig.assert_invariants(&agent, &id, Some(("RUNNING", "1")), fp);
@@ -324,11 +324,7 @@ fn kill_9_during_uninstall_is_finished_at_the_next_start() {
             &json!({ "query": "mutation($id: ID!) { uninstallInstance(id: $id) { instanceId } }", "variables": { "id": id } }).to_string(),
             Some(&agent.token.clone()),
         );
-        assert!(
-            agent.wait_exit(TIMEOUT),
-            "[{fp}] the failpoint did not fire"
-        );
-        agent.restart_with(&[]);
+        died_and_restarted(&mut agent, fp);
         common::wait_until("the uninstall to finish", TIMEOUT, || {
             agent.data("{ instances { id } }", json!({}))["instances"] == json!([])
         });

@@ -53,16 +53,6 @@ fn update(agent: &Agent, id: &str, version: &str) -> Value {
         .clone()
 }
 
-fn install(agent: &Agent, feature: &str, name: &str, settings: Value) -> String {
-    agent.data(
-        "mutation($f: ID!, $n: String!, $s: JSON) { installFeature(featureId: $f, routerId: \"local\", name: $n, settings: $s) { instanceId } }",
-        json!({ "f": feature, "n": name, "s": settings }),
-    )["installFeature"]["instanceId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn versions_on_disk(agent: &Agent, feature: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(agent.data_dir.join("features").join(feature))
         .map(|d| {
@@ -125,7 +115,7 @@ fn updates_roll_back_on_any_failure_and_move_on_when_the_new_version_is_healthy(
     );
     let events = agent.events();
     let port = common::free_port();
-    let id = install(&agent, "sing-box", "main", json!({ "mixedPort": port }));
+    let id = agent.install_with("sing-box", "main", json!({ "mixedPort": port }));
     let p = agent.wait_status(&id, &["RUNNING", "FAILED"], TIMEOUT);
     assert_eq!(p["status"], "RUNNING", "{p}\n{}", agent.log());
     let pid = p["process"]["pid"].as_i64().unwrap();
@@ -307,7 +297,7 @@ fn configs_the_real_checkers_refuse_fail_at_configuring_with_their_words() {
         ),
     ];
     for (feature, settings, words) in cases {
-        let id = install(&agent, feature, "bad", settings);
+        let id = agent.install_with(feature, "bad", settings);
         let p = agent.wait_status(&id, &["RUNNING", "FAILED"], TIMEOUT);
         assert_eq!(p["status"], "FAILED", "{feature}: {p}");
         assert_eq!(p["failedStep"], "configuring", "{feature}: {p}");

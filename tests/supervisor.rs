@@ -75,16 +75,7 @@ fn tor_and_sing_box_run_answer_socks5_and_stop_on_sigterm() {
     );
     let agent = Agent::start(root.path(), &catalogue, "");
     let ports: Vec<u16> = (0..5).map(|_| common::free_port()).collect();
-    let install = |f: &str, settings: Value| {
-        let d = agent.data(
-            "mutation($f: ID!, $s: JSON) { installFeature(featureId: $f, routerId: \"local\", name: \"main\", settings: $s) { instanceId } }",
-            json!({ "f": f, "s": settings }),
-        );
-        d["installFeature"]["instanceId"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let install = |f: &str, settings: Value| agent.install_with(f, "main", settings);
     let tor = install(
         "tor",
         json!({ "socksPort": ports[0], "transPort": ports[1], "dnsPort": ports[2], "controlPort": ports[3] }),

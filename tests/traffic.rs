@@ -37,13 +37,8 @@ struct Net {
     rt_tables: PathBuf,
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn run(args: &[&str]) {
+    common::run_ok(Command::new(args[0]).args(&args[1..]));
 }
 
 fn net(tag: &str) -> Net {
@@ -51,7 +46,7 @@ fn net(tag: &str) -> Net {
     let router = TestNetns::new(&format!("{tag}-r"));
     let internet = TestNetns::new(&format!("{tag}-i"));
     let lan = TestNetns::new(&format!("{tag}-l"));
-    sh(&[
+    run(&[
         "ip",
         "-n",
         &router.name,
@@ -71,7 +66,7 @@ fn net(tag: &str) -> Net {
     internet.ip(&["addr", "add", &format!("{WAN_SERVER}/24"), "dev", "eth0"]);
     internet.ip(&["link", "set", "eth0", "up"]);
     internet.ip(&["route", "add", "default", "via", WAN_ROUTER]);
-    sh(&[
+    run(&[
         "ip",
         "netns",
         "exec",
@@ -240,16 +235,6 @@ impl Net {
     }
 }
 
-fn install(agent: &Agent, feature: &str, name: &str, settings: Value) -> String {
-    agent.data(
-        "mutation($f: ID!, $n: String!, $s: JSON) { installFeature(featureId: $f, routerId: \"local\", name: $n, settings: $s) { instanceId } }",
-        json!({ "f": feature, "n": name, "s": settings }),
-    )["installFeature"]["instanceId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn running(agent: &Agent, id: &str) -> Value {
     let p = agent.wait_status(id, &["RUNNING", "FAILED"], TIMEOUT);
     assert_eq!(p["status"], "RUNNING", "{p}\n{}", agent.log());
@@ -266,7 +251,7 @@ fn lan_traffic_flows_through_sing_box_and_v2ray_and_uninstall_leaves_nothing() {
     let baseline = net.router_state();
     let agent = net.agent(&[net.singbox(), net.v2ray()]);
 
-    let sb = install(&agent, "sing-box", "lan", json!({ "mixedPort": 2080 }));
+    let sb = agent.install_with("sing-box", "lan", json!({ "mixedPort": 2080 }));
     let p = running(&agent, &sb);
     let vlan = p["interface"]["vlanId"].as_u64().unwrap();
     let service = p["interface"]["serviceAddress"]
@@ -286,7 +271,7 @@ fn lan_traffic_flows_through_sing_box_and_v2ray_and_uninstall_leaves_nothing() {
         "the request should come from the service on the router side: {log:?}"
     );
 
-    let v2 = install(&agent, "xray", "lan", json!({ "socksPort": 10808 }));
+    let v2 = agent.install_with("xray", "lan", json!({ "socksPort": 10808 }));
     let p = running(&agent, &v2);
     let vlan2 = p["interface"]["vlanId"].as_u64().unwrap();
     let service2 = p["interface"]["serviceAddress"]
@@ -316,7 +301,7 @@ fn lan_traffic_flows_through_sing_box_and_v2ray_and_uninstall_leaves_nothing() {
     );
 
     // A second sing-box instance shares the binary; uninstalling the first keeps it.
-    let sb2 = install(&agent, "sing-box", "second", json!({ "mixedPort": 2081 }));
+    let sb2 = agent.install_with("sing-box", "second", json!({ "mixedPort": 2081 }));
     running(&agent, &sb2);
     let binary = PathBuf::from(agent.process(&sb2)["binaryPath"].as_str().unwrap());
     let pids: Vec<i64> = [&sb, &v2, &sb2]
@@ -334,7 +319,7 @@ fn lan_traffic_flows_through_sing_box_and_v2ray_and_uninstall_leaves_nothing() {
         "segment {vlan} is gone"
     );
     // The freed VLAN id is handed out again.
-    let sb3 = install(&agent, "sing-box", "third", json!({ "mixedPort": 2082 }));
+    let sb3 = agent.install_with("sing-box", "third", json!({ "mixedPort": 2082 }));
     assert_eq!(
         running(&agent, &sb3)["interface"]["vlanId"].as_u64(),
         Some(vlan)
@@ -381,7 +366,7 @@ fn lan_traffic_flows_through_sing_box_and_v2ray_and_uninstall_leaves_nothing() {
 fn tor_answers_socks5_on_its_segment() {
     let net = net("tor");
     let agent = net.agent(&[net.tor()]);
-    let tor = install(&agent, "tor", "lan", json!({}));
+    let tor = agent.install_with("tor", "lan", json!({}));
     let p = running(&agent, &tor);
     let vlan = p["interface"]["vlanId"].as_u64().unwrap();
     let service = p["interface"]["serviceAddress"]

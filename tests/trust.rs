@@ -8,21 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, BIN, Nginx, TempDir, sha256_file};
+use common::{Agent, BIN, Nginx, TempDir, run_ok, sha256_file};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn agent_cli(args: &[&Path]) -> Command {
     let mut c = Command::new(BIN);
@@ -35,18 +24,22 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         dir.join(format!("{name}.pub")),
         dir.join(format!("{name}.sec")),
     );
-    run(Command::new(BIN)
-        .args(["catalogue", "keygen"])
-        .arg(&p)
-        .arg(&s));
+    run_ok(
+        Command::new(BIN)
+            .args(["catalogue", "keygen"])
+            .arg(&p)
+            .arg(&s),
+    );
     (p, s)
 }
 
 fn sign(sec: &Path, file: &Path) {
-    run(Command::new(BIN)
-        .args(["catalogue", "sign"])
-        .arg(sec)
-        .arg(file));
+    run_ok(
+        Command::new(BIN)
+            .args(["catalogue", "sign"])
+            .arg(sec)
+            .arg(file),
+    );
 }
 
 #[test]
@@ -59,39 +52,49 @@ fn keys_and_signatures_interoperate_with_signify_both_ways() {
     // Our key pair: signify verifies what we sign and signs with our secret key.
     let (ours_pub, ours_sec) = keygen(dir.path(), "ours");
     sign(&ours_sec, &msg);
-    run(Command::new("signify-openbsd")
-        .args(["-V", "-p"])
-        .arg(&ours_pub)
-        .arg("-m")
-        .arg(&msg));
+    run_ok(
+        Command::new("signify-openbsd")
+            .args(["-V", "-p"])
+            .arg(&ours_pub)
+            .arg("-m")
+            .arg(&msg),
+    );
     std::fs::remove_file(&sig).unwrap();
-    run(Command::new("signify-openbsd")
-        .args(["-S", "-s"])
-        .arg(&ours_sec)
-        .arg("-m")
-        .arg(&msg));
-    let out = run(&mut agent_cli(&[Path::new("verify"), &ours_pub, &msg]));
+    run_ok(
+        Command::new("signify-openbsd")
+            .args(["-S", "-s"])
+            .arg(&ours_sec)
+            .arg("-m")
+            .arg(&msg),
+    );
+    let out = run_ok(&mut agent_cli(&[Path::new("verify"), &ours_pub, &msg]));
     assert!(out.starts_with("Signature Verified"), "{out}");
 
     // signify's key pair (unencrypted): we verify what it signs and sign with its key.
     let (theirs_pub, theirs_sec) = (dir.path().join("theirs.pub"), dir.path().join("theirs.sec"));
-    run(Command::new("signify-openbsd")
-        .args(["-G", "-n", "-p"])
-        .arg(&theirs_pub)
-        .arg("-s")
-        .arg(&theirs_sec));
-    run(Command::new("signify-openbsd")
-        .args(["-S", "-s"])
-        .arg(&theirs_sec)
-        .arg("-m")
-        .arg(&msg));
-    run(&mut agent_cli(&[Path::new("verify"), &theirs_pub, &msg]));
+    run_ok(
+        Command::new("signify-openbsd")
+            .args(["-G", "-n", "-p"])
+            .arg(&theirs_pub)
+            .arg("-s")
+            .arg(&theirs_sec),
+    );
+    run_ok(
+        Command::new("signify-openbsd")
+            .args(["-S", "-s"])
+            .arg(&theirs_sec)
+            .arg("-m")
+            .arg(&msg),
+    );
+    run_ok(&mut agent_cli(&[Path::new("verify"), &theirs_pub, &msg]));
     sign(&theirs_sec, &msg);
-    run(Command::new("signify-openbsd")
-        .args(["-V", "-p"])
-        .arg(&theirs_pub)
-        .arg("-m")
-        .arg(&msg));
+    run_ok(
+        Command::new("signify-openbsd")
+            .args(["-V", "-p"])
+            .arg(&theirs_pub)
+            .arg("-m")
+            .arg(&msg),
+    );
 
     // A wrong key, a changed message and a corrupt signature are all refused.
     let refused = |args: &[&Path]| {

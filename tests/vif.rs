@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, Nginx, TempDir, TestNetns, feature, sha256_file, write_catalogue};
+use common::{Agent, Nginx, TempDir, TestNetns, feature, run_ok, sha256_file, write_catalogue};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,17 +137,6 @@ fn in_service(s: &Setup, netns: &str, args: &[&str]) -> Command {
     c.arg(format!("--net={}", s.netns_dir.join(netns).display()))
         .args(args);
     c
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -149,6 +149,17 @@ fn result_names(events: &[Value]) -> Vec<String> {
 }
 
 /// Host side of basic.sh: GraphQL through hostfwd with ureq and with the gql client.
+/// Every named guest check ran (that each passed, `boot` asserts).
+fn assert_results(events: &[Value], want: &[&str]) {
+    let names = result_names(events);
+    for name in want {
+        assert!(
+            names.iter().any(|n| n == name),
+            "no result {name}: {names:?}"
+        );
+    }
+}
+
 fn serve_check(arch_key: &str, board: &str) -> impl FnMut(u64, &Guest) -> String {
     move |_, guest| {
         let v = guest.data(
@@ -184,18 +195,18 @@ fn serve_check(arch_key: &str, board: &str) -> impl FnMut(u64, &Guest) -> String
 
 fn basic(arch: &str, target: &str, arch_key: &str, board: &str) {
     let events = boot(arch, target, "basic.sh", &[], serve_check(arch_key, board));
-    let names = result_names(&events);
-    for name in [
-        "vlan-create",
-        "vlan-listed",
-        "cgroup-memory",
-        "cgroup-pids",
-        "cgroup-cpu",
-        "cgroup-limits",
-        "agent-alive-after-host-queries",
-    ] {
-        assert!(names.iter().any(|n| n == name), "{arch}: no result {name}");
-    }
+    assert_results(
+        &events,
+        &[
+            "vlan-create",
+            "vlan-listed",
+            "cgroup-memory",
+            "cgroup-pids",
+            "cgroup-cpu",
+            "cgroup-limits",
+            "agent-alive-after-host-queries",
+        ],
+    );
 }
 
 #[test]
@@ -276,21 +287,18 @@ fn x86_64_vm_provisions_a_real_vlan_and_removes_it() {
             _ => "finish".to_owned(),
         },
     );
-    let names = result_names(&events);
-    for name in [
-        "vlan-device",
-        "table-route",
-        "service-reaches-router",
-        "router-reaches-service",
-        "no-links",
-        "no-netns",
-        "no-table-route",
-    ] {
-        assert!(
-            names.iter().any(|n| n == name),
-            "no result {name}: {names:?}"
-        );
-    }
+    assert_results(
+        &events,
+        &[
+            "vlan-device",
+            "table-route",
+            "service-reaches-router",
+            "router-reaches-service",
+            "no-links",
+            "no-netns",
+            "no-table-route",
+        ],
+    );
     assert!(
         nginx
             .requests_for("/tool")
@@ -392,19 +400,16 @@ fn x86_64_vm_enforces_cgroup_limits_on_services() {
             format!("check {hog} {bomb} {capped}")
         },
     );
-    let names = result_names(&events);
-    for name in [
-        "oom-killed-in-its-cgroup",
-        "bomb-pids-capped",
-        "bomb-forks-refused",
-        "capped-cpu-max",
-        "agent-alive",
-    ] {
-        assert!(
-            names.iter().any(|n| n == name),
-            "no result {name}: {names:?}"
-        );
-    }
+    assert_results(
+        &events,
+        &[
+            "oom-killed-in-its-cgroup",
+            "bomb-pids-capped",
+            "bomb-forks-refused",
+            "capped-cpu-max",
+            "agent-alive",
+        ],
+    );
 }
 
 #[test]
@@ -480,18 +485,15 @@ fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
             _ => "finish".to_owned(),
         },
     );
-    let names = result_names(&events);
-    for name in [
-        "vlan-on-lan0",
-        "lan-through-sing-box",
-        "server-saw-the-service",
-        "untagged-is-not-the-segment",
-        "no-links",
-        "agent-alive",
-    ] {
-        assert!(
-            names.iter().any(|n| n == name),
-            "no result {name}: {names:?}"
-        );
-    }
+    assert_results(
+        &events,
+        &[
+            "vlan-on-lan0",
+            "lan-through-sing-box",
+            "server-saw-the-service",
+            "untagged-is-not-the-segment",
+            "no-links",
+            "agent-alive",
+        ],
+    );
 }

@@ -270,6 +270,25 @@ impl Downloads {
         }
     }
 
+    /// `+signature:KEY` when the asset's checksums file is signed by a trusted key, `""` when
+    /// it is not signed; an error when the signature is missing or bad.
+    fn checksums_signer(&self, asset: &Asset, url: &str, text: &str) -> Result<String, StepError> {
+        let Some(sig_url) = &asset.checksums_sig else {
+            return Ok(String::new());
+        };
+        let sig = crate::http_client::get_small(&self.agent, sig_url, 4096)
+            .map_err(|m| StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", m))?;
+        let key = crate::trust::check_signature(
+            &format!("checksums file {url}"),
+            text.as_bytes(),
+            Some(&String::from_utf8_lossy(&sig)),
+            &self.trust,
+            true,
+        )
+        .map_err(|m| StepError::new(Step::Verifying, "BAD_SIGNATURE", m))?;
+        Ok(key.map(|k| format!("+signature:{k}")).unwrap_or_default())
+    }
+
     /// The digest the download must have, and what vouches for it.
     fn expected_digest(&self, asset: &Asset) -> Result<([u8; 32], String), StepError> {
         let pinned = asset.sha256.as_deref().and_then(util::parse_sha256_hex);
@@ -292,31 +311,10 @@ impl Downloads {
                     };
                     StepError::new(Step::Verifying, code, format!("{e} ({url})"))
                 })?;
-                let signed_by = match &asset.checksums_sig {
-                    None => None,
-                    Some(sig_url) => {
-                        let sig = crate::http_client::get_small(&self.agent, sig_url, 4096)
-                            .map_err(|m| {
-                                StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", m)
-                            })?;
-                        crate::trust::check_signature(
-                            &format!("checksums file {url}"),
-                            text.as_bytes(),
-                            Some(&String::from_utf8_lossy(&sig)),
-                            &self.trust,
-                            true,
-                        )
-                        .map_err(|m| StepError::new(Step::Verifying, "BAD_SIGNATURE", m))?
-                    }
-                };
-                Some((digest, signed_by))
+                Some((digest, self.checksums_signer(asset, url, &text)?))
             }
         };
-        let (listed, signature) = match listed {
-            Some((d, s)) => (Some(d), s.map(|k| format!("+signature:{k}"))),
-            None => (None, None),
-        };
-        let sig = signature.unwrap_or_default();
+        let (listed, sig) = listed.map_or((None, String::new()), |(d, s)| (Some(d), s));
         match (pinned, listed) {
             (Some(p), Some(l)) if p != l => Err(StepError::new(
                 Step::Verifying,

@@ -92,6 +92,11 @@ impl StepError {
             message,
         }
     }
+
+    /// The instance's record disappeared under a running step (it cannot: a store failure).
+    pub(crate) fn vanished(step: Step) -> StepError {
+        StepError::new(step, "STATE_ERROR", "instance record vanished".into())
+    }
 }
 
 /// A refused request, reported to the API client with `code` in `extensions.code`.
@@ -437,13 +442,7 @@ impl Installer {
                 i.verified_by = Some(artifact.verified_by.clone());
             })
             .await
-            .ok_or_else(|| {
-                StepError::new(
-                    Step::Installing,
-                    "STATE_ERROR",
-                    "instance record vanished".into(),
-                )
-            })?;
+            .ok_or_else(|| StepError::vanished(Step::Installing))?;
         self.report(&updated, ProgressStatus::Completed, bytes, Some(bytes));
         Ok(updated)
     }
@@ -517,13 +516,7 @@ impl Installer {
         let inst = self
             .transition(&inst.id, Status::Provisioning, None, |_| {})
             .await
-            .ok_or_else(|| {
-                StepError::new(
-                    Step::Provisioning,
-                    "STATE_ERROR",
-                    "instance record vanished".into(),
-                )
-            })?;
+            .ok_or_else(|| StepError::vanished(Step::Provisioning))?;
         let factory = Arc::clone(&self.interfaces);
         let owner = inst.clone();
         blocking(move || {
@@ -775,9 +768,6 @@ impl Installer {
                 )
             })?;
         crate::failpoint::hit("uninstall.unprovisioned").map_err(|m| refuse("INJECTED", m))?;
-        let shared = self.store.instances()?.iter().any(|o| {
-            o.id != inst.id && o.feature_id == inst.feature_id && o.version == inst.version
-        });
         let store = self.store.clone();
         let layout = self.layout.clone();
         let record = inst.clone();
@@ -791,7 +781,10 @@ impl Installer {
         })
         .await?;
         // The feature version's files go when no other instance uses them.
-        self.collect_artifacts().await;
+        let removed = self.collect_artifacts().await;
+        let shared = !removed
+            .iter()
+            .any(|(f, v)| *f == inst.feature_id && *v == inst.version);
         self.progress
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

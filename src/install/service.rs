@@ -101,13 +101,7 @@ impl Installer {
         let inst = self
             .transition(&inst.id, Status::Configuring, None, |_| {})
             .await
-            .ok_or_else(|| {
-                StepError::new(
-                    Step::Configuring,
-                    "STATE_ERROR",
-                    "instance record vanished".into(),
-                )
-            })?;
+            .ok_or_else(|| StepError::vanished(Step::Configuring))?;
         let uid = self
             .store
             .allocate_uid(self.services.uid_range, &inst.id)
@@ -149,13 +143,7 @@ impl Installer {
             i.uid = Some(uid)
         })
         .await
-        .ok_or_else(|| {
-            StepError::new(
-                Step::Configuring,
-                "STATE_ERROR",
-                "instance record vanished".into(),
-            )
-        })
+        .ok_or_else(|| StepError::vanished(Step::Configuring))
     }
 
     /// The generator's view of the instance: where it listens and its routing mark.
@@ -292,13 +280,7 @@ impl Installer {
                 i.desired_running = true
             })
             .await
-            .ok_or_else(|| {
-                StepError::new(
-                    Step::Starting,
-                    "STATE_ERROR",
-                    "instance record vanished".into(),
-                )
-            })?;
+            .ok_or_else(|| StepError::vanished(Step::Starting))?;
         self.kill_leftover(&inst);
         self.launch(&inst, feature, None).await?;
         Ok(inst)

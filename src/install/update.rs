@@ -267,13 +267,7 @@ impl Installer {
                 i.pid = None;
             })
             .await
-            .ok_or_else(|| {
-                StepError::new(
-                    Step::Updating,
-                    "STATE_ERROR",
-                    "instance record vanished".into(),
-                )
-            })?;
+            .ok_or_else(|| StepError::vanished(Step::Updating))?;
         injected("update.recorded")?;
         // A crash-looping service is started too: the new version may be the fix.
         let runs = target.runs()
@@ -298,13 +292,7 @@ impl Installer {
             i.error_code = None;
         })
         .await
-        .ok_or_else(|| {
-            StepError::new(
-                Step::Updating,
-                "STATE_ERROR",
-                "instance record vanished".into(),
-            )
-        })
+        .ok_or_else(|| StepError::vanished(Step::Updating))
     }
 
     /// Puts the previous version back: config, record, and its process if it was running and
@@ -445,13 +433,15 @@ impl Installer {
     }
 
     /// Deletes feature versions no instance uses (nor would roll back to): what an update
-    /// leaves behind, even when the agent died before it could clean up.
-    pub(crate) async fn collect_artifacts(&self) {
+    /// or uninstall leaves behind, even when the agent died before it could clean up.
+    /// Returns the `(feature, version)` pairs removed.
+    pub(crate) async fn collect_artifacts(&self) -> Vec<(String, String)> {
         let store = self.store.clone();
         let layout = self.layout.clone();
         blocking(move || {
+            let mut removed = Vec::new();
             let Ok(instances) = store.instances() else {
-                return;
+                return removed;
             };
             let used = |f: &str, v: &str| {
                 instances.iter().any(|i| {
@@ -464,7 +454,7 @@ impl Installer {
             };
             let root = layout.features_dir();
             let Ok(features) = std::fs::read_dir(&root) else {
-                return;
+                return removed;
             };
             for f in features.flatten() {
                 let feature = f.file_name().to_string_lossy().into_owned();
@@ -487,10 +477,12 @@ impl Installer {
                         let _ = store.clear_download_state(&key.id());
                     }
                     super::remove_dir(&v.path());
+                    removed.push((feature.clone(), version));
                 }
             }
+            removed
         })
-        .await;
+        .await
     }
 }
 

@@ -329,19 +329,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_nnc-agent");
 impl Agent {
     /// Starts `nnc-agent serve --config <dir>/nnc.toml` with `catalogue` and extra TOML.
     pub fn start(dir: &Path, catalogue: &Path, extra_toml: &str) -> Agent {
-        std::fs::create_dir_all(dir).unwrap();
-        let data_dir = dir.join("data");
-        let config = dir.join("nnc.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ncatalogue = {:?}\nlog_level = \"debug\"\n{extra_toml}\n",
-                data_dir.display().to_string(),
-                catalogue.display().to_string()
-            ),
-        )
-        .unwrap();
-        Agent::start_with_config(&config, &data_dir, None, Vec::new())
+        Agent::start_in(dir, catalogue, extra_toml, None, &[])
     }
 
     /// Starts the agent in `netns` with extra environment (e.g. `NNC_FAILPOINTS`).
@@ -549,9 +537,18 @@ impl Agent {
     }
 
     pub fn install_on(&self, feature: &str, router: &str, name: &str) -> String {
+        self.install_full(feature, router, name, &Value::Null)
+    }
+
+    /// Installs on the local router with `settings`; returns the instance id.
+    pub fn install_with(&self, feature: &str, name: &str, settings: Value) -> String {
+        self.install_full(feature, "local", name, &settings)
+    }
+
+    fn install_full(&self, feature: &str, router: &str, name: &str, settings: &Value) -> String {
         let d = self.data(
-            "mutation($f: ID!, $r: ID!, $n: String!) { installFeature(featureId: $f, routerId: $r, name: $n) { instanceId } }",
-            json!({ "f": feature, "r": router, "n": name }),
+            "mutation($f: ID!, $r: ID!, $n: String!, $s: JSON) { installFeature(featureId: $f, routerId: $r, name: $n, settings: $s) { instanceId } }",
+            json!({ "f": feature, "r": router, "n": name, "s": settings }),
         );
         d["installFeature"]["instanceId"]
             .as_str()
@@ -670,6 +667,18 @@ impl Drop for EventStream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// SOCKS5 greeting "no authentication" → the server's choice: [5, 0] means it speaks SOCKS5.
