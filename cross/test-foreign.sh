@@ -10,7 +10,7 @@ export PATH="$NNC_CACHE/venv/bin:$PATH"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$NNC_CACHE/target}
 
 echo "== unit tests on aarch64 (qemu-aarch64-static)"
-cargo test --quiet --locked --target aarch64-unknown-linux-musl --bin nnc-agent
+cargo test --quiet --locked --target aarch64-unknown-linux-musl --lib
 
 for t in armv7-unknown-linux-musleabihf mipsel-unknown-linux-musl; do
   case $t in armv7-*) qemu=qemu-arm-static ;; mipsel-*) qemu=qemu-mipsel-static ;; esac
@@ -19,6 +19,6 @@ for t in armv7-unknown-linux-musleabihf mipsel-unknown-linux-musl; do
   var=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")
   echo "== unit tests on $t ($qemu)"
   env "${var}_RUSTFLAGS=$flags" "${var}_RUNNER=$qemu" RUSTUP_TOOLCHAIN=nightly \
-    cargo-zigbuild test --quiet --locked --target "$t" -Zbuild-std --bin nnc-agent \
+    cargo-zigbuild test --quiet --locked --target "$t" -Zbuild-std --lib \
     --target-dir "$NNC_CACHE/target-foreign"
 done

@@ -93,6 +93,11 @@ pub(crate) enum EventKind {
         to: ProcState,
         reason: Option<String>,
     },
+    /// Only in one subscriber's stream: it fell so far behind that `missed` events were
+    /// dropped for it (the sequence numbers show which).
+    Missed {
+        missed: u64,
+    },
     ServiceCrashed {
         exit_code: Option<i32>,
         signal: Option<i32>,
@@ -116,6 +121,7 @@ impl EventKind {
             EventKind::ServiceUpdated { .. } => "service.updated",
             EventKind::UpdateRolledBack { .. } => "service.update.rolled_back",
             EventKind::ServiceCrashed { .. } => "service.crashed",
+            EventKind::Missed { .. } => "events.missed",
         }
     }
 }
@@ -171,6 +177,7 @@ impl Event {
             EventKind::ProcessStateChanged { from, to, reason } => {
                 json!({ "from": from.as_str(), "to": to.as_str(), "reason": reason })
             }
+            EventKind::Missed { missed } => json!({ "missed": missed }),
             EventKind::ServiceCrashed {
                 exit_code,
                 signal,

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian machine: installs what it needs, then formatting
 # and lints, the five static cross builds with their size budget, unit tests on foreign CPUs
 # under qemu-user, and `cargo test`: unit tests and integration tests against real nginx, tor,
-# v2ray, sing-box, Python GraphQL clients, QEMU VMs booting Debian's kernels, and the packages.
+# v2ray, sing-box, Python GraphQL clients, QEMU VMs booting Debian's kernels, and the packages;
+# then every fuzz target for a short bounded time (NNC_FUZZ_SECS, default 30 s each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh all
@@ -25,4 +26,6 @@ step "unit tests under qemu-user (cross/test-foreign.sh)"
 bash cross/test-foreign.sh
 step "cargo test"
 cargo test --quiet 2>&1
+step "fuzz targets, ${NNC_FUZZ_SECS:-30} s each (fuzz/run.sh)"
+bash fuzz/run.sh "${NNC_FUZZ_SECS:-30}"
 step "all tests passed"

@@ -5,7 +5,7 @@
 //! go through the installer).
 
 mod codes;
-mod schema;
+pub(crate) mod schema;
 mod ws;
 
 use std::convert::Infallible;
@@ -198,7 +198,12 @@ async fn graphql_post(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) 
             );
         }
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+    answer(&api.schema, &body).await
+}
+
+/// A request body (already authenticated and size-limited) to its reply.
+pub(crate) async fn answer(schema: &AppSchema, body: &[u8]) -> Reply {
+    let request: async_graphql::Request = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             return error_reply(
@@ -208,7 +213,7 @@ async fn graphql_post(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) 
             );
         }
     };
-    let response = api.schema.execute(request).await;
+    let response = schema.execute(request).await;
     match serde_json::to_value(&response) {
         Ok(v) => json_reply(StatusCode::OK, &v),
         Err(e) => error_reply(

@@ -377,6 +377,13 @@ impl SubscriptionRoot {
                     }
                     Err(RecvError::Lagged(n)) => {
                         log::warn!(target: "api", "events subscriber lagged by {n} events");
+                        // Say so in the stream: a client must not believe it saw everything.
+                        yield EventObject(Arc::new(crate::events::Event {
+                            seq: 0,
+                            at_ms: crate::util::now_ms(),
+                            instance_id: None,
+                            kind: crate::events::EventKind::Missed { missed: n },
+                        }));
                     }
                     Err(RecvError::Closed) => break,
                 }

@@ -6,9 +6,9 @@
 //! second. A stage that fails leaves the instance `FAILED` with the step, a code and a
 //! message; at agent start, instances left mid-flow continue where their files say they are.
 
-mod archive;
-mod checksums;
-mod elf;
+pub(crate) mod archive;
+pub(crate) mod checksums;
+pub(crate) mod elf;
 mod fetch;
 mod service;
 mod update;

@@ -1,0 +1,237 @@
+//! nnc-agent: runs on the router and turns "install Tor / sing-box / Xray" into one GraphQL
+//! call. See ARCHITECTURE.md for the map.
+//!
+//! A library only so that fuzz targets (`fuzz/`) can reach the parsers through `fuzz`; the
+//! program is `run`, called by `main.rs`.
+
+mod api;
+mod board;
+mod catalogue;
+mod config;
+mod configgen;
+mod events;
+mod failpoint;
+#[doc(hidden)]
+pub mod fuzz;
+mod http_client;
+mod install;
+mod logger;
+mod store;
+mod supervisor;
+mod trust;
+mod util;
+mod vif;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use config::{Command, Config};
+
+/// Exit code for configuration and start-up errors (bad flags, unreadable catalogue ...).
+const EXIT_CONFIG: u8 = 2;
+
+/// The whole program: parses the command line and runs the command.
+pub fn run() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match config::parse_command(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nnc-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", config::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!(
+                "nnc-agent {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                catalogue::host_arch()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Catalogue(c) => match trust::command(c) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nnc-agent: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Config(c) => match configgen::command(c) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nnc-agent: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve(cfg) => match serve(*cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nnc-agent: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+    }
+}
+
+/// Sets everything up; returns only on a start-up error (the server runs until killed).
+fn serve(cfg: Config) -> Result<(), String> {
+    logger::init(cfg.log_level);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    let data_dir = cfg
+        .data_dir
+        .canonicalize()
+        .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
+    let token = load_or_create_token(&cfg.token_file)?;
+    let layout = install::Layout::new(data_dir.clone());
+    let store = store::Store::open(&layout.state_db()).map_err(|e| e.to_string())?;
+    let catalogue = trust::load_catalogue(&cfg, &store, &data_dir)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the listening address: {e}"))?;
+        let installer = assemble(&cfg, store, catalogue, layout);
+        // Repair interfaces an earlier run left half-made before any install continues.
+        let factory = Arc::clone(&installer.interfaces);
+        tokio::task::spawn_blocking(move || factory.reconcile())
+            .await
+            .map_err(|e| format!("reconcile: {e}"))?;
+        let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
+        let rolled_back = installer.recover_updates().await.map_err(|e| e.to_string())?;
+        installer
+            .resume_uninstalls()
+            .await
+            .map_err(|e| e.to_string())?;
+        if rolled_back > 0 {
+            log::warn!(target: "api", "{rolled_back} interrupted update(s) rolled back");
+        }
+        installer.collect_artifacts().await;
+        let restarted = installer.restart_wanted().map_err(|e| e.to_string())?;
+        if restarted > 0 {
+            log::info!(target: "supervisor", "starting {restarted} service(s) that were running before");
+        }
+        log::info!(target: "api", "data dir {}, catalogue {} ({} features), {resumed} interrupted install(s) resumed",
+            data_dir.display(), installer.catalogue.source, installer.catalogue.features.len());
+        log::info!(target: "api", "API token in {} (send it as 'Authorization: Bearer <token>')", cfg.token_file.display());
+        if let Some(b) = &cfg.board {
+            log::info!(target: "api", "board {}: {}", b.name, b.description);
+        }
+        let api = Arc::new(api::Api::new(installer, cfg.board.clone(), token, cfg.dev));
+        // The one line scripts wait for; printed after the socket is bound.
+        println!("nnc-agent listening on http://{local}/graphql");
+        let _ = std::io::stdout().flush();
+        api::serve(listener, api).await;
+        Ok(())
+    })
+}
+
+/// The installer with its interface factory and supervisor, wired together (no I/O).
+fn assemble(
+    cfg: &Config,
+    store: store::Store,
+    catalogue: catalogue::Catalogue,
+    layout: install::Layout,
+) -> Arc<install::Installer> {
+    let bus = events::Bus::new(4096);
+    let interfaces = Arc::new(vif::InterfaceFactory::new(
+        store.clone(),
+        bus.clone(),
+        routers(cfg),
+    ));
+    let cgroups = supervisor::Cgroups::new(&cfg.supervisor.cgroup_root);
+    let supervisor = Arc::new(supervisor::Supervisor::new(
+        bus.clone(),
+        cgroups,
+        cfg.supervisor.policy.clone(),
+    ));
+    let installer = Arc::new(install::Installer::new(
+        store, bus, catalogue, layout, cfg, interfaces, supervisor,
+    ));
+    installer.attach_supervisor();
+    installer
+}
+
+/// The routers interfaces can be made on: the local one (unless its VLAN mode is off) and
+/// every configured RouterOS router.
+fn routers(cfg: &Config) -> Vec<vif::Router> {
+    use config::VlanMode;
+    let mut out = Vec::new();
+    let segment = match cfg.vlan.mode {
+        VlanMode::Off => None,
+        VlanMode::Vlan => Some(vif::netlink::Segment::Vlan {
+            parent: cfg.vlan.parent.clone(),
+        }),
+        VlanMode::Veth => Some(vif::netlink::Segment::Veth),
+    };
+    if let Some(segment) = segment {
+        out.push(vif::Router {
+            id: install::LOCAL_ROUTER.to_owned(),
+            pool: cfg.vlan.pool,
+            subnet_base: cfg.vlan.subnet_base,
+            backend: vif::Backend::Linux(vif::netlink::Linux {
+                cfg: vif::netlink::LinuxConfig {
+                    segment,
+                    netns_dir: cfg.vlan.netns_dir.clone(),
+                    rt_tables: cfg.vlan.rt_tables.clone(),
+                },
+            }),
+        });
+    }
+    for r in &cfg.routers {
+        out.push(vif::Router {
+            id: r.id.clone(),
+            pool: r.pool,
+            subnet_base: cfg.vlan.subnet_base,
+            backend: vif::Backend::RouterOs(vif::routeros::RouterOs::new(
+                r.endpoint.clone(),
+                r.parent.clone(),
+            )),
+        });
+    }
+    out
+}
+
+/// Reads the API token, creating a random one (mode 0600) on first start.
+fn load_or_create_token(path: &Path) -> Result<api::Token, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(api::Token::new(&text)),
+        Ok(_) => return Err(format!("token file {} is empty", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read token file {}: {e}", path.display())),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let secret = util::random_hex(32).map_err(|e| format!("no randomness for the token: {e}"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{secret}\n").as_bytes()))
+        .map_err(|e| format!("cannot create token file {}: {e}", path.display()))?;
+    log::info!(target: "api", "created a new API token in {}", path.display());
+    Ok(api::Token::new(&secret))
+}
