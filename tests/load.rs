@@ -15,16 +15,6 @@ const QPS: &str = "50";
 /// Peak RSS the agent may reach under this load.
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn two_hundred_subscribers_see_every_event_in_order_during_five_installs_and_queries() {
     let root = TempDir::new("load");
@@ -50,7 +40,7 @@ fn two_hundred_subscribers_see_every_event_in_order_during_five_installs_and_que
         .collect();
     let catalogue = common::write_catalogue(root.path(), &features);
     let agent = Agent::start(root.path(), &catalogue, "");
-    let idle = status_kib(agent.pid(), "VmRSS:");
+    let idle = common::proc_status_kib(agent.pid(), "VmRSS:");
     let out = Command::new(common::python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/load.py"))
         .args([
@@ -72,7 +62,7 @@ fn two_hundred_subscribers_see_every_event_in_order_during_five_installs_and_que
         String::from_utf8_lossy(&out.stderr)
     );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let peak = status_kib(agent.pid(), "VmHWM:");
+    let peak = common::proc_status_kib(agent.pid(), "VmHWM:");
     eprintln!("load: {r}\nagent RSS idle {idle} KiB, peak {peak} KiB");
     assert_eq!(r["all_saw_every_install"], true, "{r}");
     assert_eq!(r["lost"], 0, "{r}");

@@ -23,12 +23,6 @@ struct Sample {
 
 fn sample(agent: &Agent) -> Sample {
     let pid = agent.pid();
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap();
     Sample {
         fds: i64::try_from(
             std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -36,7 +30,7 @@ fn sample(agent: &Agent) -> Sample {
                 .count(),
         )
         .unwrap(),
-        rss_kib: rss,
+        rss_kib: i64::try_from(common::proc_status_kib(pid, "VmRSS:")).unwrap(),
         db_bytes: i64::try_from(
             std::fs::metadata(agent.data_dir.join("state.redb"))
                 .unwrap()

@@ -669,6 +669,16 @@ impl Drop for EventStream {
     }
 }
 
+/// A `kB` field of /proc/PID/status (`VmRSS:`, `VmHWM:` ...), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+}
+
 /// Runs a command that must succeed; returns its stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
