@@ -179,6 +179,31 @@ pub(crate) struct Config {
     pub supervisor: SupervisorConfig,
     pub download: DownloadConfig,
     pub trust: TrustConfig,
+    pub api: ApiLimits,
+}
+
+/// How much the API lets one LAN client take: connections, subscriptions, token guesses.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiLimits {
+    /// Open TCP connections (HTTP and WebSocket together); more get a 503.
+    pub max_connections: usize,
+    /// Live subscriptions on one WebSocket; more are refused with an `error` message.
+    pub max_subscriptions: usize,
+    /// Failed authentications from one address within `auth_window` before it is locked out
+    /// for the rest of that window.
+    pub auth_failures: u32,
+    pub auth_window: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> ApiLimits {
+        ApiLimits {
+            max_connections: 256,
+            max_subscriptions: 32,
+            auth_failures: 10,
+            auth_window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Who may sign catalogues and checksums files, and what is required of them.
@@ -253,6 +278,36 @@ struct FileConfig {
     supervisor: FileSupervisor,
     #[serde(default)]
     trust: FileTrust,
+    #[serde(default)]
+    api: FileApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    max_connections: Option<usize>,
+    max_subscriptions_per_connection: Option<usize>,
+    auth_failure_limit: Option<u32>,
+    auth_window_secs: Option<f64>,
+}
+
+fn api_limits(f: &FileApi) -> Result<ApiLimits, ConfigError> {
+    let d = ApiLimits::default();
+    let limits = ApiLimits {
+        max_connections: f.max_connections.unwrap_or(d.max_connections),
+        max_subscriptions: f
+            .max_subscriptions_per_connection
+            .unwrap_or(d.max_subscriptions),
+        auth_failures: f.auth_failure_limit.unwrap_or(d.auth_failures),
+        auth_window: secs("auth_window_secs", f.auth_window_secs, d.auth_window)
+            .map_err(|e| ConfigError(e.0.replace("download.", "api.")))?,
+    };
+    if limits.max_connections == 0 || limits.max_subscriptions == 0 || limits.auth_failures == 0 {
+        return err(
+            "api.max_connections, api.max_subscriptions_per_connection and api.auth_failure_limit must be at least 1",
+        );
+    }
+    Ok(limits)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -563,7 +618,9 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
     }
     let supervisor = merge_supervisor(&file.supervisor, board.as_ref())?;
     let trust = trust_config(&file.trust)?;
+    let api = api_limits(&file.api)?;
     Ok(Config {
+        api,
         trust,
         supervisor,
         vlan,
@@ -857,6 +914,10 @@ mod tests {
         assert_eq!(
             (r.endpoint.port, r.endpoint.password.as_str(), r.pool),
             (8729, "s3cret", [10, 20])
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the router password shows in the config's Debug output"
         );
         for (text, needle) in [
             ("[vlan]\nmode = \"bridge\"\n", "vlan.mode 'bridge'"),

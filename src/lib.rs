@@ -137,7 +137,13 @@ fn serve(cfg: Config) -> Result<(), String> {
         if let Some(b) = &cfg.board {
             log::info!(target: "api", "board {}: {}", b.name, b.description);
         }
-        let api = Arc::new(api::Api::new(installer, cfg.board.clone(), token, cfg.dev));
+        let api = Arc::new(api::Api::new(
+            installer,
+            cfg.board.clone(),
+            token,
+            cfg.dev,
+            cfg.api.clone(),
+        ));
         // The one line scripts wait for; printed after the socket is bound.
         println!("nnc-agent listening on http://{local}/graphql");
         let _ = std::io::stdout().flush();

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -197,6 +199,10 @@ fn hostile_archives_and_checksums_are_refused_with_their_codes() {
 }
 
 fn start_plain_agent(root: &TempDir) -> Agent {
+    start_plain_agent_with(root, "")
+}
+
+fn start_plain_agent_with(root: &TempDir, extra_toml: &str) -> Agent {
     let catalogue = write_catalogue(
         root.path(),
         &[
@@ -209,7 +215,7 @@ fn start_plain_agent(root: &TempDir) -> Agent {
                     "assets": { "aarch64": { "url": "http://127.0.0.1:9/b", "sha256": "00".repeat(32) } } }),
         ],
     );
-    Agent::start(root.path(), &catalogue, "")
+    Agent::start(root.path(), &catalogue, extra_toml)
 }
 
 const INSTALL: &str = "mutation($f: ID!, $r: ID!, $n: String!, $s: JSON) { installFeature(featureId: $f, routerId: $r, name: $n, settings: $s) { instanceId } }";
@@ -434,4 +440,156 @@ fn the_token_file_is_created_private_and_reused() {
         "the token's path is printed"
     );
     assert!(!agent.log().contains(&first));
+}
+
+/// `POST /graphql { instances }` on a fresh connection; the raw reply, headers included.
+fn raw_post(agent: &Agent, token: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = r#"{"query":"{ instances { id } }"}"#;
+    write!(
+        s,
+        "POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn status_of(reply: &str) -> u16 {
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"))
+}
+
+fn header_of<'a>(reply: &'a str, name: &str) -> Option<&'a str> {
+    reply
+        .split("\r\n\r\n")
+        .next()?
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// The third-party WebSocket client's verdict on `token`: true when the agent refused it.
+fn websocket_refuses(agent: &Agent, token: &str) -> bool {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/subscribe.py");
+    Command::new(common::python())
+        .arg(&script)
+        .args([&agent.url(), token, "rejected"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn repeated_wrong_tokens_lock_the_address_out_until_the_window_ends() {
+    let root = TempDir::new("lockout");
+    let agent = start_plain_agent_with(
+        &root,
+        "[api]\nauth_failure_limit = 3\nauth_window_secs = 4\n",
+    );
+    // Failures over HTTP and over the WebSocket's connection_init count together.
+    assert_eq!(status_of(&raw_post(&agent, "guess-1")), 401);
+    assert_eq!(status_of(&raw_post(&agent, "guess-2")), 401);
+    assert!(websocket_refuses(&agent, "guess-3"));
+
+    let locked = raw_post(&agent, "guess-4");
+    assert_eq!(status_of(&locked), 429, "{locked}");
+    assert!(locked.contains("\"RATE_LIMITED\""), "{locked}");
+    let wait: u64 = header_of(&locked, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {locked}"));
+    assert!((1..=4).contains(&wait), "Retry-After {wait}");
+    // While locked out even the right token gets 429, so a guess cannot tell it hit.
+    assert_eq!(status_of(&raw_post(&agent, &agent.token)), 429);
+    assert!(websocket_refuses(&agent, &agent.token));
+    let health = ureq::get(&format!("http://127.0.0.1:{}/health", agent.port))
+        .call()
+        .unwrap();
+    assert_eq!(health.status(), 200, "/health stays open");
+
+    common::wait_until("the lockout to end", Duration::from_secs(10), || {
+        status_of(&raw_post(&agent, &agent.token)) == 200
+    });
+    assert!(
+        !websocket_refuses(&agent, &agent.token),
+        "the right token works again"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("3 failed authentications; refusing it"),
+        "{log}"
+    );
+    assert!(!log.contains(&agent.token), "the token leaked into the log");
+}
+
+#[test]
+fn connections_past_the_limit_get_503_and_a_websocket_keeps_its_slot() {
+    let root = TempDir::new("connlimit");
+    let agent = start_plain_agent_with(&root, "[api]\nmax_connections = 2\n");
+    let events = agent.events();
+    let idle = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = raw_post(&agent, &agent.token);
+    assert_eq!(status_of(&busy), 503, "{busy}");
+    assert!(busy.contains("\"TOO_MANY_CONNECTIONS\""), "{busy}");
+    assert_eq!(header_of(&busy, "retry-after"), Some("1"));
+
+    // Closing the idle connection frees its slot; the subscription still holds the other.
+    drop(idle);
+    common::wait_until("a free slot", Duration::from_secs(10), || {
+        status_of(&raw_post(&agent, &agent.token)) == 200
+    });
+    let idle = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status_of(&raw_post(&agent, &agent.token)), 503);
+    drop(idle);
+    drop(events);
+    common::wait_until("both slots free", Duration::from_secs(10), || {
+        let a = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let ok = status_of(&raw_post(&agent, &agent.token)) == 200;
+        drop(a);
+        ok
+    });
+    assert!(
+        agent.log().contains("(api.max_connections)"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn subscriptions_past_the_per_connection_limit_are_refused_with_an_error_message() {
+    let root = TempDir::new("sublimit");
+    let agent = start_plain_agent_with(&root, "[api]\nmax_subscriptions_per_connection = 3\n");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/subscribe.py");
+    let out = common::run_ok(Command::new(common::python()).arg(&script).args([
+        &agent.url(),
+        &agent.token,
+        "many",
+        "5",
+    ]));
+    let mut lines = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap());
+    let first = lines.next().unwrap();
+    assert_eq!(first["running"], 3, "{out}");
+    let refused = first["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 2, "{out}");
+    for errors in refused {
+        assert_eq!(
+            errors[0]["extensions"]["code"], "TOO_MANY_SUBSCRIPTIONS",
+            "{out}"
+        );
+    }
+    // Completing one frees its place for the next.
+    assert_eq!(lines.next().unwrap()["extra"], "running", "{out}");
 }

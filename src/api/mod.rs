@@ -5,6 +5,7 @@
 //! go through the installer).
 
 mod codes;
+mod guard;
 pub(crate) mod schema;
 mod ws;
 
@@ -20,8 +21,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config::ApiLimits;
 use crate::install::Installer;
 use crate::util;
 
@@ -50,7 +54,12 @@ impl Token {
 pub(crate) struct Api {
     schema: AppSchema,
     token: Token,
+    limits: ApiLimits,
+    guard: guard::AuthGuard,
 }
+
+/// Held by a connection (and by its WebSocket once upgraded) for as long as it is open.
+type Slot = Arc<OwnedSemaphorePermit>;
 
 impl Api {
     pub(crate) fn new(
@@ -58,11 +67,39 @@ impl Api {
         board: Option<crate::board::Board>,
         token: Token,
         dev: bool,
+        limits: ApiLimits,
     ) -> Api {
         Api {
             schema: schema::build(installer, board, dev),
             token,
+            guard: guard::AuthGuard::new(limits.auth_failures, limits.auth_window),
+            limits,
         }
+    }
+
+    /// 429 when `peer` is locked out after too many failed authentications.
+    fn lockout(&self, peer: SocketAddr) -> Option<Reply> {
+        let wait = self.guard.locked(peer.ip())?;
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut r = error_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            &format!("too many failed authentications from this address; retry in {secs} s"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Some(r)
+    }
+
+    /// Records the outcome of a token check for the lockout.
+    fn authenticated(&self, peer: SocketAddr, ok: bool) -> bool {
+        if ok {
+            self.guard.succeeded(peer.ip());
+        } else {
+            self.guard.failed(peer.ip());
+        }
+        ok
     }
 
     /// `Authorization: Bearer <token>`; `None` when the header is absent.
@@ -79,8 +116,20 @@ impl Api {
     }
 }
 
+/// What a connection over `max_connections` gets before it is closed.
+fn busy_reply() -> Vec<u8> {
+    let body = r#"{"errors":[{"message":"too many open connections to the agent (api.max_connections)","extensions":{"code":"TOO_MANY_CONNECTIONS"}}]}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Accepts connections until the process ends.
 pub(crate) async fn serve(listener: TcpListener, api: Arc<Api>) {
+    let slots = Arc::new(Semaphore::new(api.limits.max_connections));
+    let mut last_warned: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -91,11 +140,37 @@ pub(crate) async fn serve(listener: TcpListener, api: Arc<Api>) {
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                log::warn!(
+                    target: "api",
+                    "{} connections open (api.max_connections); refusing {peer}",
+                    api.limits.max_connections
+                );
+                last_warned = Some(std::time::Instant::now());
+            }
+            tokio::spawn(async move {
+                // Write, half-close, then drain what the client sent, so the close does not
+                // turn into a reset that destroys the reply before the client reads it.
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    stream.write_all(&busy_reply()).await?;
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 1024];
+                    while stream.read(&mut sink).await? > 0 {}
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+            });
+            continue;
+        };
+        let slot: Slot = Arc::new(slot);
         let api = Arc::clone(&api);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let api = Arc::clone(&api);
-                async move { Ok::<_, Infallible>(handle(req, &api, peer).await) }
+                let slot = Arc::clone(&slot);
+                async move { Ok::<_, Infallible>(handle(req, &api, peer, slot).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -129,13 +204,13 @@ fn error_reply(status: StatusCode, code: &str, message: &str) -> Reply {
     )
 }
 
-async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Reply {
+async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: Slot) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json_reply(
             StatusCode::OK,
             &json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
         ),
-        (_, "/graphql") if ws::is_upgrade(&req) => ws::upgrade(req, api, peer),
+        (_, "/graphql") if ws::is_upgrade(&req) => ws::upgrade(req, api, peer, slot),
         (&Method::POST, "/graphql") => graphql_post(req, api, peer).await,
         (_, "/graphql") => {
             let mut r = error_reply(
@@ -156,7 +231,10 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Rep
 }
 
 async fn graphql_post(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Reply {
-    if api.bearer_ok(&req) != Some(true) {
+    if let Some(locked) = api.lockout(peer) {
+        return locked;
+    }
+    if !api.authenticated(peer, api.bearer_ok(&req) == Some(true)) {
         log::warn!(target: "api", "unauthenticated request from {peer}");
         let mut r = error_reply(
             StatusCode::UNAUTHORIZED,

@@ -5,8 +5,9 @@
 //! handing the stream to async-graphql. Unauthenticated sockets are closed with 4403, silent
 //! ones with 4408, as the graphql-transport-ws protocol specifies.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_graphql::http::{WebSocket, WebSocketProtocols as Protocols, WsMessage};
@@ -22,7 +23,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::{Api, Reply, error_reply};
+use super::{Api, Reply, Slot, error_reply};
 
 /// Largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -45,7 +46,12 @@ fn pick_protocol(req: &Request<Incoming>) -> Option<Protocols> {
         .find_map(|p| p.trim().parse::<Protocols>().ok())
 }
 
-pub(super) fn upgrade(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Reply {
+pub(super) fn upgrade(
+    req: Request<Incoming>,
+    api: &Arc<Api>,
+    peer: SocketAddr,
+    slot: Slot,
+) -> Reply {
     let version_ok = req
         .headers()
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -70,8 +76,12 @@ pub(super) fn upgrade(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) 
             "Sec-WebSocket-Protocol must offer graphql-transport-ws (or graphql-ws)",
         );
     };
+    if let Some(locked) = api.lockout(peer) {
+        return locked;
+    }
     let pre_authenticated = match api.bearer_ok(&req) {
         Some(false) => {
+            api.authenticated(peer, false);
             log::warn!(target: "api", "WebSocket from {peer} with a wrong bearer token");
             return error_reply(
                 StatusCode::UNAUTHORIZED,
@@ -79,12 +89,14 @@ pub(super) fn upgrade(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) 
                 "wrong bearer token",
             );
         }
-        Some(true) => true,
+        Some(true) => api.authenticated(peer, true),
         None => false,
     };
     let accept = derive_accept_key(key.as_bytes());
     let api = Arc::clone(api);
     tokio::spawn(async move {
+        // The connection's slot stays taken while the WebSocket lives.
+        let _slot = slot;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 run(
@@ -177,8 +189,17 @@ async fn run(
         return;
     }
     let payload = init.get("payload").cloned().unwrap_or(Value::Null);
-    let authorized =
-        pre_authenticated || payload_token(&payload).is_some_and(|t| api.token.matches(t));
+    if !pre_authenticated && api.lockout(peer).is_some() {
+        let _ = sink
+            .send(close(4429, "Too many failed authentications; retry later"))
+            .await;
+        return;
+    }
+    let authorized = pre_authenticated
+        || api.authenticated(
+            peer,
+            payload_token(&payload).is_some_and(|t| api.token.matches(t)),
+        );
     if !authorized {
         log::warn!(target: "api", "WebSocket from {peer}: connection_init without a valid token");
         let _ = sink
@@ -186,20 +207,150 @@ async fn run(
             .await;
         return;
     }
-    let input = futures_util::stream::once(future::ready(first)).chain(source);
+    // Subscriptions beyond the connection's limit never reach async-graphql; their refusal
+    // goes out through `refused`, between the replies.
+    let live = Arc::new(Mutex::new(Live::default()));
+    let (refuse, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::clone(&live);
+    let max = api.limits.max_subscriptions;
+    let input = futures_util::stream::once(future::ready(first))
+        .chain(source)
+        .filter(move |raw| {
+            let verdict = gate.lock().map_or(Ok(()), |mut l| l.admit(raw, max));
+            future::ready(match verdict {
+                Ok(()) => true,
+                Err(id) => {
+                    let _ = refuse.send(refusal(protocol, &id, max));
+                    false
+                }
+            })
+        });
     let mut output = WebSocket::new(api.schema.clone(), input, protocol);
-    while let Some(msg) = output.next().await {
-        match msg {
-            WsMessage::Text(text) => {
-                if sink.send(Message::text(text)).await.is_err() {
+    loop {
+        let text = tokio::select! {
+            msg = output.next() => match msg {
+                Some(WsMessage::Text(text)) => {
+                    if let Ok(mut l) = live.lock() {
+                        l.replied(&text);
+                    }
+                    text
+                }
+                Some(WsMessage::Close(code, reason)) => {
+                    let _ = sink.send(close(code, &reason)).await;
                     break;
                 }
-            }
-            WsMessage::Close(code, reason) => {
-                let _ = sink.send(close(code, &reason)).await;
-                break;
-            }
+                None => break,
+            },
+            Some(text) = refused.recv() => text,
+        };
+        if sink.send(Message::text(text)).await.is_err() {
+            break;
         }
     }
     let _ = sink.close().await;
+}
+
+/// The `type` and `id` of a protocol message.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn head(raw: &[u8]) -> Option<Head<'_>> {
+    serde_json::from_slice(raw).ok()
+}
+
+/// The operations running on one connection, by id.
+#[derive(Default)]
+struct Live(HashSet<String>);
+
+impl Live {
+    /// A client message: `Err(id)` when it starts an operation past the limit.
+    fn admit(&mut self, raw: &[u8], max: usize) -> Result<(), String> {
+        let Some(Head { kind, id: Some(id) }) = head(raw) else {
+            return Ok(());
+        };
+        match &*kind {
+            "subscribe" | "start" if !self.0.contains(&*id) => {
+                if self.0.len() >= max {
+                    return Err(id.into_owned());
+                }
+                self.0.insert(id.into_owned());
+            }
+            "complete" | "stop" => {
+                self.0.remove(&*id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A server message: an operation ends with `complete` or `error`.
+    fn replied(&mut self, text: &str) {
+        if let Some(Head { kind, id: Some(id) }) = head(text.as_bytes()) {
+            if kind == "complete" || kind == "error" {
+                self.0.remove(&*id);
+            }
+        }
+    }
+}
+
+/// The protocol's `error` message for an operation refused at the subscription limit.
+fn refusal(protocol: Protocols, id: &str, max: usize) -> String {
+    let error = serde_json::json!({
+        "message": format!(
+            "too many subscriptions on this connection (limit {max}, api.max_subscriptions_per_connection); complete one or open another connection"
+        ),
+        "extensions": { "code": "TOO_MANY_SUBSCRIPTIONS" },
+    });
+    let payload = match protocol {
+        Protocols::GraphQLWS => Value::Array(vec![error]),
+        Protocols::SubscriptionsTransportWS => error,
+    };
+    serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_counts_live_operations_by_id() {
+        let mut live = Live::default();
+        let sub = |id: &str| format!(r#"{{"type":"subscribe","id":"{id}","payload":{{}}}}"#);
+        assert_eq!(live.admit(sub("1").as_bytes(), 2), Ok(()));
+        assert_eq!(
+            live.admit(sub("1").as_bytes(), 2),
+            Ok(()),
+            "a duplicate id is not counted twice"
+        );
+        assert_eq!(live.admit(sub("2").as_bytes(), 2), Ok(()));
+        assert_eq!(live.admit(sub("3").as_bytes(), 2), Err("3".to_owned()));
+        // The client ends one, the server ends the other.
+        assert_eq!(live.admit(br#"{"type":"complete","id":"1"}"#, 2), Ok(()));
+        live.replied(r#"{"type":"complete","id":"2"}"#);
+        assert_eq!(live.admit(sub("3").as_bytes(), 2), Ok(()));
+        assert_eq!(
+            live.admit(b"not json", 2),
+            Ok(()),
+            "garbage is async-graphql's to refuse"
+        );
+    }
+
+    #[test]
+    fn the_refusal_has_each_protocols_error_shape() {
+        let v: Value = serde_json::from_str(&refusal(Protocols::GraphQLWS, "7", 3)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["id"], "7");
+        assert_eq!(
+            v["payload"][0]["extensions"]["code"],
+            "TOO_MANY_SUBSCRIPTIONS"
+        );
+        let v: Value =
+            serde_json::from_str(&refusal(Protocols::SubscriptionsTransportWS, "7", 3)).unwrap();
+        assert_eq!(v["payload"]["extensions"]["code"], "TOO_MANY_SUBSCRIPTIONS");
+    }
 }

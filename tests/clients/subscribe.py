@@ -7,6 +7,9 @@ usage: subscribe.py URL TOKEN progress INSTANCE_ID   print each installProgress 
        subscribe.py URL TOKEN rejected               exit 0 only if the server refuses the token
        subscribe.py URL TOKEN query QUERY            run QUERY over the WebSocket, print the result
        subscribe.py URL TOKEN logs INSTANCE_ID COUNT print COUNT log lines of an instance
+       subscribe.py URL TOKEN many COUNT            start COUNT subscriptions on one connection,
+                                                    print which the server refused; then end one
+                                                    and report whether one more is accepted
 """
 import asyncio
 import json
@@ -67,6 +70,29 @@ async def query(url, token, text):
         print(json.dumps(await session.execute(gql(text))), flush=True)
 
 
+async def many(url, token, count):
+    async with Client(transport=transport(url, token)) as session:
+        async def one():
+            async for _ in session.subscribe(EVENTS):
+                pass
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(count)]
+        await asyncio.sleep(2)
+        refused = [t.exception() for t in tasks if t.done()]
+        running = [t for t in tasks if not t.done()]
+        print(json.dumps({"running": len(running),
+                          "refused": [getattr(e, "errors", None) or str(e) for e in refused]}), flush=True)
+        running[0].cancel()
+        await asyncio.gather(running[0], return_exceptions=True)
+        await asyncio.sleep(0.5)
+        extra = asyncio.ensure_future(one())
+        await asyncio.sleep(2)
+        print(json.dumps({"extra": "refused" if extra.done() else "running"}), flush=True)
+        for t in running[1:] + [extra]:
+            t.cancel()
+        await asyncio.gather(*running[1:], extra, return_exceptions=True)
+
+
 async def rejected(url, token):
     try:
         async with Client(transport=transport(url, token)) as session:
@@ -89,6 +115,8 @@ def main():
         asyncio.run(asyncio.wait_for(logs(url, token, sys.argv[4], int(sys.argv[5])), 120))
     elif mode == "query":
         asyncio.run(asyncio.wait_for(query(url, token, sys.argv[4]), 60))
+    elif mode == "many":
+        asyncio.run(asyncio.wait_for(many(url, token, int(sys.argv[4])), 60))
     elif mode == "rejected":
         sys.exit(asyncio.run(asyncio.wait_for(rejected(url, token), 30)))
     else:

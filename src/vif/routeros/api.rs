@@ -206,7 +206,7 @@ pub(crate) fn read_reply(r: &mut dyn Read, tag: &str) -> Result<Reply, ApiError>
 }
 
 /// Where and how to reach a router's API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     pub host: String,
     pub port: u16,
@@ -214,6 +214,20 @@ pub(crate) struct Endpoint {
     pub user: String,
     pub password: String,
     pub timeout: Duration,
+}
+
+/// Never prints the password, whatever formats an `Endpoint` later.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// How the router's TLS certificate is trusted: RouterOS usually has a self-signed one, so a
