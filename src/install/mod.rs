@@ -196,6 +196,10 @@ pub(crate) struct Installer {
     pending_starts: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Outcome>>>,
     /// Latest progress per instance, for subscribers that arrive mid-install.
     progress: Mutex<HashMap<String, Progress>>,
+    /// Held while artifacts are collected, and while a record starts using a version (a new
+    /// instance, an update's target), so the collector never deletes a version in the moment
+    /// between its look at the instances and its delete.
+    artifacts_gate: tokio::sync::Mutex<()>,
 }
 
 impl Installer {
@@ -224,6 +228,7 @@ impl Installer {
             catalogue,
             layout,
             progress: Mutex::new(HashMap::new()),
+            artifacts_gate: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -333,18 +338,19 @@ impl Installer {
         };
         let store = self.store.clone();
         let record = inst.clone();
-        blocking(move || store.insert_instance(&record))
-            .await
-            .map_err(|e| match e {
-                StoreError::NameTaken => refuse(
-                    "NAME_TAKEN",
-                    format!(
-                        "{} already has an instance named {:?}",
-                        inst.feature_id, inst.name
-                    ),
+        let gate = self.artifacts_gate.lock().await;
+        let inserted = blocking(move || store.insert_instance(&record)).await;
+        drop(gate);
+        inserted.map_err(|e| match e {
+            StoreError::NameTaken => refuse(
+                "NAME_TAKEN",
+                format!(
+                    "{} already has an instance named {:?}",
+                    inst.feature_id, inst.name
                 ),
-                other => other.into(),
-            })?;
+            ),
+            other => other.into(),
+        })?;
         log::info!(target: "api", "instance {} ({} {:?}) queued", inst.id, inst.feature_id, inst.name);
         self.report(&inst, ProgressStatus::Queued, 0, None);
         self.spawn_pipeline(inst.id.clone());

@@ -122,12 +122,14 @@ impl Installer {
             status: inst.status,
         };
         let reason = format!("update {} -> {version} requested", inst.version);
+        let gate = self.artifacts_gate.lock().await;
         let updating = self
             .transition(id, Status::Updating, Some(&reason), move |i| {
                 i.previous = Some(previous);
             })
-            .await
-            .ok_or_else(|| refuse("STATE_ERROR", "cannot record the update"))?;
+            .await;
+        drop(gate);
+        let updating = updating.ok_or_else(|| refuse("STATE_ERROR", "cannot record the update"))?;
         log::info!(target: "api", "instance {id}: {reason}");
         let this = Arc::clone(self);
         let (record, target) = (updating.clone(), feature.clone());
@@ -436,6 +438,7 @@ impl Installer {
     /// or uninstall leaves behind, even when the agent died before it could clean up.
     /// Returns the `(feature, version)` pairs removed.
     pub(crate) async fn collect_artifacts(&self) -> Vec<(String, String)> {
+        let _gate = self.artifacts_gate.lock().await;
         let store = self.store.clone();
         let layout = self.layout.clone();
         blocking(move || {
