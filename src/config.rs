@@ -25,7 +25,7 @@ usage:
                                  against the schema first, as installFeature does)
   nnc-agent catalogue keygen PUB SEC [COMMENT]   a signify-compatible key pair (unencrypted)
   nnc-agent catalogue sign SEC FILE [SIG]        detached signature (default FILE.sig)
-  nnc-agent catalogue verify PUB FILE [SIG]      check one (signify -V compatible)
+  nnc-agent catalogue verify PUB FILE [SIG]      check one: signify/usign or minisign (.minisig)
   nnc-agent version              print the version
   nnc-agent help                 this text
 

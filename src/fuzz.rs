@@ -31,7 +31,7 @@ pub fn signature(data: &[u8]) {
     };
     let _ = crate::trust::signify::parse_public(text);
     if let Some(key) = key {
-        let _ = crate::trust::signify::verify(b"catalogue", text, std::slice::from_ref(key));
+        let _ = crate::trust::verify_detached(b"catalogue", text, std::slice::from_ref(key));
     }
 }
 

@@ -18,7 +18,7 @@ want_pkg() { dpkg -s "$1" >/dev/null 2>&1 || need_apt+=("$1"); }
 
 want_pkg ca-certificates; want_pkg curl; want_pkg gcc
 if [ "$what" = all ]; then
-  for p in nginx-light tor v2ray python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd curl; do want_pkg "$p"; done
+  for p in nginx-light tor v2ray python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd minisign curl; do want_pkg "$p"; done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"

@@ -1,6 +1,6 @@
-//! Signed catalogues and checksums files (signify / usign format) with Debian's
-//! signify-openbsd as the independent implementation, the catalogue serial, and
-//! trust-on-first-use pins.
+//! Signed catalogues and checksums files (signify / usign format, and minisign) with
+//! Debian's signify-openbsd and minisign as the independent implementations, the catalogue
+//! serial, and trust-on-first-use pins.
 
 mod common;
 
@@ -107,6 +107,114 @@ fn keys_and_signatures_interoperate_with_signify_both_ways() {
     assert!(refused(&[Path::new("verify"), &theirs_pub, &msg]).contains("does not match"));
     std::fs::write(&sig, "untrusted comment: x\nRWQ=\n").unwrap();
     assert!(refused(&[Path::new("verify"), &theirs_pub, &msg]).contains("bytes, expected 74"));
+}
+
+#[test]
+fn minisign_signatures_prehashed_and_legacy_verify_and_a_minisig_feed_is_trusted() {
+    let dir = TempDir::new("minisign");
+    let (public, secret) = (dir.path().join("feed.pub"), dir.path().join("feed.key"));
+    // -W: no password, so nothing is asked on the closed stdin.
+    run_ok(
+        Command::new("minisign")
+            .args(["-G", "-W", "-p"])
+            .arg(&public)
+            .arg("-s")
+            .arg(&secret)
+            .stdin(std::process::Stdio::null()),
+    );
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("true")).unwrap();
+    let nginx = Nginx::start(&www, "");
+    let cat = dir.path().join("feed.json");
+    std::fs::write(
+        &cat,
+        catalogue_doc(7, &[tool(&nginx, &www, "true", "2.0.0")]),
+    )
+    .unwrap();
+    let (prehashed, legacy) = (
+        dir.path().join("feed.json.minisig"),
+        dir.path().join("legacy.minisig"),
+    );
+    let s = |p: &Path| p.display().to_string();
+    run_ok(
+        Command::new("minisign")
+            .args([
+                "-S",
+                "-s",
+                &s(&secret),
+                "-m",
+                &s(&cat),
+                "-t",
+                "feed serial 7",
+            ])
+            .stdin(std::process::Stdio::null()),
+    );
+    run_ok(
+        Command::new("minisign")
+            .args([
+                "-S",
+                "-l",
+                "-s",
+                &s(&secret),
+                "-m",
+                &s(&cat),
+                "-x",
+                &s(&legacy),
+            ])
+            .stdin(std::process::Stdio::null()),
+    );
+    assert!(
+        std::fs::read_to_string(&prehashed)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("RU"),
+        "ED (prehashed, base64 RU...) is minisign's default"
+    );
+    for sig in [&prehashed, &legacy] {
+        let out = run_ok(&mut agent_cli(&[Path::new("verify"), &public, &cat, sig]));
+        assert!(out.starts_with("Signature Verified"), "{out}");
+    }
+
+    // A changed file, an edited trusted comment, a signify key that is not the signer.
+    let refused = |sig: &Path, key: &Path| {
+        let out = agent_cli(&[Path::new("verify"), key, &cat, sig])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{sig:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let original = std::fs::read_to_string(&prehashed).unwrap();
+    let edited = dir.path().join("edited.minisig");
+    std::fs::write(&edited, original.replace("feed serial 7", "feed serial 9")).unwrap();
+    assert!(
+        refused(&edited, &public).contains("trusted comment"),
+        "edited comment"
+    );
+    let (stranger, _) = keygen(dir.path(), "stranger");
+    assert!(refused(&prehashed, &stranger).contains("not a trusted key"));
+    let bytes = std::fs::read(&cat).unwrap();
+    std::fs::write(&cat, [&bytes[..], b" "].concat()).unwrap();
+    assert!(refused(&prehashed, &public).contains("does not match"));
+    assert!(refused(&legacy, &public).contains("does not match"));
+    std::fs::write(&cat, &bytes).unwrap();
+
+    // The agent takes FEED.minisig when there is no FEED.sig, under require_signature.
+    let trust = format!(
+        "[trust]\nrequire_signature = true\ntrusted_keys = [{:?}]\n",
+        s(&public)
+    );
+    let agent = Agent::start(&dir.path().join("agent"), &cat, &trust);
+    let f = features(&agent);
+    assert_eq!(f["features"][0]["version"], "2.0.0", "{f}");
+    assert_eq!(f["agent"]["catalogueSerial"], 7, "{f}");
+    assert_eq!(
+        f["agent"]["catalogueSignedBy"].as_str().map(str::len),
+        Some(16),
+        "{f}"
+    );
 }
 
 fn catalogue_doc(serial: u64, features: &[Value]) -> String {

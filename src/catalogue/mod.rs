@@ -56,8 +56,8 @@ pub(crate) struct Asset {
     /// URL of a GNU `sha256sum` file listing the asset by the file name of `url`.
     #[serde(default)]
     pub checksums: Option<String>,
-    /// URL of the checksums file's detached signature (signify/usign), checked against the
-    /// trusted keys.
+    /// URL of the checksums file's detached signature (signify/usign or minisign), checked
+    /// against the trusted keys.
     #[serde(default)]
     pub checksums_sig: Option<String>,
     #[serde(default = "archive_none")]

@@ -1,7 +1,8 @@
 //! Trust: signed catalogues and checksums files, the catalogue serial that must not go
 //! backwards, and trust-on-first-use pins of verified digests.
 //!
-//! A catalogue `SRC` may come with `SRC.sig` (signify/usign format, see `signify.rs`). A
+//! A catalogue `SRC` may come with `SRC.sig` (signify/usign format, see `signify.rs`) or
+//! `SRC.minisig` (minisign, `minisign.rs`; the `.sig` is tried first). A
 //! signature that is present must verify against a trusted key; with `require_signature` it
 //! must be present. A catalogue that passes becomes the "last trusted" copy under the data
 //! dir; when a later one fails (bad or missing signature, lower serial, unreachable feed), the
@@ -11,6 +12,7 @@
 //! catalogue or checksums file that names another digest for the same version is refused
 //! (`PIN_MISMATCH`) until `unpinFeature` clears it.
 
+pub(crate) mod minisign;
 pub(crate) mod signify;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,20 @@ fn read_source(src: &str, cfg: &Config, cap: u64) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A detached signature of either format (told apart by its content) over `bytes`; the id of
+/// the trusted key that made it.
+pub(crate) fn verify_detached(
+    bytes: &[u8],
+    sig: &str,
+    keys: &[signify::PublicKey],
+) -> Result<String, String> {
+    if minisign::is_minisig(sig) {
+        minisign::verify(bytes, sig, keys)
+    } else {
+        signify::verify(bytes, sig, keys)
+    }
+}
+
 /// Checks a document's detached signature under the policy; `Ok(None)` = unsigned, allowed.
 pub(crate) fn check_signature(
     what: &str,
@@ -42,7 +58,7 @@ pub(crate) fn check_signature(
     required: bool,
 ) -> Result<Option<String>, String> {
     match sig {
-        Some(sig) => signify::verify(bytes, sig, &trust.trusted_keys)
+        Some(sig) => verify_detached(bytes, sig, &trust.trusted_keys)
             .map(Some)
             .map_err(|e| format!("{what}: bad signature: {e}")),
         None if required => Err(format!(
@@ -103,6 +119,7 @@ pub(crate) fn load_catalogue(
     };
     let fresh = read_source(src, cfg, 4 << 20).and_then(|bytes| {
         let sig = read_source(&format!("{src}.sig"), cfg, 4096)
+            .or_else(|_| read_source(&format!("{src}.minisig"), cfg, 4096))
             .ok()
             .map(|s| String::from_utf8_lossy(&s).into_owned());
         judge(src, &bytes, sig.as_deref(), cfg, store).map(|c| (c, bytes, sig))
@@ -218,7 +235,7 @@ pub(crate) fn command(c: crate::config::CatalogueCommand) -> Result<String, Stri
         }
         CatalogueCommand::Verify { public, file, sig } => {
             let key = signify::parse_public(&text(&public)?)?;
-            let id = signify::verify(&read(&file)?, &text(&sig)?, &[key])?;
+            let id = verify_detached(&read(&file)?, &text(&sig)?, &[key])?;
             Ok(format!("Signature Verified (key {id})\n"))
         }
     }

@@ -72,10 +72,20 @@ pub(crate) fn parse_signature(text: &str) -> Result<([u8; 8], [u8; 64]), String>
 /// Checks `sig_text` over `message` against `keys`; returns the id of the key that signed.
 pub(crate) fn verify(message: &[u8], sig_text: &str, keys: &[PublicKey]) -> Result<String, String> {
     let (keynum, sig) = parse_signature(sig_text)?;
-    let key = keys.iter().find(|k| k.keynum == keynum).ok_or_else(|| {
+    let key = trusted_key(&keynum, keys)?;
+    check(key, message, &sig)?;
+    Ok(key.id())
+}
+
+/// The trusted key a signature names, or an error listing the trusted ones.
+pub(crate) fn trusted_key<'k>(
+    keynum: &[u8; 8],
+    keys: &'k [PublicKey],
+) -> Result<&'k PublicKey, String> {
+    keys.iter().find(|k| k.keynum == *keynum).ok_or_else(|| {
         format!(
             "signed by key {}, which is not a trusted key ({})",
-            crate::util::hex(&keynum),
+            crate::util::hex(keynum),
             if keys.is_empty() {
                 "none configured".to_owned()
             } else {
@@ -85,13 +95,16 @@ pub(crate) fn verify(message: &[u8], sig_text: &str, keys: &[PublicKey]) -> Resu
                     .join(", ")
             }
         )
-    })?;
+    })
+}
+
+/// One ed25519 signature by `key` over `message`.
+pub(crate) fn check(key: &PublicKey, message: &[u8], sig: &[u8; 64]) -> Result<(), String> {
     let public = EdPublic::from_slice(&key.key).map_err(|e| format!("key {}: {e}", key.id()))?;
-    let signature = Signature::from_slice(&sig).map_err(|e| format!("signature: {e}"))?;
+    let signature = Signature::from_slice(sig).map_err(|e| format!("signature: {e}"))?;
     public
         .verify(message, &signature)
-        .map_err(|_| format!("the signature by key {} does not match the data", key.id()))?;
-    Ok(key.id())
+        .map_err(|_| format!("the signature by key {} does not match the data", key.id()))
 }
 
 /// A new key pair: (public key file, secret key file), unencrypted like `signify -G -n`.
