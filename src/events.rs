@@ -98,6 +98,13 @@ pub(crate) enum EventKind {
     Missed {
         missed: u64,
     },
+    /// `reloadCatalogue` put a new catalogue in use (no instance).
+    CatalogueReloaded {
+        source: String,
+        serial: u64,
+        signed_by: Option<String>,
+        features: usize,
+    },
     ServiceCrashed {
         exit_code: Option<i32>,
         signal: Option<i32>,
@@ -122,6 +129,7 @@ impl EventKind {
             EventKind::UpdateRolledBack { .. } => "service.update.rolled_back",
             EventKind::ServiceCrashed { .. } => "service.crashed",
             EventKind::Missed { .. } => "events.missed",
+            EventKind::CatalogueReloaded { .. } => "catalogue.reloaded",
         }
     }
 }
@@ -178,6 +186,14 @@ impl Event {
                 json!({ "from": from.as_str(), "to": to.as_str(), "reason": reason })
             }
             EventKind::Missed { missed } => json!({ "missed": missed }),
+            EventKind::CatalogueReloaded {
+                source,
+                serial,
+                signed_by,
+                features,
+            } => json!({
+                "source": source, "serial": serial, "signedBy": signed_by, "features": features,
+            }),
             EventKind::ServiceCrashed {
                 exit_code,
                 signal,

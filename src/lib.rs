@@ -132,7 +132,7 @@ fn serve(cfg: Config) -> Result<(), String> {
             log::info!(target: "supervisor", "starting {restarted} service(s) that were running before");
         }
         log::info!(target: "api", "data dir {}, catalogue {} ({} features), {resumed} interrupted install(s) resumed",
-            data_dir.display(), installer.catalogue.source, installer.catalogue.features.len());
+            data_dir.display(), installer.catalogue().source, installer.catalogue().features.len());
         log::info!(target: "api", "API token in {} (send it as 'Authorization: Bearer <token>')", cfg.token_file.display());
         if let Some(b) = &cfg.board {
             log::info!(target: "api", "board {}: {}", b.name, b.description);

@@ -357,6 +357,97 @@ fn signed_catalogues_are_enforced_and_the_last_trusted_one_stays_in_use() {
 }
 
 #[test]
+fn the_catalogue_reloads_without_a_restart_and_a_refused_one_changes_nothing() {
+    let root = TempDir::new("reload");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("true")).unwrap();
+    let nginx = Nginx::start(&www, "");
+    let (public, secret) = keygen(root.path(), "feed");
+    let cat = root.path().join("feed.json");
+    let write = |serial: u64, versions: &[&str], signed: bool| {
+        let entries: Vec<Value> = versions
+            .iter()
+            .map(|v| tool(&nginx, &www, "true", v))
+            .collect();
+        std::fs::write(&cat, catalogue_doc(serial, &entries)).unwrap();
+        if signed {
+            sign(&secret, &cat);
+        }
+    };
+    write(5, &["1.0.0"], true);
+    let trust = format!(
+        "[trust]\nrequire_signature = true\ntrusted_keys = [{:?}]\n",
+        public.display().to_string()
+    );
+    let agent = Agent::start(root.path(), &cat, &trust);
+    let pid = agent.pid();
+    let id = agent.install("tool", "one");
+    assert_eq!(agent.wait_done(&id, TIMEOUT)["status"], "INSTALLED");
+    let events = agent.events();
+
+    const RELOAD: &str =
+        "mutation { reloadCatalogue { catalogue catalogueSerial catalogueSignedBy } }";
+    write(6, &["2.0.0", "1.0.0"], true);
+    let r = agent.data(RELOAD, json!({}));
+    assert_eq!(r["reloadCatalogue"]["catalogueSerial"], 6, "{r}");
+    let versions = agent.data("{ features { id version versions } }", json!({}));
+    assert_eq!(versions["features"][0]["version"], "2.0.0", "{versions}");
+    common::wait_until("a catalogue.reloaded event", TIMEOUT, || {
+        events
+            .all()
+            .iter()
+            .any(|e| e["type"] == "catalogue.reloaded" && e["payload"]["serial"] == 6)
+    });
+
+    // Refused reloads say why and leave serial 6 in use.
+    for (case, prepare, reason) in [
+        (
+            "tampered",
+            Box::new(|| {
+                let doc = catalogue_doc(9, &[tool(&nginx, &www, "true", "9.9.9")]);
+                std::fs::write(&cat, doc).unwrap();
+            }) as Box<dyn Fn()>,
+            "does not match the data",
+        ),
+        (
+            "replayed",
+            Box::new(|| write(4, &["0.9.0"], true)),
+            "serial 4 is older than serial 6",
+        ),
+    ] {
+        prepare();
+        let doc = agent.gql(RELOAD, json!({}));
+        assert_eq!(
+            doc["errors"][0]["extensions"]["code"], "CATALOGUE_REFUSED",
+            "[{case}] {doc}"
+        );
+        let message = doc["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(reason), "[{case}] {message}");
+        let f = features(&agent);
+        assert_eq!(
+            (
+                f["features"][0]["version"].as_str(),
+                f["agent"]["catalogueSerial"].as_u64()
+            ),
+            (Some("2.0.0"), Some(6)),
+            "[{case}] {f}"
+        );
+    }
+
+    // What the reload brought can be used at once: the instance moves to 2.0.0, and the
+    // agent never restarted.
+    let q = "mutation($id: ID!, $v: String!) { updateInstance(id: $id, version: $v) { status } }";
+    let r = agent.gql(q, json!({ "id": id, "v": "2.0.0" }));
+    assert!(r["errors"].is_null(), "{r}");
+    common::wait_until("the update to 2.0.0", TIMEOUT, || {
+        let i = agent.instance(&id);
+        i["status"] == "INSTALLED" && i["version"] == "2.0.0"
+    });
+    assert_eq!(agent.pid(), pid, "the agent restarted");
+}
+
+#[test]
 fn first_verified_digests_are_pinned_until_an_operator_unpins() {
     let root = TempDir::new("tofu");
     let www = root.path().join("www");

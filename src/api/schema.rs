@@ -78,7 +78,7 @@ pub(crate) struct QueryRoot;
 impl QueryRoot {
     /// Features of the catalogue, with whether this machine's architecture has an asset.
     async fn features(&self, ctx: &Context<'_>) -> Vec<FeatureObject> {
-        let catalogue = &installer(ctx).catalogue;
+        let catalogue = installer(ctx).catalogue();
         catalogue
             .current()
             .map(|f| {
@@ -164,15 +164,20 @@ impl QueryRoot {
 
     /// The agent's own identity: version and the catalogue architecture key of this machine.
     async fn agent(&self, ctx: &Context<'_>) -> AgentObject {
-        AgentObject {
-            version: env!("CARGO_PKG_VERSION").into(),
-            arch: catalogue::host_arch().into(),
-            catalogue: installer(ctx).catalogue.source.clone(),
-            catalogue_serial: installer(ctx).catalogue.serial,
-            catalogue_signed_by: installer(ctx).catalogue.signed_by.clone(),
-            board: ctx.data_unchecked::<Option<BoardObject>>().clone(),
-            resource_limits: installer(ctx).supervisor.cgroups.enabled(),
-        }
+        agent_object(ctx)
+    }
+}
+
+fn agent_object(ctx: &Context<'_>) -> AgentObject {
+    let current = installer(ctx).catalogue();
+    AgentObject {
+        version: env!("CARGO_PKG_VERSION").into(),
+        arch: catalogue::host_arch().into(),
+        catalogue: current.source.clone(),
+        catalogue_serial: current.serial,
+        catalogue_signed_by: current.signed_by.clone(),
+        board: ctx.data_unchecked::<Option<BoardObject>>().clone(),
+        resource_limits: installer(ctx).supervisor.cgroups.enabled(),
     }
 }
 
@@ -230,6 +235,17 @@ impl MutationRoot {
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
         Ok(InstanceObject(installer(ctx).restart(id).await?))
+    }
+
+    /// Reads the catalogue again from its source (`--catalogue`), under the same trust policy
+    /// as at start, without restarting the agent or any service. When the new one is refused
+    /// or unreachable the one in use stays, and the error (`CATALOGUE_REFUSED`) says why.
+    async fn reload_catalogue(&self, ctx: &Context<'_>) -> async_graphql::Result<AgentObject> {
+        installer(ctx)
+            .reload_catalogue()
+            .await
+            .map_err(|e| error("CATALOGUE_REFUSED", e))?;
+        Ok(agent_object(ctx))
     }
 
     /// Clears the trust-on-first-use pins of a feature (one version, or every version), so

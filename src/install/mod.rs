@@ -186,7 +186,10 @@ pub(crate) struct InstallRequest {
 pub(crate) struct Installer {
     pub store: Store,
     pub bus: Bus,
-    pub catalogue: Catalogue,
+    /// Swapped whole by `reload_catalogue`; work in flight keeps the `Feature` it cloned.
+    catalogue: std::sync::RwLock<Arc<Catalogue>>,
+    /// What the catalogue was loaded with (source, trust policy, data dir), for reloads.
+    config: crate::config::Config,
     layout: Layout,
     downloads: Arc<Downloads>,
     pub interfaces: Arc<InterfaceFactory>,
@@ -225,11 +228,43 @@ impl Installer {
             )),
             store,
             bus,
-            catalogue,
+            catalogue: std::sync::RwLock::new(Arc::new(catalogue)),
+            config: cfg.clone(),
             layout,
             progress: Mutex::new(HashMap::new()),
             artifacts_gate: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The catalogue in use now.
+    pub(crate) fn catalogue(&self) -> Arc<Catalogue> {
+        Arc::clone(&self.catalogue.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the catalogue again from its source under the trust policy. A catalogue that is
+    /// refused (signature, serial, content) or unreachable changes nothing: the one in use
+    /// stays and the error says why. Running instances are not touched; installs and updates
+    /// already under way finish with the feature they started with.
+    pub(crate) async fn reload_catalogue(&self) -> Result<Arc<Catalogue>, String> {
+        let (cfg, store) = (self.config.clone(), self.store.clone());
+        let fresh = blocking(move || crate::trust::fresh_catalogue(&cfg, &store, &cfg.data_dir))
+            .await
+            .map(Arc::new)
+            .inspect_err(|e| {
+                log::error!(target: "api", "catalogue reload refused, keeping the one in use: {e}");
+            })?;
+        *self.catalogue.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+        log::info!(target: "api", "catalogue reloaded: {} (serial {}, {} features)", fresh.source, fresh.serial, fresh.features.len());
+        self.bus.publish(
+            None,
+            EventKind::CatalogueReloaded {
+                source: fresh.source.clone(),
+                serial: fresh.serial,
+                signed_by: fresh.signed_by.clone(),
+                features: fresh.features.len(),
+            },
+        );
+        Ok(fresh)
     }
 
     /// Validates the request, records the instance as `QUEUED` and starts its install.
@@ -247,12 +282,13 @@ impl Installer {
                 ),
             ));
         }
-        let feature = self.catalogue.feature(&req.feature_id).ok_or_else(|| {
+        let catalogue = self.catalogue();
+        let feature = catalogue.feature(&req.feature_id).ok_or_else(|| {
             refuse(
                 "UNKNOWN_FEATURE",
                 format!(
                     "feature {:?} is not in the catalogue ({})",
-                    req.feature_id, self.catalogue.source
+                    req.feature_id, catalogue.source
                 ),
             )
         })?;
@@ -296,7 +332,7 @@ impl Installer {
                 "UNSUPPORTED_ARCH",
                 format!(
                     "{} {} has no verified asset for {arch} in the catalogue ({})",
-                    feature.id, feature.version, self.catalogue.source
+                    feature.id, feature.version, catalogue.source
                 ),
             ));
         }
@@ -383,7 +419,7 @@ impl Installer {
             return;
         };
         let Some(feature) = self
-            .catalogue
+            .catalogue()
             .feature_version(&inst.feature_id, &inst.version)
             .cloned()
         else {

@@ -377,7 +377,7 @@ impl Installer {
             .instance(id)?
             .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
         let feature = self
-            .catalogue
+            .catalogue()
             .feature_version(&inst.feature_id, &inst.version)
             .cloned()
             .ok_or_else(|| {

@@ -83,8 +83,8 @@ impl Installer {
                 format!("instance {id} already runs {} {version}", inst.feature_id),
             ));
         }
-        let feature = self
-            .catalogue
+        let catalogue = self.catalogue();
+        let feature = catalogue
             .feature_version(&inst.feature_id, version)
             .ok_or_else(|| {
                 refuse(
@@ -92,7 +92,7 @@ impl Installer {
                     format!(
                         "the catalogue offers {} in {}; not {version:?}",
                         inst.feature_id,
-                        self.catalogue.versions(&inst.feature_id).join(", ")
+                        catalogue.versions(&inst.feature_id).join(", ")
                     ),
                 )
             })?;
@@ -142,7 +142,7 @@ impl Installer {
             return;
         };
         let old = self
-            .catalogue
+            .catalogue()
             .feature_version(&inst.feature_id, &prev.version)
             .cloned();
         let config = target
@@ -399,10 +399,10 @@ impl Installer {
             };
             log::warn!(target: "api", "instance {}: the agent stopped during an update; rolling back to {}", inst.id, prev.version);
             self.kill_leftover(inst);
-            let feature = self
-                .catalogue
+            let catalogue = self.catalogue();
+            let feature = catalogue
                 .feature_version(&inst.feature_id, &prev.version)
-                .or_else(|| self.catalogue.feature(&inst.feature_id));
+                .or_else(|| catalogue.feature(&inst.feature_id));
             if let Some(g) = feature.and_then(Feature::generator) {
                 restore_config(&self.instance_paths(&inst.id).config.join(g.file_name()));
             }

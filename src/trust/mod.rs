@@ -107,9 +107,9 @@ fn last_trusted(data_dir: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Loads the configured catalogue under the trust policy, falling back to the last trusted
-/// copy (with a warning saying why) when the fresh one is refused or unreachable.
-pub(crate) fn load_catalogue(
+/// Reads the configured catalogue from its source and judges it under the trust policy; one
+/// that passes raises the stored serial and becomes the last trusted copy.
+pub(crate) fn fresh_catalogue(
     cfg: &Config,
     store: &Store,
     data_dir: &Path,
@@ -117,35 +117,46 @@ pub(crate) fn load_catalogue(
     let Some(src) = cfg.catalogue.as_deref() else {
         return Catalogue::builtin().map_err(|e| e.to_string());
     };
-    let fresh = read_source(src, cfg, 4 << 20).and_then(|bytes| {
-        let sig = read_source(&format!("{src}.sig"), cfg, 4096)
-            .or_else(|_| read_source(&format!("{src}.minisig"), cfg, 4096))
-            .ok()
-            .map(|s| String::from_utf8_lossy(&s).into_owned());
-        judge(src, &bytes, sig.as_deref(), cfg, store).map(|c| (c, bytes, sig))
-    });
+    let bytes = read_source(src, cfg, 4 << 20)?;
+    let sig = read_source(&format!("{src}.sig"), cfg, 4096)
+        .or_else(|_| read_source(&format!("{src}.minisig"), cfg, 4096))
+        .ok()
+        .map(|s| String::from_utf8_lossy(&s).into_owned());
+    let catalogue = judge(src, &bytes, sig.as_deref(), cfg, store)?;
+    let serial = catalogue.serial;
+    store
+        .put_trust_value(SERIAL_KEY, &json!(serial))
+        .map_err(|e| e.to_string())?;
     let (copy, copy_sig) = last_trusted(data_dir);
-    match fresh {
-        Ok((catalogue, bytes, sig)) => {
-            let serial = catalogue.serial;
-            store
-                .put_trust_value(SERIAL_KEY, &json!(serial))
-                .map_err(|e| e.to_string())?;
-            let saved = std::fs::create_dir_all(copy.parent().unwrap_or(data_dir))
-                .and_then(|()| crate::util::write_atomic(&copy, &bytes))
-                .and_then(|()| match &sig {
-                    Some(s) => crate::util::write_atomic(&copy_sig, s.as_bytes()),
-                    None => std::fs::remove_file(&copy_sig).or(Ok(())),
-                });
-            if let Err(e) = saved {
-                log::warn!(target: "api", "cannot keep a copy of the trusted catalogue: {e}");
-            }
-            if let Some(k) = &catalogue.signed_by {
-                log::info!(target: "api", "catalogue {src} (serial {serial}) signed by trusted key {k}");
-            }
-            Ok(catalogue)
-        }
+    let saved = std::fs::create_dir_all(copy.parent().unwrap_or(data_dir))
+        .and_then(|()| crate::util::write_atomic(&copy, &bytes))
+        .and_then(|()| match &sig {
+            Some(s) => crate::util::write_atomic(&copy_sig, s.as_bytes()),
+            None => std::fs::remove_file(&copy_sig).or(Ok(())),
+        });
+    if let Err(e) = saved {
+        log::warn!(target: "api", "cannot keep a copy of the trusted catalogue: {e}");
+    }
+    if let Some(k) = &catalogue.signed_by {
+        log::info!(target: "api", "catalogue {src} (serial {serial}) signed by trusted key {k}");
+    }
+    Ok(catalogue)
+}
+
+/// Loads the configured catalogue under the trust policy, falling back to the last trusted
+/// copy (with a warning saying why) when the fresh one is refused or unreachable.
+pub(crate) fn load_catalogue(
+    cfg: &Config,
+    store: &Store,
+    data_dir: &Path,
+) -> Result<Catalogue, String> {
+    match fresh_catalogue(cfg, store, data_dir) {
+        Ok(catalogue) => Ok(catalogue),
         Err(why) => {
+            let Some(src) = cfg.catalogue.as_deref() else {
+                return Err(why);
+            };
+            let (copy, copy_sig) = last_trusted(data_dir);
             let Ok(bytes) = std::fs::read(&copy) else {
                 return Err(why);
             };
