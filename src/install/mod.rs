@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::catalogue::{self, Catalogue, Feature};
-use crate::config::SupervisorConfig;
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
 use crate::store::{Artifact, Instance, Status, Step, Store, StoreError};
 use crate::supervisor::{Outcome, Supervisor};
@@ -188,13 +187,13 @@ pub(crate) struct Installer {
     pub bus: Bus,
     /// Swapped whole by `reload_catalogue`; work in flight keeps the `Feature` it cloned.
     catalogue: std::sync::RwLock<Arc<Catalogue>>,
-    /// What the catalogue was loaded with (source, trust policy, data dir), for reloads.
+    /// The agent's configuration: the supervisor's defaults, and what the catalogue is
+    /// (re)loaded with (source, trust policy, data dir).
     config: crate::config::Config,
     layout: Layout,
     downloads: Arc<Downloads>,
     pub interfaces: Arc<InterfaceFactory>,
     pub supervisor: Arc<Supervisor>,
-    services: SupervisorConfig,
     /// Starts waiting for their first health verdict.
     pending_starts: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Outcome>>>,
     /// Latest progress per instance, for subscribers that arrive mid-install.
@@ -218,7 +217,6 @@ impl Installer {
         Installer {
             interfaces,
             supervisor,
-            services: cfg.supervisor.clone(),
             pending_starts: Mutex::new(HashMap::new()),
             downloads: Arc::new(Downloads::new(
                 store.clone(),

@@ -104,7 +104,7 @@ impl Installer {
             .ok_or_else(|| StepError::vanished(Step::Configuring))?;
         let uid = self
             .store
-            .allocate_uid(self.services.uid_range, &inst.id)
+            .allocate_uid(self.config.supervisor.uid_range, &inst.id)
             .map_err(|e| {
                 StepError::new(
                     Step::Configuring,
@@ -216,7 +216,7 @@ impl Installer {
             (None, None) => return Err(err(format!("{} has no health probe", feature.id))),
         };
         let setting = |k: &str| inst.settings.get(k);
-        let defaults = &self.services.limits;
+        let defaults = &self.config.supervisor.limits;
         let limits = Limits {
             memory_max: setting("memoryMax")
                 .and_then(Value::as_u64)
@@ -259,10 +259,10 @@ impl Installer {
             limits,
             health: HealthCheck {
                 probe,
-                interval: self.services.probe_interval,
-                timeout: self.services.probe_timeout,
-                threshold: self.services.probe_threshold,
-                startup_timeout: self.services.startup_timeout,
+                interval: self.config.supervisor.probe_interval,
+                timeout: self.config.supervisor.probe_timeout,
+                threshold: self.config.supervisor.probe_threshold,
+                startup_timeout: self.config.supervisor.startup_timeout,
             },
             log_dir: paths.logs,
             start_attempts: None,
