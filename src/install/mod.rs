@@ -187,6 +187,8 @@ pub(crate) struct Installer {
     pub bus: Bus,
     /// Swapped whole by `reload_catalogue`; work in flight keeps the `Feature` it cloned.
     catalogue: std::sync::RwLock<Arc<Catalogue>>,
+    /// One reload at a time, so an older read never replaces a newer one.
+    reloading: tokio::sync::Mutex<()>,
     /// The agent's configuration: the supervisor's defaults, and what the catalogue is
     /// (re)loaded with (source, trust policy, data dir).
     config: crate::config::Config,
@@ -227,6 +229,7 @@ impl Installer {
             store,
             bus,
             catalogue: std::sync::RwLock::new(Arc::new(catalogue)),
+            reloading: tokio::sync::Mutex::new(()),
             config: cfg.clone(),
             layout,
             progress: Mutex::new(HashMap::new()),
@@ -244,6 +247,7 @@ impl Installer {
     /// stays and the error says why. Running instances are not touched; installs and updates
     /// already under way finish with the feature they started with.
     pub(crate) async fn reload_catalogue(&self) -> Result<Arc<Catalogue>, String> {
+        let _one_at_a_time = self.reloading.lock().await;
         let (cfg, store) = (self.config.clone(), self.store.clone());
         let fresh = blocking(move || crate::trust::fresh_catalogue(&cfg, &store, &cfg.data_dir))
             .await
