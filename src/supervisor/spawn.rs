@@ -177,6 +177,17 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+// The 32-bit-id credential calls (32-bit ARM also has 16-bit ones under the plain names).
+#[cfg(not(target_arch = "arm"))]
+use libc::{
+    SYS_setgroups as SYS_SETGROUPS, SYS_setresgid as SYS_SETRESGID, SYS_setresuid as SYS_SETRESUID,
+};
+#[cfg(target_arch = "arm")]
+use libc::{
+    SYS_setgroups32 as SYS_SETGROUPS, SYS_setresgid32 as SYS_SETRESGID,
+    SYS_setresuid32 as SYS_SETRESUID,
+};
+
 /// The child between clone and exec. Only raw system calls on prepared memory.
 ///
 /// # Safety
@@ -304,9 +315,13 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
         if p.keep_mask != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
             fail(12);
         }
-        if libc::setgroups(0, std::ptr::null()) != 0
-            || libc::setresgid(p.gid, p.gid, p.gid) != 0
-            || libc::setresuid(p.uid, p.uid, p.uid) != 0
+        // Raw system calls, not libc's wrappers: those apply a credential change to every
+        // thread the C library knows of (glibc's setxid, musl's __synccall), and in this
+        // cloned copy those are the agent's threads, not ours; glibc then waits forever for
+        // one that was exiting at clone time.
+        if libc::syscall(SYS_SETGROUPS, 0, std::ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(SYS_SETRESGID, p.gid, p.gid, p.gid) != 0
+            || libc::syscall(SYS_SETRESUID, p.uid, p.uid, p.uid) != 0
         {
             fail(12);
         }

@@ -584,13 +584,24 @@ impl Agent {
 
 impl Agent {
     /// The instance with its process, waiting until its status is one of `want`.
+    /// On a timeout the panic shows the instance as last seen and the agent's log tail.
     pub fn wait_status(&self, id: &str, want: &[&str], timeout: Duration) -> Value {
-        let mut last = Value::Null;
-        wait_until(&format!("instance {id} in {want:?}"), timeout, || {
-            last = self.process(id);
-            want.contains(&last["status"].as_str().unwrap_or(""))
-        });
-        last
+        let start = Instant::now();
+        loop {
+            let last = self.process(id);
+            if want.contains(&last["status"].as_str().unwrap_or("")) {
+                return last;
+            }
+            if start.elapsed() >= timeout {
+                let log = self.log();
+                let lines: Vec<&str> = log.lines().collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for instance {id} in {want:?}; last seen: {last}\nagent log tail:\n{}",
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The instance's status, version, error and process.
