@@ -421,6 +421,48 @@ fn kill_9_of_the_agent_takes_its_services_along_and_the_next_start_brings_them_b
 }
 
 #[test]
+fn a_child_that_never_reaches_exec_is_killed_and_reported() {
+    let root = TempDir::new("svc-stall");
+    let www = www_with_busybox(&root);
+    let nginx = Nginx::start(&www, "");
+    let port = common::free_port();
+    let catalogue = write_catalogue(
+        root.path(),
+        &[busybox_feature(
+            &nginx,
+            &www,
+            "web",
+            &format!("exec httpd -f -p 127.0.0.1:{port}"),
+            json!({ "health": { "tcp": port } }),
+        )],
+    );
+    let agent = Agent::start_in(
+        root.path(),
+        &catalogue,
+        "[supervisor]\ncrash_limit = 1\n",
+        None,
+        &[("NNC_FAILPOINTS", "spawn.exec=error")],
+    );
+    let id = agent.install("web", "w");
+    let p = wait_status(&agent, &id, &["FAILED"]);
+    let error = p["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("neither ran it nor reported an error within 10 s"),
+        "{p}"
+    );
+    // The stalled child was killed and reaped: the agent has no child left.
+    let pid = agent.pid();
+    let mut children = String::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        children += &std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+    }
+    assert_eq!(children.trim(), "", "children of the agent: {children}");
+}
+
+#[test]
 fn logs_rotate_within_their_budget_and_the_tail_spans_the_rotation() {
     let root = TempDir::new("svc-logs");
     let www = www_with_busybox(&root);

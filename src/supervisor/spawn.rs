@@ -112,6 +112,9 @@ struct Prepared {
     private_tmp: bool,
     uid: u32,
     gid: u32,
+    /// Failpoint `spawn.exec=error`: the child stalls before exec, as a child stuck on an
+    /// inherited lock would.
+    stall: bool,
 }
 
 /// Reads `/proc/sys/kernel/cap_last_cap` (the highest capability this kernel knows).
@@ -161,6 +164,7 @@ fn prepare(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
         private_tmp: spec.private_tmp,
         uid: spec.uid,
         gid: spec.gid,
+        stall: crate::failpoint::hit("spawn.exec").is_err(),
     })
 }
 
@@ -203,6 +207,9 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
         let mut byte = 0u8;
         if libc::read(sync_r, (&raw mut byte).cast(), 1) != 1 {
             fail(0);
+        }
+        while p.stall {
+            libc::pause();
         }
         if let Some(ns) = &p.netns {
             let fd = libc::open(ns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
@@ -394,6 +401,9 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
     }
 }
 
+/// How long a cloned child may take to reach `execve`.
+const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn spawn_now(spec: &SpawnSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Child, SpawnError> {
     let prepared = prepare(spec)?;
     let _ = (&prepared.argv, &prepared.envp);
@@ -456,7 +466,29 @@ fn spawn_now(spec: &SpawnSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Chi
     drop(sync_w);
     let mut report = [0u8; 8];
     let mut got = 0usize;
+    let deadline = std::time::Instant::now() + EXEC_TIMEOUT;
+    let mut stuck = false;
     while got < 8 {
+        // A child that neither execs nor reports must not hold the spawner forever.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: err_r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: polling one live descriptor through a valid pollfd.
+        let ready = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if ready == 0 {
+            stuck = true;
+            break;
+        }
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
         // SAFETY: reading into the remaining part of a live buffer.
         let n = unsafe {
             libc::read(
@@ -470,7 +502,7 @@ fn spawn_now(spec: &SpawnSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Chi
         }
         got += n.unsigned_abs();
     }
-    if release.is_err() || got == 8 {
+    if release.is_err() || got == 8 || stuck {
         let mut status = 0;
         // SAFETY: reaping our own child; it has exited or is killed first.
         unsafe {
@@ -478,6 +510,13 @@ fn spawn_now(spec: &SpawnSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Chi
             libc::waitpid(pid, &raw mut status, 0);
         }
         release?;
+        if stuck {
+            return Err(SpawnError(format!(
+                "starting {} failed: the child neither ran it nor reported an error within {} s; killed it",
+                spec.program.display(),
+                EXEC_TIMEOUT.as_secs()
+            )));
+        }
         let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         let hint = if stage == 15 && errno == libc::EACCES {
