@@ -208,8 +208,10 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
         if libc::read(sync_r, (&raw mut byte).cast(), 1) != 1 {
             fail(0);
         }
-        while p.stall {
-            libc::pause();
+        if p.stall {
+            loop {
+                libc::pause();
+            }
         }
         if let Some(ns) = &p.netns {
             let fd = libc::open(ns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
