@@ -421,6 +421,55 @@ fn kill_9_of_the_agent_takes_its_services_along_and_the_next_start_brings_them_b
 }
 
 #[test]
+fn a_service_outlives_a_catalogue_that_drops_its_version() {
+    let root = TempDir::new("svc-dropped");
+    let www = www_with_busybox(&root);
+    let nginx = Nginx::start(&www, "");
+    let port = common::free_port();
+    let web = busybox_feature(
+        &nginx,
+        &www,
+        "web",
+        &format!("exec httpd -f -p 127.0.0.1:{port}"),
+        json!({ "health": { "tcp": port } }),
+    );
+    let catalogue = write_catalogue(root.path(), std::slice::from_ref(&web));
+    let mut agent = Agent::start(root.path(), &catalogue, "");
+    let id = agent.install("web", "w");
+    let first = wait_status(&agent, &id, &["RUNNING"])["process"]["pid"].clone();
+
+    // The feed moves on to version 2 and no longer lists 1; the agent takes it at once.
+    let mut next = web.clone();
+    next["version"] = json!("2");
+    write_catalogue(root.path(), &[next]);
+    let r = agent.gql(
+        "mutation { reloadCatalogue { catalogueSerial } }",
+        json!({}),
+    );
+    assert!(r["errors"].is_null(), "{r}");
+    let f = agent.data("{ features { versions } }", json!({}));
+    assert_eq!(f["features"][0]["versions"], json!(["2"]), "{f}");
+
+    // Version 1 still restarts (from what the instance kept of its definition) ...
+    let r = agent.gql(
+        "mutation($id: ID!) { restartInstance(id: $id) { status } }",
+        json!({ "id": id }),
+    );
+    assert!(r["errors"].is_null(), "{r}");
+    common::wait_until("a restarted version 1", TIMEOUT, || {
+        let p = process(&agent, &id);
+        p["status"] == "RUNNING" && p["process"]["pid"] != first && p["process"]["pid"].is_i64()
+    });
+    // ... and comes back after an agent restart, still version 1 and serving.
+    agent.kill9();
+    agent.restart();
+    let p = wait_status(&agent, &id, &["RUNNING"]);
+    assert_eq!(p["version"], "1", "{p}");
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(stream.is_ok(), "httpd does not answer: {p}");
+}
+
+#[test]
 fn a_child_that_never_reaches_exec_is_killed_and_reported() {
     let root = TempDir::new("svc-stall");
     let www = www_with_busybox(&root);

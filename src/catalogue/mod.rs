@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::util;
@@ -38,7 +38,7 @@ pub(crate) fn host_arch() -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub(crate) enum ArchiveKind {
     #[serde(rename = "none")]
     None,
@@ -48,7 +48,7 @@ pub(crate) enum ArchiveKind {
     Zip,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub(crate) struct Asset {
     pub url: String,
     #[serde(default)]
@@ -82,7 +82,7 @@ impl Asset {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Feature {
     pub id: String,
@@ -105,7 +105,7 @@ pub(crate) struct Feature {
 }
 
 /// How a feature's binary runs as a service.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Service {
     /// Arguments after the program; `{config}` is the instance's config file.
@@ -127,7 +127,7 @@ pub(crate) struct Service {
     pub cpu_max: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub(crate) enum HealthSpec {
     /// Connect to this port on the service's address.
@@ -151,6 +151,13 @@ pub(crate) fn capability(name: &str) -> Option<u32> {
 impl Feature {
     pub(crate) fn asset(&self, arch: &str) -> Option<&Asset> {
         self.assets.get(arch)
+    }
+
+    /// A copy with only `arch`'s asset: what an instance keeps of its feature.
+    pub(crate) fn for_arch(&self, arch: &str) -> Feature {
+        let mut f = self.clone();
+        f.assets.retain(|a, _| a == arch);
+        f
     }
 
     pub(crate) fn generator(&self) -> Option<crate::configgen::Generator> {

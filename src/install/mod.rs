@@ -237,6 +237,15 @@ impl Installer {
         }
     }
 
+    /// The definition of `version` of an instance's feature: the catalogue's, else the one
+    /// kept with the instance when the catalogue no longer lists that version.
+    pub(crate) fn feature_for(&self, inst: &Instance, version: &str) -> Option<Feature> {
+        self.catalogue()
+            .feature_version(&inst.feature_id, version)
+            .cloned()
+            .or_else(|| inst.feature.clone().filter(|f| f.version == version))
+    }
+
     /// The catalogue in use now.
     pub(crate) fn catalogue(&self) -> Arc<Catalogue> {
         Arc::clone(&self.catalogue.read().unwrap_or_else(|e| e.into_inner()))
@@ -358,6 +367,7 @@ impl Installer {
             router_id: req.router_id,
             name: req.name,
             version: feature.version.clone(),
+            feature: Some(feature.for_arch(arch)),
             arch: arch.to_owned(),
             settings,
             status: Status::Queued,
@@ -420,11 +430,7 @@ impl Installer {
             log::error!(target: "api", "instance {id} vanished before its install ran");
             return;
         };
-        let Some(feature) = self
-            .catalogue()
-            .feature_version(&inst.feature_id, &inst.version)
-            .cloned()
-        else {
+        let Some(feature) = self.feature_for(&inst, &inst.version) else {
             let e = StepError::new(
                 Step::Downloading,
                 "CATALOGUE_CHANGED",

@@ -364,6 +364,18 @@ impl Installer {
             tokio::spawn(async move {
                 if let Err(e) = this.start(&id).await {
                     log::error!(target: "supervisor", "instance {id}: cannot start again: {}", e.message);
+                    // Not left STARTING: the status says it did not come back, and why.
+                    let why = format!(
+                        "cannot start again after the agent restarted: {}",
+                        e.message
+                    );
+                    let reason = why.clone();
+                    this.transition(&id, Status::Failed, Some(&reason), move |i| {
+                        i.failed_step = Some(crate::store::Step::Starting);
+                        i.error_code = Some(e.code.to_owned());
+                        i.error = Some(why);
+                    })
+                    .await;
                 }
             });
         }
@@ -376,16 +388,15 @@ impl Installer {
             .store
             .instance(id)?
             .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
-        let feature = self
-            .catalogue()
-            .feature_version(&inst.feature_id, &inst.version)
-            .cloned()
-            .ok_or_else(|| {
-                refuse(
-                    "UNKNOWN_FEATURE",
-                    format!("feature {} is no longer in the catalogue", inst.feature_id),
-                )
-            })?;
+        let feature = self.feature_for(&inst, &inst.version).ok_or_else(|| {
+            refuse(
+                "UNKNOWN_FEATURE",
+                format!(
+                    "{} {} is not in the catalogue, and the instance has no record of it",
+                    inst.feature_id, inst.version
+                ),
+            )
+        })?;
         if !feature.runs() {
             return Err(refuse(
                 "NOT_A_SERVICE",

@@ -141,10 +141,7 @@ impl Installer {
         let Some(prev) = inst.previous.clone() else {
             return;
         };
-        let old = self
-            .catalogue()
-            .feature_version(&inst.feature_id, &prev.version)
-            .cloned();
+        let old = self.feature_for(&inst, &prev.version);
         let config = target
             .generator()
             .map(|g| self.instance_paths(&inst.id).config.join(g.file_name()));
@@ -287,7 +284,9 @@ impl Installer {
             Status::Installed
         };
         let reason = format!("updated to {}", target.version);
-        self.transition(&inst.id, status, Some(&reason), |i| {
+        let kept = target.for_arch(&inst.arch);
+        self.transition(&inst.id, status, Some(&reason), move |i| {
+            i.feature = Some(kept);
             i.previous = None;
             i.failed_step = None;
             i.error = None;
@@ -399,11 +398,10 @@ impl Installer {
             };
             log::warn!(target: "api", "instance {}: the agent stopped during an update; rolling back to {}", inst.id, prev.version);
             self.kill_leftover(inst);
-            let catalogue = self.catalogue();
-            let feature = catalogue
-                .feature_version(&inst.feature_id, &prev.version)
-                .or_else(|| catalogue.feature(&inst.feature_id));
-            if let Some(g) = feature.and_then(Feature::generator) {
+            let feature = self
+                .feature_for(inst, &prev.version)
+                .or_else(|| self.catalogue().feature(&inst.feature_id).cloned());
+            if let Some(g) = feature.as_ref().and_then(Feature::generator) {
                 restore_config(&self.instance_paths(&inst.id).config.join(g.file_name()));
             }
             let message = format!(

@@ -132,6 +132,11 @@ pub(crate) struct Instance {
     /// While UPDATING: what to go back to if the new version fails.
     #[serde(default)]
     pub previous: Option<Previous>,
+    /// The catalogue's definition of `version` (this arch's asset only), kept so that the
+    /// instance can still be started, stopped and rolled back to after a catalogue that no
+    /// longer lists its version (a reload, a new feed, a new built-in one).
+    #[serde(default)]
+    pub feature: Option<crate::catalogue::Feature>,
     pub created_at: u64,
     pub updated_at: u64,
 }
