@@ -408,6 +408,7 @@ mod tests {
             uid: None,
             pid: None,
             previous: None,
+            feature: None,
             created_at: 1,
             updated_at: 1,
         }
