@@ -26,6 +26,17 @@ fn busybox_feature(nginx: &Nginx, www: &Path, id: &str, script: &str, extra: Val
             "assets": { "x86_64": { "url": nginx.url("busybox"), "sha256": sha256_file(&www.join("busybox")) } } })
 }
 
+/// A busybox httpd on 127.0.0.1:`port`, healthy once the port answers.
+fn httpd_feature(nginx: &Nginx, www: &Path, id: &str, port: u16) -> Value {
+    busybox_feature(
+        nginx,
+        www,
+        id,
+        &format!("exec httpd -f -p 127.0.0.1:{port}"),
+        json!({ "health": { "tcp": port } }),
+    )
+}
+
 fn www_with_busybox(root: &TempDir) -> PathBuf {
     let www = root.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -342,20 +353,8 @@ fn kill_9_of_the_agent_takes_its_services_along_and_the_next_start_brings_them_b
     let catalogue = write_catalogue(
         root.path(),
         &[
-            busybox_feature(
-                &nginx,
-                &www,
-                "web-a",
-                &format!("exec httpd -f -p 127.0.0.1:{pa}"),
-                json!({ "health": { "tcp": pa } }),
-            ),
-            busybox_feature(
-                &nginx,
-                &www,
-                "web-b",
-                &format!("exec httpd -f -p 127.0.0.1:{pb}"),
-                json!({ "health": { "tcp": pb } }),
-            ),
+            httpd_feature(&nginx, &www, "web-a", pa),
+            httpd_feature(&nginx, &www, "web-b", pb),
         ],
     );
     let mut agent = Agent::start(
@@ -426,13 +425,7 @@ fn a_service_outlives_a_catalogue_that_drops_its_version() {
     let www = www_with_busybox(&root);
     let nginx = Nginx::start(&www, "");
     let port = common::free_port();
-    let web = busybox_feature(
-        &nginx,
-        &www,
-        "web",
-        &format!("exec httpd -f -p 127.0.0.1:{port}"),
-        json!({ "health": { "tcp": port } }),
-    );
+    let web = httpd_feature(&nginx, &www, "web", port);
     let catalogue = write_catalogue(root.path(), std::slice::from_ref(&web));
     let mut agent = Agent::start(root.path(), &catalogue, "");
     let id = agent.install("web", "w");
@@ -475,16 +468,7 @@ fn a_child_that_never_reaches_exec_is_killed_and_reported() {
     let www = www_with_busybox(&root);
     let nginx = Nginx::start(&www, "");
     let port = common::free_port();
-    let catalogue = write_catalogue(
-        root.path(),
-        &[busybox_feature(
-            &nginx,
-            &www,
-            "web",
-            &format!("exec httpd -f -p 127.0.0.1:{port}"),
-            json!({ "health": { "tcp": port } }),
-        )],
-    );
+    let catalogue = write_catalogue(root.path(), &[httpd_feature(&nginx, &www, "web", port)]);
     let agent = Agent::start_in(
         root.path(),
         &catalogue,
