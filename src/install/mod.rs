@@ -407,12 +407,7 @@ impl Installer {
 
     /// Continues every install an earlier run left unfinished.
     pub(crate) fn resume_interrupted(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let pending: Vec<_> = self
-            .store
-            .instances()?
-            .into_iter()
-            .filter(|i| i.status.is_resumable())
-            .collect();
+        let pending = self.store.instances_where(|i| i.status.is_resumable())?;
         for inst in &pending {
             log::info!(target: "download-manager", "instance {} was {} when the agent stopped; continuing", inst.id, inst.status.as_str());
             self.spawn_pipeline(inst.id.clone());
@@ -783,12 +778,9 @@ impl Installer {
 
     /// Agent start: uninstalls an earlier run began are finished (each step is idempotent).
     pub(crate) async fn resume_uninstalls(&self) -> Result<usize, StoreError> {
-        let pending: Vec<Instance> = self
+        let pending = self
             .store
-            .instances()?
-            .into_iter()
-            .filter(|i| i.status == Status::Uninstalling)
-            .collect();
+            .instances_where(|i| i.status == Status::Uninstalling)?;
         for inst in &pending {
             log::info!(target: "api", "instance {} was being uninstalled when the agent stopped; finishing", inst.id);
             let id = inst.id.clone();

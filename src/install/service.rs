@@ -339,13 +339,10 @@ impl Installer {
 
     /// Starts the services of instances the user wants running (agent start).
     pub(crate) fn restart_wanted(self: &Arc<Self>) -> Result<usize, crate::store::StoreError> {
-        let wanted: Vec<Instance> = self
-            .store
-            .instances()?
-            .into_iter()
-            // STARTING instances are resumed with the rest of their install (resume_interrupted).
-            .filter(|i| i.desired_running && matches!(i.status, Status::Running | Status::Stopped))
-            .collect();
+        // STARTING instances are resumed with the rest of their install (resume_interrupted).
+        let wanted = self.store.instances_where(|i| {
+            i.desired_running && matches!(i.status, Status::Running | Status::Stopped)
+        })?;
         for inst in &wanted {
             // Not RUNNING until it runs again: say so before the API answers anyone.
             let (before, _) = self

@@ -386,12 +386,9 @@ impl Installer {
     /// Agent start: an update interrupted by a crash is rolled back (its new version was not
     /// proven). Runs before services are started again.
     pub(crate) async fn recover_updates(&self) -> Result<usize, crate::store::StoreError> {
-        let interrupted: Vec<Instance> = self
+        let interrupted = self
             .store
-            .instances()?
-            .into_iter()
-            .filter(|i| i.status == Status::Updating)
-            .collect();
+            .instances_where(|i| i.status == Status::Updating)?;
         for inst in &interrupted {
             let Some(prev) = inst.previous.clone() else {
                 continue;

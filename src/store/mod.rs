@@ -137,6 +137,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The instances `keep` selects (what the start-up recovery steps each look for).
+    pub(crate) fn instances_where(
+        &self,
+        keep: impl Fn(&Instance) -> bool,
+    ) -> Result<Vec<Instance>, StoreError> {
+        let mut all = self.instances()?;
+        all.retain(keep);
+        Ok(all)
+    }
+
     pub(crate) fn instance(&self, id: &str) -> Result<Option<Instance>, StoreError> {
         self.get(INSTANCES, id)
     }
