@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the cross toolchain: nightly with rust-src (for -Zbuild-std), rustup's aarch64/x86_64
-# musl std, Debian's aarch64 cross gcc (ring's C code), zig + cargo-zigbuild from PyPI, QEMU
-# (user and system, from bookworm-backports: the image's qemu-utils 10 conflicts with
-# bookworm's qemu 7.2), and the tools the packaging checks use.
+# musl std, Debian's aarch64 cross gcc and its libc headers (ring's C code), zig +
+# cargo-zigbuild from PyPI, QEMU (user and system, from bookworm-backports: the image's
+# qemu-utils 10 conflicts with bookworm's qemu 7.2), the tools the packaging checks use, and
+# the VM kernels (fetched here, one after another, so parallel VM tests never race on apt).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -13,7 +14,7 @@ if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/
     $sudo tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
   $sudo apt-get update -qq
 fi
-need=(); for p in gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu cpio file xz-utils zstd signify-openbsd skopeo; do
+need=(); for p in gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross cpio file xz-utils zstd signify-openbsd skopeo; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 bp=(); for p in qemu-user-static qemu-system-x86 qemu-system-arm qemu-system-mips; do
@@ -36,3 +37,5 @@ venv="$NNC_CACHE/venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c 'import ziglang' 2>/dev/null && [ -x "$venv/bin/cargo-zigbuild" ] ||
   "$venv/bin/pip" install -q --disable-pip-version-check 'ziglang==0.17.1' 'cargo-zigbuild==0.24.1'
+
+for a in amd64 arm64 mipsel; do bash "$(dirname "$0")/vm/fetch.sh" "$a"; done

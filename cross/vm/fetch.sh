@@ -7,6 +7,12 @@ source "$(dirname "$0")/../env.sh"
 arch=$1
 out="$NNC_CACHE/vm/$arch"
 [ -s "$out/kernel" ] && [ -x "$out/busybox" ] && exit 0
+# VM tests run in parallel and each may fetch: apt and dpkg take exclusive locks, so callers
+# queue on one lock of ours and the second finds the cache filled by the first.
+mkdir -p "$NNC_CACHE/vm"
+exec 9>"$NNC_CACHE/vm/.fetch.lock"
+flock 9
+[ -s "$out/kernel" ] && [ -x "$out/busybox" ] && exit 0
 sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 case $arch in
   amd64) meta=linux-image-amd64 ;;
