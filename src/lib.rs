@@ -97,7 +97,12 @@ fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
     let token = load_or_create_token(&cfg.token_file)?;
     let layout = install::Layout::new(data_dir.clone());
+    layout
+        .protect()
+        .map_err(|e| format!("cannot set the modes of {}: {e}", data_dir.display()))?;
     let store = store::Store::open(&layout.state_db()).map_err(|e| e.to_string())?;
+    // Before any thread is started: what services can be confined with here.
+    let support = supervisor::Support::probe();
     let catalogue = trust::load_catalogue(&cfg, &store, &data_dir)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -111,7 +116,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         let local = listener
             .local_addr()
             .map_err(|e| format!("cannot read the listening address: {e}"))?;
-        let installer = assemble(&cfg, store, catalogue, layout);
+        let installer = assemble(&cfg, store, catalogue, layout, support);
         // Repair interfaces an earlier run left half-made before any install continues.
         let factory = Arc::clone(&installer.interfaces);
         tokio::task::spawn_blocking(move || factory.reconcile())
@@ -158,18 +163,20 @@ fn assemble(
     store: store::Store,
     catalogue: catalogue::Catalogue,
     layout: install::Layout,
+    support: supervisor::Support,
 ) -> Arc<install::Installer> {
     let bus = events::Bus::new(4096);
     let interfaces = Arc::new(vif::InterfaceFactory::new(
         store.clone(),
         bus.clone(),
-        routers(cfg),
+        routers(cfg, support.user),
     ));
     let cgroups = supervisor::Cgroups::new(&cfg.supervisor.cgroup_root);
     let supervisor = Arc::new(supervisor::Supervisor::new(
         bus.clone(),
         cgroups,
         cfg.supervisor.policy.clone(),
+        support,
     ));
     let installer = Arc::new(install::Installer::new(
         store, bus, catalogue, layout, cfg, interfaces, supervisor,
@@ -179,8 +186,9 @@ fn assemble(
 }
 
 /// The routers interfaces can be made on: the local one (unless its VLAN mode is off) and
-/// every configured RouterOS router.
-fn routers(cfg: &Config) -> Vec<vif::Router> {
+/// every configured RouterOS router. With user namespaces, each instance's network namespace
+/// is made in a user namespace of its own mapping the service uid range.
+fn routers(cfg: &Config, userns: bool) -> Vec<vif::Router> {
     use config::VlanMode;
     let mut out = Vec::new();
     let segment = match cfg.vlan.mode {
@@ -200,6 +208,7 @@ fn routers(cfg: &Config) -> Vec<vif::Router> {
                     segment,
                     netns_dir: cfg.vlan.netns_dir.clone(),
                     rt_tables: cfg.vlan.rt_tables.clone(),
+                    userns_ids: userns.then_some(cfg.supervisor.uid_range),
                 },
             }),
         });

@@ -17,7 +17,7 @@ use crate::catalogue::{self, Feature};
 use crate::events::{Event, EventKind, Progress, ProgressStatus};
 use crate::install::{self, InstallRequest, Installer, RequestError};
 use crate::store::{self, IfStatus, InterfaceRecord, Status};
-use crate::supervisor::{LogLine, ProcState, ProcessInfo};
+use crate::supervisor::{Isolation, LogLine, ProcState, ProcessInfo};
 use crate::util;
 
 pub(crate) type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -159,7 +159,10 @@ impl QueryRoot {
         }
         let n = usize::try_from(tail.unwrap_or(100).clamp(1, 5000)).unwrap_or(100);
         let dir = inst.instance_paths(id).logs;
-        Ok(inst.supervisor.log_tail(&dir, n))
+        inst.supervisor
+            .log_tail(dir, n)
+            .await
+            .map_err(|e| error("IO_ERROR", e))
     }
 
     /// The agent's own identity: version and the catalogue architecture key of this machine.
@@ -178,6 +181,7 @@ fn agent_object(ctx: &Context<'_>) -> AgentObject {
         catalogue_signed_by: current.signed_by.clone(),
         board: ctx.data_unchecked::<Option<BoardObject>>().clone(),
         resource_limits: installer(ctx).supervisor.cgroups.enabled(),
+        isolation: IsolationObject(installer(ctx).supervisor.isolation()),
     }
 }
 
@@ -487,6 +491,35 @@ pub(crate) struct AgentObject {
     board: Option<BoardObject>,
     /// Whether services get cgroup v2 limits (memory, pids, cpu) on this system.
     resource_limits: bool,
+    /// What services are confined with on this system, and what it refuses (and why).
+    isolation: IsolationObject,
+}
+
+/// What confines a service: what applies, and what is missing with the reason.
+pub(crate) struct IsolationObject(Isolation);
+
+#[Object(name = "Isolation")]
+impl IsolationObject {
+    /// e.g. "service user", "no_new_privs", "pid namespace", "minimal root", "cgroup".
+    async fn applied(&self) -> &[String] {
+        &self.0.applied
+    }
+    async fn missing(&self) -> Vec<IsolationGap> {
+        self.0
+            .missing
+            .iter()
+            .map(|(what, why)| IsolationGap {
+                what: what.clone(),
+                why: why.clone(),
+            })
+            .collect()
+    }
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct IsolationGap {
+    what: String,
+    why: String,
 }
 
 #[derive(Clone)]
@@ -635,6 +668,14 @@ impl InstanceObject {
             .supervisor
             .info(&self.0.id)
             .map(ProcessObject)
+    }
+    /// What confines its current (or last) process; null before its first start.
+    async fn isolation(&self, ctx: &Context<'_>) -> Option<IsolationObject> {
+        installer(ctx)
+            .supervisor
+            .info(&self.0.id)
+            .and_then(|p| p.isolation)
+            .map(IsolationObject)
     }
     /// Whether the user wants its service running.
     async fn desired_running(&self) -> bool {

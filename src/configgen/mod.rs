@@ -26,7 +26,6 @@ pub(crate) struct Context {
     /// The routing mark for the service's own connections (only with a VIF).
     pub mark: Option<u32>,
     pub data_dir: PathBuf,
-    pub log_dir: PathBuf,
 }
 
 /// A rendered configuration.
@@ -170,7 +169,6 @@ pub(crate) fn command(c: crate::config::ConfigCommand) -> Result<String, String>
                 listen,
                 mark,
                 data_dir: dir.join("data"),
-                log_dir: dir.join("logs"),
             };
             g.render(&ctx, &settings).map(|r| r.text)
         }

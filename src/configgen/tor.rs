@@ -63,8 +63,8 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
         ctx.data_dir.display()
     ));
     line(format!("DataDirectory {}", ctx.data_dir.display()));
+    // stdout only: the agent keeps the log, in a directory the service cannot write.
     line("Log notice stdout".into());
-    line(format!("Log notice file {}/tor.log", ctx.log_dir.display()));
     line("RunAsDaemon 0".into());
     line("AvoidDiskWrites 1".into());
     if let Some(bridges) = s

@@ -169,8 +169,10 @@ impl Downloads {
             verified_by.push_str("+tofu");
         }
         let dirs = self.layout.artifact(&req.key.feature, &req.key.version);
-        for dir in [&dirs.download, &dirs.bin] {
-            fs::create_dir_all(dir).map_err(|e| io_step(Step::Downloading, dir, &e))?;
+        for (dir, mode) in [(&dirs.download, 0o700), (&dirs.bin, 0o755)] {
+            fs::create_dir_all(dir)
+                .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(mode)))
+                .map_err(|e| io_step(Step::Downloading, dir, &e))?;
         }
         let part = dirs
             .download

@@ -154,7 +154,38 @@ impl Layout {
     }
 
     fn instance_dir(&self, id: &str) -> PathBuf {
-        self.base.join("instances").join(id)
+        self.instances_dir().join(id)
+    }
+
+    fn instances_dir(&self) -> PathBuf {
+        self.base.join("instances")
+    }
+
+    /// An empty directory, root's: each service's root file system is mounted on it inside
+    /// the service's own mount namespace (the host never sees anything there).
+    pub(crate) fn sandbox_root(&self) -> PathBuf {
+        self.base.join("rootfs")
+    }
+
+    /// Sets the modes that keep services out of what is not theirs, for systems where they
+    /// share the agent's view of the file system: the data dir and `instances/` can be
+    /// passed through but not listed, the state and the catalogue copies are root's alone.
+    pub(crate) fn protect(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        for (dir, m) in [
+            (self.base.clone(), 0o711),
+            (self.instances_dir(), 0o711),
+            (self.features_dir(), 0o755),
+            (self.base.join("catalogue"), 0o700),
+            (self.sandbox_root(), 0o700),
+        ] {
+            match std::fs::DirBuilder::new().mode(m).create(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => mode(&dir, m)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -797,7 +828,7 @@ impl Installer {
         let id = inst.id.as_str();
         // The process first (SIGTERM, grace, SIGKILL, cgroup), then the network, then files.
         self.supervisor.remove(id).await;
-        self.supervisor.cgroups.kill_and_remove(id);
+        self.kill_leftover(&inst);
         crate::failpoint::hit("uninstall.stopped").map_err(|m| refuse("INJECTED", m))?;
         let factory = Arc::clone(&self.interfaces);
         let owner = inst.id.clone();

@@ -8,7 +8,7 @@
 //! not: every service gets SIGKILL when the agent dies) is killed first.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,10 @@ use crate::catalogue::{self, Feature, HealthSpec};
 use crate::configgen::{self, Context};
 use crate::events::EventKind;
 use crate::store::{Instance, Status, Step};
-use crate::supervisor::{HealthCheck, Limits, Outcome, Probe, ServiceDef, SpawnSpec};
+use crate::supervisor::{self, HealthCheck, Limits, Outcome, Probe, ServiceDef, SpawnSpec};
+
+/// The capability TUN devices need (granted only inside the service's own user namespace).
+const CAP_NET_ADMIN: u32 = 12;
 
 /// A checker that runs longer than this is killed and the config refused.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,10 +128,16 @@ impl Installer {
                 .render(&ctx, &record.settings)
                 .map_err(|e| StepError::new(Step::Configuring, "CONFIG_INVALID", e))?;
             let file = paths.config.join(generator.file_name());
-            write_config(&file, &rendered.text)?;
+            write_config(&file, &rendered.text, uid)?;
             Ok(Some(file))
         })
         .await?;
+        let inst = self
+            .transition(&inst.id, Status::Configuring, None, move |i| {
+                i.uid = Some(uid)
+            })
+            .await
+            .ok_or_else(|| StepError::vanished(Step::Configuring))?;
         let check = feature.service.as_ref().and_then(|s| s.check.clone());
         let check_args = match (&config, check, feature.generator()) {
             (Some(c), Some(t), _) => Some(configgen::expand(&t, c)),
@@ -136,14 +145,10 @@ impl Installer {
             _ => None,
         };
         if let (Some(args), Some(binary)) = (check_args, inst.binary_path.clone()) {
-            let cwd = self.instance_paths(&inst.id).data;
-            blocking(move || run_check(Path::new(&binary), &args, uid, &cwd)).await?;
+            self.check_config(&inst, feature, PathBuf::from(binary), args)
+                .await?;
         }
-        self.transition(&inst.id, Status::Configuring, None, move |i| {
-            i.uid = Some(uid)
-        })
-        .await
-        .ok_or_else(|| StepError::vanished(Step::Configuring))
+        Ok(inst)
     }
 
     /// The generator's view of the instance: where it listens and its routing mark.
@@ -159,15 +164,71 @@ impl Installer {
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4);
         let ctx = Context {
             listen,
-            mark: iface
-                .as_ref()
-                .filter(|r| r.kind == "linux")
-                .map(|r| 1000 + u32::from(r.vlan_id)),
+            // A routing mark set inside the service's namespace does not cross its veth (the
+            // kernel clears it between namespaces), so it would only cost a capability.
+            mark: None,
             data_dir: paths.data.clone(),
-            log_dir: paths.logs.clone(),
         };
         let netns = iface.and_then(|r| r.netns).map(PathBuf::from);
         (ctx, netns)
+    }
+
+    /// How every process of an instance runs (its service, its config check, its exec
+    /// probe): the strongest confinement this system allows (`supervisor::Support`), as the
+    /// service user, seeing only its own directories and binaries.
+    pub(super) fn confinement(
+        &self,
+        inst: &Instance,
+        program: PathBuf,
+        args: Vec<String>,
+        keep_caps: Vec<u32>,
+    ) -> Result<SpawnSpec, String> {
+        let paths = self.instance_paths(&inst.id);
+        let (_, netns) = self.context(inst, &paths);
+        let uid = inst.uid.ok_or("the instance has no service user")?;
+        let support = &self.supervisor.support;
+        let namespaces = support.flags
+            & (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC);
+        let root = (namespaces & libc::CLONE_NEWNS != 0).then(|| {
+            let mut own = vec![(paths.data.clone(), true), (paths.config.clone(), false)];
+            let binaries = [
+                inst.binary_path.as_deref().map(Path::new),
+                Some(program.as_path()),
+            ];
+            for dir in binaries.into_iter().flatten().filter_map(Path::parent) {
+                if dir.starts_with(self.layout.features_dir()) && !own.iter().any(|(d, _)| d == dir) {
+                    own.push((dir.to_path_buf(), false));
+                }
+            }
+            supervisor::root_fs(
+                &self.layout.sandbox_root(),
+                &supervisor::View {
+                    own: &own,
+                    sysfs: netns.is_some(),
+                    tun: keep_caps.contains(&CAP_NET_ADMIN),
+                },
+            )
+        });
+        let mut hostname = format!("nnc-{}-{}", inst.feature_id, inst.name);
+        hostname.truncate(63);
+        Ok(SpawnSpec {
+            program,
+            args,
+            env: vec![
+                ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+                ("HOME".into(), paths.data.display().to_string()),
+            ],
+            cwd: paths.data.clone(),
+            netns,
+            hostname,
+            uid,
+            gid: uid,
+            keep_caps,
+            cgroup: None,
+            namespaces,
+            root,
+            rlimits: Vec::new(),
+        })
     }
 
     /// Everything the supervisor needs to run the instance's service.
@@ -178,10 +239,7 @@ impl Installer {
     ) -> Result<ServiceDef, StepError> {
         let err = |m: String| StepError::new(Step::Starting, "START_FAILED", m);
         let paths = self.instance_paths(&inst.id);
-        let (ctx, netns) = self.context(inst, &paths);
-        let uid = inst
-            .uid
-            .ok_or_else(|| err("the instance has no service user".into()))?;
+        let (ctx, _) = self.context(inst, &paths);
         let binary = PathBuf::from(
             inst.binary_path
                 .clone()
@@ -200,24 +258,49 @@ impl Installer {
             (None, Some(g), Some(c)) => g.run_args(c),
             _ => return Err(err(format!("{} has no way to run", feature.id))),
         };
-        let mut keep_caps: Vec<u32> = svc
+        let keep_caps: Vec<u32> = svc
             .capabilities
             .iter()
             .filter_map(|c| catalogue::capability(c))
             .collect();
-        // A routing mark needs CAP_NET_ADMIN; the service has it only inside its own namespace.
-        if rendered.as_ref().is_some_and(|r| r.needs_net_admin) && netns.is_some() {
-            keep_caps.push(12);
-        }
+        let spawn = self.confinement(inst, binary, args, keep_caps).map_err(err)?;
         let probe = match (&svc.health, &rendered) {
             (Some(HealthSpec::Tcp(port)), _) => Probe::Tcp(SocketAddr::new(ctx.listen, *port)),
-            (Some(HealthSpec::Exec(cmd)), _) => Probe::Exec(cmd.clone()),
+            (Some(HealthSpec::Exec(cmd)), _) => {
+                let (program, args) = cmd
+                    .split_first()
+                    .ok_or_else(|| err("empty exec health probe".into()))?;
+                let program = supervisor::resolve_program(program);
+                Probe::Exec(Box::new(
+                    self.confinement(inst, program, args.to_vec(), Vec::new())
+                        .map_err(err)?,
+                ))
+            }
             (None, Some(r)) => Probe::Tcp(SocketAddr::new(ctx.listen, r.health_port)),
             (None, None) => return Err(err(format!("{} has no health probe", feature.id))),
         };
+        Ok(ServiceDef {
+            instance_id: inst.id.clone(),
+            spawn,
+            limits: self.limits(inst, feature),
+            health: HealthCheck {
+                probe,
+                interval: self.config.supervisor.probe_interval,
+                timeout: self.config.supervisor.probe_timeout,
+                threshold: self.config.supervisor.probe_threshold,
+                startup_timeout: self.config.supervisor.startup_timeout,
+            },
+            log_dir: paths.logs,
+            start_attempts: None,
+        })
+    }
+
+    /// The cgroup limits of an instance: its settings, else its feature's, else the agent's.
+    fn limits(&self, inst: &Instance, feature: &Feature) -> Limits {
+        let svc = feature.service.clone().unwrap_or_default();
         let setting = |k: &str| inst.settings.get(k);
         let defaults = &self.config.supervisor.limits;
-        let limits = Limits {
+        Limits {
             memory_max: setting("memoryMax")
                 .and_then(Value::as_u64)
                 .or(svc.memory_max)
@@ -232,41 +315,59 @@ impl Installer {
                 .map(str::to_owned)
                 .or(svc.cpu_max)
                 .unwrap_or_else(|| defaults.cpu_max.clone()),
-        };
-        let mut hostname = format!("nnc-{}-{}", inst.feature_id, inst.name);
-        hostname.truncate(63);
-        Ok(ServiceDef {
-            instance_id: inst.id.clone(),
-            spawn: SpawnSpec {
-                read_only: binary.parent().map(Path::to_path_buf).into_iter().collect(),
-                program: binary,
-                args,
-                env: vec![
-                    ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-                    ("HOME".into(), paths.data.display().to_string()),
-                ],
-                cwd: paths.data.clone(),
-                netns,
-                hostname,
-                uid,
-                gid: uid,
-                keep_caps,
-                cgroup: None,
-                isolate: true,
-                // A private /tmp would hide the service's own files if they live under /tmp.
-                private_tmp: !paths.root.starts_with("/tmp"),
-            },
-            limits,
-            health: HealthCheck {
-                probe,
-                interval: self.config.supervisor.probe_interval,
-                timeout: self.config.supervisor.probe_timeout,
-                threshold: self.config.supervisor.probe_threshold,
-                startup_timeout: self.config.supervisor.startup_timeout,
-            },
-            log_dir: paths.logs,
-            start_attempts: None,
+        }
+    }
+
+    /// Lets `binary` check a config with `args`, confined like the service (its namespaces,
+    /// root, user, a cgroup of its own, a timeout, and whatever it started killed after):
+    /// a checker parses the same hostile-influenced settings the service does. Its output
+    /// (the last lines) is the error when it refuses.
+    pub(super) async fn check_config(
+        &self,
+        inst: &Instance,
+        feature: &Feature,
+        binary: PathBuf,
+        args: Vec<String>,
+    ) -> Result<(), StepError> {
+        let fail = |m: String| StepError::new(Step::Configuring, "CONFIG_REJECTED", m);
+        let mut spec = self
+            .confinement(inst, binary.clone(), args, Vec::new())
+            .map_err(fail)?;
+        let leaf = format!("{}-check", inst.id);
+        let cgroups = self.supervisor.cgroups.clone();
+        let limits = self.limits(inst, feature);
+        let name = binary
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        blocking(move || {
+            spec.cgroup = cgroups.leaf(&leaf, &limits).map_err(fail)?;
+            let ran = crate::supervisor::run_confined(spec, CHECK_TIMEOUT, 16 * 1024);
+            cgroups.kill_and_remove(&leaf);
+            let end = ran.map_err(|e| fail(format!("cannot run {}: {e}", binary.display())))?;
+            if end.timed_out {
+                return Err(fail(format!(
+                    "{} did not finish checking the config in {} s",
+                    binary.display(),
+                    CHECK_TIMEOUT.as_secs()
+                )));
+            }
+            if end.code == Some(0) {
+                return Ok(());
+            }
+            let text = strip_ansi(&String::from_utf8_lossy(&end.output));
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let status = match (end.code, end.signal) {
+                (Some(c), _) => format!("exit status: {c}"),
+                (_, Some(s)) => format!("killed by signal {s}"),
+                _ => "no status".into(),
+            };
+            Err(fail(format!(
+                "{name} rejected the generated config ({status}): {}",
+                tail.join("\n")
+            )))
         })
+        .await
     }
 
     /// Hands the service to the supervisor and waits until it is healthy (or given up on).
@@ -324,6 +425,11 @@ impl Installer {
             log::warn!(target: "supervisor", "instance {}: killing pid {pid} left by an earlier agent", inst.id);
             // SAFETY: the PID and its start time match what we recorded for our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if !self.supervisor.support.has(libc::CLONE_NEWPID)
+            && let Some(uid) = inst.uid
+        {
+            supervisor::kill_uid(uid);
         }
         self.supervisor.cgroups.kill_and_remove(&inst.id);
     }
@@ -523,94 +629,53 @@ fn io_step(step: Step, path: &Path, e: &std::io::Error) -> StepError {
     StepError::new(step, "IO_ERROR", format!("{}: {e}", path.display()))
 }
 
-/// `config/` (root, world-readable), `data/` (the service user's, private), `logs/` (the
-/// service user's: Tor writes its own log file there).
+/// The instance's directories, so that other services cannot reach them even where they
+/// share the agent's view of the file system: the instance dir and `config/` are root's with
+/// the service's group (0750), `data/` is the service's alone (0700), `logs/` is root's alone
+/// (0700: the agent writes the service's output there; the service never does).
 fn prepare_dirs(p: &InstancePaths, uid: u32) -> Result<(), StepError> {
-    for (dir, mode, owned) in [
-        (&p.root, 0o755, false),
-        (&p.config, 0o755, false),
-        (&p.data, 0o700, true),
-        (&p.logs, 0o755, true),
+    use std::os::unix::fs::DirBuilderExt;
+    for (dir, mode, owner) in [
+        (&p.root, 0o750, (0, uid)),
+        (&p.config, 0o750, (0, uid)),
+        (&p.data, 0o700, (uid, uid)),
+        (&p.logs, 0o700, (0, 0)),
     ] {
-        std::fs::create_dir_all(dir).map_err(|e| io_step(Step::Configuring, dir, &e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io_step(Step::Configuring, dir, &e))?;
-        if owned {
-            chown(dir, Some(uid), Some(uid)).map_err(|e| io_step(Step::Configuring, dir, &e))?;
+        let e = |e: std::io::Error| io_step(Step::Configuring, dir, &e);
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(e(err)),
+            _ => {}
         }
+        // Through a descriptor opened without following links: the directory is ours.
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir)
+            .map_err(e)?;
+        std::os::unix::fs::fchown(&fd, Some(owner.0), Some(owner.1)).map_err(e)?;
+        fd.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(e)?;
     }
     Ok(())
 }
 
-/// Writes a config file atomically, readable by the service user.
-pub(super) fn write_config(file: &Path, text: &str) -> Result<(), StepError> {
+/// Writes a config file atomically: root's, readable by the service's group only (0640).
+pub(super) fn write_config(file: &Path, text: &str, gid: u32) -> Result<(), StepError> {
+    use std::io::Write;
     let tmp = file.with_extension("new");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
-        .and_then(|()| std::fs::rename(&tmp, file))
-        .map_err(|e| io_step(Step::Configuring, file, &e))
-}
-
-/// Runs the service's own config check as the service user; its output is the error.
-pub(super) fn run_check(
-    binary: &Path,
-    args: &[String],
-    uid: u32,
-    cwd: &Path,
-) -> Result<(), StepError> {
-    use std::os::unix::process::CommandExt;
-    let fail = |m: String| StepError::new(Step::Configuring, "CONFIG_REJECTED", m);
-    let child = std::process::Command::new(binary)
-        .args(args)
-        .current_dir(cwd)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", cwd)
-        .uid(uid)
-        .gid(uid)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", binary.display())))?;
-    let pid = child.id();
-    // Output is collected on a thread so a chatty checker cannot fill a pipe and hang.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(CHECK_TIMEOUT) {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(fail(e.to_string())),
-        Err(_) => {
-            // SAFETY: killing the checker we started (it is not reaped yet: the thread waits).
-            unsafe { libc::kill(i32::try_from(pid).unwrap_or(0), libc::SIGKILL) };
-            return Err(fail(format!(
-                "{} did not finish checking the config in {} s",
-                binary.display(),
-                CHECK_TIMEOUT.as_secs()
-            )));
-        }
-    };
-    if out.status.success() {
-        return Ok(());
-    }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = strip_ansi(&text);
-    let tail: Vec<&str> = text.lines().rev().take(12).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Err(fail(format!(
-        "{} rejected the generated config ({}): {}",
-        binary
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        out.status,
-        tail.join("\n")
-    )))
+    let _ = std::fs::remove_file(&tmp);
+    (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(gid))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+        std::fs::rename(&tmp, file)
+    })()
+    .map_err(|e| io_step(Step::Configuring, file, &e))
 }
 
 #[cfg(test)]

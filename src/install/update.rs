@@ -220,12 +220,6 @@ impl Installer {
             let next = staged(config, "next");
             let text = rendered.text;
             let file = next.clone();
-            blocking(move || super::service::write_config(&file, &text)).await?;
-            let check = target.service.as_ref().and_then(|s| s.check.clone());
-            let args = match check {
-                Some(t) => configgen::expand(&t, &next),
-                None => generator.check_args(&next),
-            };
             let uid = inst.uid.ok_or_else(|| {
                 StepError::new(
                     Step::Configuring,
@@ -233,9 +227,14 @@ impl Installer {
                     "the instance has no service user".into(),
                 )
             })?;
+            blocking(move || super::service::write_config(&file, &text, uid)).await?;
+            let check = target.service.as_ref().and_then(|s| s.check.clone());
+            let args = match check {
+                Some(t) => configgen::expand(&t, &next),
+                None => generator.check_args(&next),
+            };
             let binary = PathBuf::from(&artifact.binary_path);
-            let cwd = paths.data.clone();
-            blocking(move || super::service::run_check(&binary, &args, uid, &cwd)).await?;
+            self.check_config(inst, target, binary, args).await?;
         }
         injected("update.checked")?;
         // From here on the old version is not running: every failure rolls back.

@@ -76,6 +76,17 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
+        // Root's alone (it holds every instance's settings, secrets included): made 0600
+        // before redb writes to it, and an older 0644 file is corrected.
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| StoreError::Db(format!("{}: {e}", path.display())))?;
         let db = Database::create(path).map_err(db_err)?;
         // Create the tables up front so that readers never meet a missing table.
         let tx = db.begin_write().map_err(db_err)?;

@@ -31,6 +31,8 @@ pub(crate) struct Limits {
 #[derive(Debug, Clone)]
 pub(crate) struct Cgroups {
     root: Option<PathBuf>,
+    /// Why limits are off, when they are.
+    off: Option<String>,
 }
 
 fn is_cgroup2(path: &Path) -> bool {
@@ -66,11 +68,15 @@ impl Cgroups {
                 log::info!(target: "supervisor", "cgroup v2 limits under {}", root.display());
                 Cgroups {
                     root: Some(root.to_owned()),
+                    off: None,
                 }
             }
             Err(why) => {
-                log::warn!(target: "supervisor", "service resource limits are off: {why}");
-                Cgroups { root: None }
+                log::warn!(target: "supervisor", "service resource limits are off: {why}; services get rlimits instead");
+                Cgroups {
+                    root: None,
+                    off: Some(why),
+                }
             }
         }
     }
@@ -91,6 +97,14 @@ impl Cgroups {
 
     pub(crate) fn enabled(&self) -> bool {
         self.root.is_some()
+    }
+
+    /// `Err(why)` when limits are off.
+    pub(crate) fn status(&self) -> Result<(), &str> {
+        match &self.off {
+            None => Ok(()),
+            Some(why) => Err(why),
+        }
     }
 
     /// Creates (or reuses) the leaf of `instance` with `limits`; `None` when limits are off.

@@ -1,18 +1,22 @@
 //! Health probes: a service is RUNNING only once its probe passes, and is restarted when the
 //! probe fails `threshold` times in a row. A TCP probe connects to the service's port inside
 //! its network namespace (on a short-lived thread that joins the namespace, so no pooled thread
-//! ever ends up in a service's namespace); an exec probe runs a command and wants exit 0.
+//! ever ends up in a service's namespace); an exec probe runs a command and wants exit 0,
+//! confined exactly like the service (same namespaces, root, user, no capabilities beyond
+//! its own, cgroup-less but killed with its group at the timeout): a probe is the service's
+//! code as much as the service is.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Probe {
     /// Connect to this address (in the service's network namespace when it has one).
     Tcp(SocketAddr),
-    /// Run this command (the first element is the program) and want exit code 0.
-    Exec(Vec<String>),
+    /// Run this (the service's confinement, another program and arguments) and want exit
+    /// code 0.
+    Exec(Box<super::SpawnSpec>),
 }
 
 #[derive(Debug, Clone)]
@@ -54,30 +58,16 @@ pub(crate) fn probe_once(check: &HealthCheck, netns: Option<&PathBuf>) -> Result
                 }
             }
         }
-        Probe::Exec(cmd) => {
-            let (program, args) = cmd.split_first().ok_or("empty exec probe")?;
-            let mut child = std::process::Command::new(program)
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
+        Probe::Exec(spec) => {
+            let program = spec.program.display().to_string();
+            let end = super::spawn::run((**spec).clone(), check.timeout, 512)
                 .map_err(|e| format!("{program}: {e}"))?;
-            let deadline = std::time::Instant::now() + check.timeout;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) if status.success() => return Ok(()),
-                    Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
-                    Ok(None) if std::time::Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Ok(None) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(format!("{program} did not finish in {:?}", check.timeout));
-                    }
-                    Err(e) => return Err(format!("{program}: {e}")),
-                }
+            match (end.timed_out, end.code, end.signal) {
+                (true, _, _) => Err(format!("{program} did not finish in {:?}", check.timeout)),
+                (false, Some(0), _) => Ok(()),
+                (false, Some(c), _) => Err(format!("{program} exited with code {c}")),
+                (false, _, Some(sig)) => Err(format!("{program} was killed by signal {sig}")),
+                (false, None, None) => Err(format!("{program} ended without a status")),
             }
         }
     }

@@ -16,6 +16,7 @@
 mod cgroup;
 mod health;
 mod logs;
+mod sandbox;
 mod spawn;
 
 use std::collections::HashMap;
@@ -24,14 +25,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub(crate) use cgroup::{Cgroups, Limits};
 pub(crate) use health::{HealthCheck, Probe};
 
-pub(crate) use spawn::SpawnSpec;
+pub(crate) use sandbox::{Isolation, Support, View, resolve_program, root_fs};
+pub(crate) use spawn::{Holder, SpawnSpec, kill_uid, run as run_confined};
 
 use crate::events::{Bus, EventKind};
 use crate::util;
@@ -72,6 +74,8 @@ pub(crate) struct ProcessInfo {
     pub last_signal: Option<i32>,
     pub started_at: Option<u64>,
     pub next_restart_at: Option<u64>,
+    /// What confines the current (or last) process.
+    pub isolation: Option<Isolation>,
 }
 
 /// Restart and logging policy (from config).
@@ -150,6 +154,8 @@ type Listener = Arc<dyn Fn(&str, Outcome) + Send + Sync>;
 pub(crate) struct Supervisor {
     bus: Bus,
     pub cgroups: Cgroups,
+    /// What this system lets services be confined with (probed at start).
+    pub support: Support,
     policy: Policy,
     procs: Mutex<HashMap<String, Handle>>,
     logs: broadcast::Sender<LogLine>,
@@ -161,10 +167,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Supervisor {
-    pub(crate) fn new(bus: Bus, cgroups: Cgroups, policy: Policy) -> Supervisor {
+    pub(crate) fn new(bus: Bus, cgroups: Cgroups, policy: Policy, support: Support) -> Supervisor {
         Supervisor {
             bus,
             cgroups,
+            support,
             policy,
             procs: Mutex::new(HashMap::new()),
             logs: broadcast::channel(1024).0,
@@ -194,8 +201,69 @@ impl Supervisor {
             .map(|h| lock(&h.info).clone())
     }
 
-    pub(crate) fn log_tail(&self, dir: &std::path::Path, n: usize) -> Vec<String> {
-        logs::tail(dir, n)
+    /// The last `n` lines of a log directory, read off the runtime thread (the files are
+    /// bounded by the rotation; at most twice `log_max_bytes` is read).
+    pub(crate) async fn log_tail(&self, dir: PathBuf, n: usize) -> Result<Vec<String>, String> {
+        let cap = self.policy.log_max_bytes.max(1024);
+        tokio::task::spawn_blocking(move || logs::tail(&dir, n, cap))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read the log: {e}"))
+    }
+
+    /// What services get on this system.
+    pub(crate) fn isolation(&self) -> Isolation {
+        self.support.describe(self.cgroups.status())
+    }
+
+    /// What one process gets from `spec`.
+    fn isolation_of(&self, spec: &SpawnSpec) -> Isolation {
+        let mut i = Isolation::default();
+        i.applied.extend(["service user", "no_new_privs", "capability bounding set"].map(String::from));
+        for (flag, name) in sandbox::NAMESPACES {
+            let has = if flag == libc::CLONE_NEWNET {
+                spec.netns.is_some()
+            } else {
+                spec.namespaces & flag != 0
+            };
+            if has {
+                i.applied.push(name.into());
+            } else {
+                let why = self
+                    .support
+                    .refused
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or_else(
+                        || "the instance has no network segment of its own".to_owned(),
+                        |(_, e)| format!("refused by this system: {e}"),
+                    );
+                i.missing.push((name.into(), why));
+            }
+        }
+        if spec.root.is_some() {
+            i.applied.push("minimal root".into());
+        } else {
+            i.missing.push((
+                "minimal root".into(),
+                "no mount namespace: file permissions protect other instances' files".into(),
+            ));
+        }
+        if !spec.keep_caps.is_empty() {
+            i.applied.push(format!(
+                "user namespace owning its network (capabilities {:?} count only there)",
+                spec.keep_caps
+            ));
+        }
+        match (&spec.cgroup, self.cgroups.status()) {
+            (Some(_), _) => i.applied.push("cgroup".into()),
+            (None, Err(why)) => i.missing.push(("cgroup".into(), why.to_owned())),
+            (None, Ok(())) => {}
+        }
+        if spec.cgroup.is_none() && !spec.rlimits.is_empty() {
+            i.applied.push("rlimits".into());
+        }
+        i
     }
 
     /// Starts supervising `def` (replacing nothing: a running instance is left alone).
@@ -214,6 +282,7 @@ impl Supervisor {
             last_signal: None,
             started_at: None,
             next_restart_at: None,
+            isolation: None,
         }));
         let (tx, rx) = mpsc::unbounded_channel();
         procs.insert(
@@ -345,7 +414,11 @@ impl Supervisor {
                 _ => self.policy.crash_limit,
             };
             if crashes_in_a_row >= limit {
-                let tail = logs::tail(&def.log_dir, 10).join("\n");
+                let tail = self
+                    .log_tail(def.log_dir.clone(), 10)
+                    .await
+                    .unwrap_or_else(|e| vec![e])
+                    .join("\n");
                 let reason = format!(
                     "crashed {crashes_in_a_row} times in a row ({why}); last log lines:\n{tail}"
                 );
@@ -426,6 +499,8 @@ impl Supervisor {
             Ok(leaf) => spec.cgroup = leaf,
             Err(e) => return crashed(e),
         }
+        spec.rlimits = rlimits(spec.cgroup.is_some(), &def.limits);
+        lock(info).isolation = Some(self.isolation_of(&spec));
         let pipes = spawn::output_pipe().and_then(|o| spawn::output_pipe().map(|e| (o, e)));
         let ((out_r, out_w), (err_r, err_w)) = match pipes {
             Ok(p) => p,
@@ -470,8 +545,11 @@ impl Supervisor {
         loop {
             tokio::select! {
                 _ = exit.readable() => {
+                    // What it left in its group (no PID namespace) or cgroup goes with it.
+                    spawn::kill_group(pid);
                     let (code, signal) = spawn::reap(pid);
-                    self.cgroups.kill_and_remove(id);
+                    sweep(&def.spawn);
+                    self.clear_cgroup(id).await;
                     let why = match (code, signal) {
                         (Some(c), _) => format!("exited with code {c}"),
                         (_, Some(s)) => format!("killed by signal {s}"),
@@ -481,6 +559,7 @@ impl Supervisor {
                 }
                 msg = control.recv() => {
                     self.terminate(id, info, pid, &exit).await;
+                    sweep(&def.spawn);
                     return match msg {
                         Some(Control::Restart) => RunEnd::Restart,
                         Some(Control::Stop(reply)) => RunEnd::Stopped(reply),
@@ -545,6 +624,7 @@ impl Supervisor {
             kill(pid, libc::SIGKILL);
             let _ = exit.readable().await;
         }
+        spawn::kill_group(pid);
         let (code, signal) = spawn::reap(pid);
         {
             let mut i = lock(info);
@@ -552,7 +632,14 @@ impl Supervisor {
             i.last_exit_code = code;
             i.last_signal = signal;
         }
-        self.cgroups.kill_and_remove(id);
+        self.clear_cgroup(id).await;
+    }
+
+    /// Kills what is left in an instance's cgroup and removes it, off the runtime thread
+    /// (a process stuck in the kernel can make that wait).
+    async fn clear_cgroup(&self, id: &str) {
+        let (cgroups, id) = (self.cgroups.clone(), id.to_owned());
+        let _ = tokio::task::spawn_blocking(move || cgroups.kill_and_remove(&id)).await;
     }
 
     fn pump_line(
@@ -586,8 +673,11 @@ impl Supervisor {
         };
         let (id, log, logs) = (id.to_owned(), Arc::clone(log), self.logs.clone());
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut pipe = pipe;
+            // Whatever it prints, the agent holds at most one line of `MAX_LINE` bytes.
+            let mut buf = vec![0u8; 8192];
+            let mut splitter = logs::LineSplitter::default();
+            let mut emit = |line: String| {
                 if let Err(e) = lock(&log).write_line(&line) {
                     log::warn!(target: "supervisor", "instance {id}: cannot write its log: {e}");
                 }
@@ -597,6 +687,15 @@ impl Supervisor {
                     line,
                     at_ms: util::now_ms(),
                 });
+            };
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                splitter.feed(&buf[..n], &mut emit);
+            }
+            if splitter.pending() {
+                splitter.end_line(&mut emit);
             }
         });
     }
@@ -611,6 +710,24 @@ enum RunEnd {
     },
     Restart,
     Stopped(oneshot::Sender<()>),
+}
+
+/// Without a cgroup, the kernel's per-process limits stand in: processes of the service's
+/// user (each instance has its own) and its data segment. Never a core dump.
+fn rlimits(cgroup: bool, limits: &Limits) -> Vec<(u32, u64)> {
+    let mut out = vec![(libc::RLIMIT_CORE as u32, 0)];
+    if !cgroup {
+        out.push((libc::RLIMIT_NPROC as u32, u64::from(limits.pids_max)));
+        out.push((libc::RLIMIT_DATA as u32, limits.memory_max));
+    }
+    out
+}
+
+/// Without a PID namespace, what left the service's process group still runs as its user.
+fn sweep(spec: &SpawnSpec) {
+    if spec.namespaces & libc::CLONE_NEWPID == 0 {
+        spawn::kill_uid(spec.uid);
+    }
 }
 
 fn kill(pid: i32, signal: i32) {

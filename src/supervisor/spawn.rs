@@ -9,10 +9,13 @@
 //! and failures travel back to the parent as `(stage, errno)` through a close-on-exec pipe.
 //!
 //! Order in the child: wait until the parent has put it in its cgroup; join the service's
-//! network namespace; make mounts private, mount a private /tmp and a fresh /proc, remount
-//! read-only what must not be written; set the hostname; wire stdio; drop the capability
-//! bounding set; become the service user (keeping the listed capabilities as ambient ones);
-//! `no_new_privs`; ask for SIGKILL if the agent dies; exec.
+//! network namespace (and remember the user namespace that owns it); make mounts private,
+//! build the service's root (`sandbox::RootFs`) on a tmpfs and `pivot_root` into it; set the
+//! hostname; wire stdio; set resource limits; join the network's user namespace when the
+//! service keeps capabilities (they then count only there); drop the capability bounding
+//! set; become the service user (keeping the listed capabilities as ambient ones);
+//! `no_new_privs`; a session of its own (so its group can be killed without a PID
+//! namespace); ask for SIGKILL if the agent dies; exec.
 //!
 //! All clones happen on one long-lived thread: the parent-death signal follows the *thread*
 //! that created the child, and the agent's blocking-pool threads come and go.
@@ -23,6 +26,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::sandbox::{Op, RootFs};
 
 /// What to start and how to confine it.
 #[derive(Debug, Clone)]
@@ -39,14 +45,14 @@ pub(crate) struct SpawnSpec {
     pub gid: u32,
     /// Capabilities (numbers, e.g. 12 for CAP_NET_ADMIN) the service keeps.
     pub keep_caps: Vec<u32>,
-    /// Paths bind-mounted read-only in the service's mount namespace.
-    pub read_only: Vec<PathBuf>,
     /// A cgroup v2 directory the child joins before anything else.
     pub cgroup: Option<PathBuf>,
-    /// Run in new PID/mount/UTS/IPC namespaces (services); probes and checkers run without.
-    pub isolate: bool,
-    /// Mount a private tmpfs on /tmp (off when the service's own files live under /tmp).
-    pub private_tmp: bool,
+    /// New namespaces (`CLONE_NEW*` flags; the network one is joined, not made).
+    pub namespaces: i32,
+    /// The file system it sees (with a mount namespace); `None`: the host's.
+    pub root: Option<RootFs>,
+    /// `(RLIMIT_*, value)`, soft and hard: where no cgroup bounds it.
+    pub rlimits: Vec<(u32, u64)>,
 }
 
 /// A started child: its PID (in the agent's namespace) and a pidfd that becomes readable when
@@ -66,7 +72,7 @@ impl std::fmt::Display for SpawnError {
 }
 
 /// Stages the child reports a failure at (the `stage` of the error pipe).
-const STAGES: [&str; 17] = [
+const STAGES: [&str; 23] = [
     "wait for the cgroup",
     "open the network namespace",
     "join the network namespace",
@@ -84,6 +90,12 @@ const STAGES: [&str; 17] = [
     "set no_new_privs",
     "exec",
     "mount /sys",
+    "find the user namespace of its network namespace",
+    "mount its root file system",
+    "build its root file system",
+    "pivot into its root file system",
+    "set its resource limits",
+    "join the user namespace of its network namespace",
 ];
 
 fn cstr(s: &[u8]) -> Result<CString, SpawnError> {
@@ -92,6 +104,22 @@ fn cstr(s: &[u8]) -> Result<CString, SpawnError> {
 
 fn cpath(p: &Path) -> Result<CString, SpawnError> {
     cstr(p.as_os_str().as_bytes())
+}
+
+/// One root-building step with its paths as C strings (full paths under the mount point).
+enum PreparedOp {
+    Dir(CString),
+    File(CString),
+    Link(CString, CString),
+    Bind {
+        src: CString,
+        at: CString,
+        /// Flags of the read-only (or device-less) remount that follows the bind.
+        remount: libc::c_ulong,
+    },
+    Tmpfs(CString, CString),
+    Proc(CString),
+    Sysfs(CString),
 }
 
 /// Everything the child needs, as raw pointers into memory owned by this struct.
@@ -104,12 +132,14 @@ struct Prepared {
     cwd: CString,
     netns: Option<CString>,
     hostname: CString,
-    read_only: Vec<CString>,
+    root: Option<(CString, Vec<PreparedOp>)>,
     cgroup_procs: Option<PathBuf>,
     keep_mask: u64,
     last_cap: u32,
-    isolate: bool,
-    private_tmp: bool,
+    namespaces: i32,
+    /// Join the user namespace that owns `netns` (to keep capabilities only there).
+    join_userns: bool,
+    rlimits: Vec<(u32, u64)>,
     uid: u32,
     gid: u32,
     /// Failpoint `spawn.exec=error`: the child stalls before exec, as a child stuck on an
@@ -123,6 +153,75 @@ fn last_cap() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
+}
+
+/// `NS_GET_USERNS` (`_IO(0xb7, 0x1)`): the user namespace that owns a namespace. MIPS encodes
+/// "no data" as direction 1 at bit 29.
+#[cfg(not(any(target_arch = "mips", target_arch = "mips64")))]
+const NS_GET_USERNS: u32 = 0xb701;
+#[cfg(any(target_arch = "mips", target_arch = "mips64"))]
+const NS_GET_USERNS: u32 = 0x2000_b701;
+
+/// Whether the network namespace at `netns` is owned by a user namespace of its own (made
+/// with it by `vif/netlink.rs`), rather than by the agent's.
+pub(crate) fn has_own_userns(netns: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+    // SAFETY: an ioctl on a descriptor we own; it returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as libc::Ioctl) };
+    if fd < 0 {
+        return Err(format!(
+            "owner of {}: {}",
+            netns.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the ioctl returned a new descriptor that nobody else owns.
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let owner = owner.metadata().map_err(|e| e.to_string())?;
+    let ours = std::fs::metadata("/proc/self/ns/user").map_err(|e| e.to_string())?;
+    Ok((owner.dev(), owner.ino()) != (ours.dev(), ours.ino()))
+}
+
+fn prepare_root(root: &RootFs) -> Result<(CString, Vec<PreparedOp>), SpawnError> {
+    let under = |p: &Path| {
+        let mut full = root.at.as_os_str().as_bytes().to_vec();
+        full.extend_from_slice(p.as_os_str().as_bytes());
+        cstr(&full)
+    };
+    let mut ops = Vec::with_capacity(root.ops.len());
+    for op in &root.ops {
+        ops.push(match op {
+            Op::Dir(p) => PreparedOp::Dir(under(p)?),
+            Op::File(p) => PreparedOp::File(under(p)?),
+            Op::Link { target, at } => PreparedOp::Link(cpath(target)?, under(at)?),
+            Op::Bind {
+                src,
+                at,
+                writable,
+                devices,
+            } => {
+                let mut remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+                if !writable {
+                    remount |= libc::MS_RDONLY;
+                }
+                if !devices {
+                    remount |= libc::MS_NODEV;
+                }
+                PreparedOp::Bind {
+                    src: cpath(src)?,
+                    at: under(at)?,
+                    remount,
+                }
+            }
+            Op::Tmpfs { at, options } => {
+                PreparedOp::Tmpfs(under(at)?, cstr(options.as_bytes())?)
+            }
+            Op::Proc(p) => PreparedOp::Proc(under(p)?),
+            Op::Sysfs(p) => PreparedOp::Sysfs(under(p)?),
+        });
+    }
+    Ok((cpath(&root.at)?, ops))
 }
 
 fn prepare(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
@@ -143,6 +242,23 @@ fn prepare(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
+    // A capability is only as narrow as the user namespace that owns it: without one of the
+    // service's own (owning its network), none is granted.
+    let join_userns = if spec.keep_caps.is_empty() {
+        false
+    } else {
+        let own = match &spec.netns {
+            Some(ns) => has_own_userns(ns).map_err(SpawnError)?,
+            None => false,
+        };
+        if !own {
+            return Err(SpawnError(format!(
+                "capabilities {:?} are granted only inside a user namespace that owns the service's own network namespace, and this instance has none (no network segment, or a system without user namespaces)",
+                spec.keep_caps
+            )));
+        }
+        true
+    };
     Ok(Prepared {
         program: cpath(&spec.program)?,
         argv,
@@ -152,16 +268,13 @@ fn prepare(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
         cwd: cpath(&spec.cwd)?,
         netns: spec.netns.as_deref().map(cpath).transpose()?,
         hostname: cstr(spec.hostname.as_bytes())?,
-        read_only: spec
-            .read_only
-            .iter()
-            .map(|p| cpath(p))
-            .collect::<Result<_, _>>()?,
+        root: spec.root.as_ref().map(prepare_root).transpose()?,
         cgroup_procs: spec.cgroup.as_ref().map(|c| c.join("cgroup.procs")),
         keep_mask: spec.keep_caps.iter().fold(0u64, |m, c| m | (1u64 << c)),
         last_cap: last_cap(),
-        isolate: spec.isolate,
-        private_tmp: spec.private_tmp,
+        namespaces: spec.namespaces & !libc::CLONE_NEWNET,
+        join_userns,
+        rlimits: spec.rlimits.clone(),
         uid: spec.uid,
         gid: spec.gid,
         stall: crate::failpoint::hit("spawn.exec").is_err(),
@@ -192,6 +305,101 @@ use libc::{
     SYS_setresuid32 as SYS_SETRESUID,
 };
 
+/// Builds the service's root on a tmpfs at `at` and makes it `/`. Raw system calls only.
+///
+/// # Safety
+/// Runs in the cloned child, in its own mount namespace.
+unsafe fn enter_root(at: &CString, ops: &[PreparedOp]) -> Result<(), u32> {
+    unsafe {
+        let none = std::ptr::null();
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            at.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"size=1m,mode=0755".as_ptr().cast(),
+        ) != 0
+        {
+            return Err(18);
+        }
+        for op in ops {
+            let ok = match op {
+                PreparedOp::Dir(p) => {
+                    libc::mkdir(p.as_ptr(), 0o755) == 0
+                        || *libc::__errno_location() == libc::EEXIST
+                }
+                PreparedOp::File(p) => {
+                    let fd = libc::open(
+                        p.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        0o644,
+                    );
+                    fd >= 0 && libc::close(fd) == 0
+                }
+                PreparedOp::Link(target, p) => libc::symlink(target.as_ptr(), p.as_ptr()) == 0,
+                PreparedOp::Bind { src, at, remount } => {
+                    libc::mount(
+                        src.as_ptr(),
+                        at.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REC,
+                        none.cast(),
+                    ) == 0
+                        && libc::mount(none, at.as_ptr(), none, *remount, none.cast()) == 0
+                }
+                PreparedOp::Tmpfs(p, options) => {
+                    libc::mount(
+                        c"tmpfs".as_ptr(),
+                        p.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        options.as_ptr().cast(),
+                    ) == 0
+                }
+                PreparedOp::Proc(p) => {
+                    // A /proc for the new PID namespace (the old one shows the agent's PIDs).
+                    libc::mount(
+                        c"proc".as_ptr(),
+                        p.as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        none.cast(),
+                    ) == 0
+                }
+                PreparedOp::Sysfs(p) => {
+                    // Of the network namespace joined above: /sys/class/net lists its own.
+                    libc::mount(
+                        c"sysfs".as_ptr(),
+                        p.as_ptr(),
+                        c"sysfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                        none.cast(),
+                    ) == 0
+                }
+            };
+            if !ok {
+                return Err(19);
+            }
+        }
+        // pivot_root(".", "."): the old root ends up on top of the new one and is detached.
+        if libc::chdir(at.as_ptr()) != 0
+            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
+            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+            || libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                none.cast(),
+            ) != 0
+        {
+            return Err(20);
+        }
+        Ok(())
+    }
+}
+
 /// The child between clone and exec. Only raw system calls on prepared memory.
 ///
 /// # Safety
@@ -213,6 +421,12 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
                 libc::pause();
             }
         }
+        // Opened before the root changes: the host's /dev/null.
+        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if devnull < 0 {
+            fail(9);
+        }
+        let mut userns = -1;
         if let Some(ns) = &p.netns {
             let fd = libc::open(ns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
             if fd < 0 {
@@ -221,12 +435,17 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 fail(2);
             }
+            if p.join_userns {
+                userns = libc::ioctl(fd, NS_GET_USERNS as libc::Ioctl);
+                if userns < 0 {
+                    fail(17);
+                }
+            }
             libc::close(fd);
         }
-        if p.isolate {
-            let none = c"none".as_ptr();
+        if p.namespaces & libc::CLONE_NEWNS != 0 {
             if libc::mount(
-                none,
+                c"none".as_ptr(),
                 c"/".as_ptr(),
                 std::ptr::null(),
                 libc::MS_REC | libc::MS_PRIVATE,
@@ -235,82 +454,45 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
             {
                 fail(3);
             }
-            if p.private_tmp
-                && libc::mount(
-                    c"tmpfs".as_ptr(),
-                    c"/tmp".as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    c"size=16m,mode=1777".as_ptr().cast(),
-                ) != 0
+            if let Some((at, ops)) = &p.root
+                && let Err(stage) = enter_root(at, ops)
             {
-                fail(4);
-            }
-            for path in &p.read_only {
-                if libc::mount(
-                    path.as_ptr(),
-                    path.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    fail(5);
-                }
-                let flags = libc::MS_BIND
-                    | libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV;
-                if libc::mount(
-                    none,
-                    path.as_ptr(),
-                    std::ptr::null(),
-                    flags,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    fail(6);
-                }
-            }
-            // A /proc for the new PID namespace (the old one would show the agent's PIDs).
-            if libc::mount(
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ) != 0
-            {
-                fail(7);
-            }
-            // A /sys for the service's network namespace, so /sys/class/net lists its own
-            // interfaces rather than the router's.
-            if p.netns.is_some()
-                && libc::mount(
-                    c"sysfs".as_ptr(),
-                    c"/sys".as_ptr(),
-                    c"sysfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
-                    std::ptr::null(),
-                ) != 0
-            {
-                fail(16);
-            }
-            if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) != 0 {
-                fail(8);
+                fail(stage);
             }
         }
-        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if devnull < 0
-            || libc::dup2(devnull, 0) < 0
-            || libc::dup2(stdout, 1) < 0
-            || libc::dup2(stderr, 2) < 0
+        if p.namespaces & libc::CLONE_NEWUTS != 0
+            && libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) != 0
+        {
+            fail(8);
+        }
+        if libc::dup2(devnull, 0) < 0 || libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0
         {
             fail(9);
         }
         if libc::chdir(p.cwd.as_ptr()) != 0 {
             fail(10);
+        }
+        // While still root: raising a hard limit needs CAP_SYS_RESOURCE.
+        for (resource, value) in &p.rlimits {
+            let limit: [u64; 2] = [*value, *value];
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                *resource,
+                limit.as_ptr(),
+                std::ptr::null::<u64>(),
+            ) != 0
+            {
+                fail(21);
+            }
+        }
+        // Joining a user namespace grants every capability *in it* and resets the bounding
+        // set, so this comes before the drop below.
+        if userns >= 0 {
+            if libc::setns(userns, libc::CLONE_NEWUSER) != 0 {
+                fail(22);
+            }
+            libc::close(userns);
         }
         // The bounding set: what no exec can ever give back. Dropped one by one while we are
         // still root (CAP_SETPCAP).
@@ -386,6 +568,9 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(14);
         }
+        // A session and process group of its own: without a PID namespace, its group is
+        // what a stop kills.
+        libc::setsid();
         // After the credential change, which would clear it.
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -412,11 +597,7 @@ fn spawn_now(spec: &SpawnSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Chi
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let mut stack = vec![0u8; 256 * 1024];
-    let flags = if spec.isolate {
-        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC
-    } else {
-        0
-    };
+    let flags = prepared.namespaces;
     let (sr, ew, so, se) = (
         sync_r.as_raw_fd(),
         err_w.as_raw_fd(),
@@ -602,4 +783,203 @@ pub(crate) fn reap(pid: i32) -> (Option<i32>, Option<i32>) {
 /// A pipe whose write end goes to a child's stdout/stderr.
 pub(crate) fn output_pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     pipe()
+}
+
+/// SIGKILL to `pid` and to its process group (what it started, without a PID namespace).
+/// Call it before reaping, while the PID cannot be reused.
+pub(crate) fn kill_group(pid: i32) {
+    // SAFETY: signalling our own child and the group it leads (it called setsid).
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Whether a process may get the namespace `flag` here: a throwaway child tries.
+pub(crate) fn try_clone(flag: i32) -> Result<(), std::io::Error> {
+    extern "C" fn exit_now(_: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: the cloned child ends at once.
+        unsafe { libc::_exit(0) }
+    }
+    let mut stack = vec![0u8; 16 * 1024];
+    // SAFETY: a stack of ours for a child that only calls _exit.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        libc::clone(
+            exit_now,
+            top.cast(),
+            flag | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: reaping the child we just made.
+    unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    Ok(())
+}
+
+/// How a process run to its end ended, and the last of what it printed.
+pub(crate) struct Finished {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The last `keep` bytes of stdout and stderr together.
+    pub output: Vec<u8>,
+    pub timed_out: bool,
+}
+
+/// Runs `spec` (confined like a service) to its end: at most `timeout`, keeping the last
+/// `keep` bytes it prints. Whatever it left behind in its group is killed. Blocking.
+pub(crate) fn run(spec: SpawnSpec, timeout: Duration, keep: usize) -> Result<Finished, SpawnError> {
+    let (out_r, out_w) = pipe()?;
+    let err_w = out_w
+        .try_clone()
+        .map_err(|e| SpawnError(format!("pipe: {e}")))?;
+    let child = spawn(spec, out_w, err_w)?;
+    let deadline = Instant::now() + timeout;
+    let mut output: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut pipe_open = true;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            timed_out = true;
+            break;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: child.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if pipe_open { out_r.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: polling live descriptors through a valid array.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            // SAFETY: reading into a live buffer from our pipe.
+            let n = unsafe { libc::read(out_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            match usize::try_from(n) {
+                Ok(0) | Err(_) => pipe_open = false,
+                Ok(n) => {
+                    output.extend_from_slice(&buf[..n]);
+                    let over = output.len().saturating_sub(keep);
+                    output.drain(..over);
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            break;
+        }
+    }
+    if !timed_out {
+        // What is still in the pipe, without waiting for a daemon that holds it open.
+        // SAFETY: flags on our own descriptor.
+        unsafe { libc::fcntl(out_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        while pipe_open {
+            // SAFETY: as above.
+            let n = unsafe { libc::read(out_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            match usize::try_from(n) {
+                Ok(n) if n > 0 && output.len() < keep * 4 => output.extend_from_slice(&buf[..n]),
+                _ => pipe_open = false,
+            }
+        }
+        let over = output.len().saturating_sub(keep);
+        output.drain(..over);
+    }
+    kill_group(child.pid);
+    let (code, signal) = reap(child.pid);
+    Ok(Finished {
+        code,
+        signal,
+        output,
+        timed_out,
+    })
+}
+
+/// A child that sits in new namespaces (`flags`) until dropped, so their files under
+/// `/proc/PID/ns/` can be bound or configured (a user namespace's id maps are written from
+/// outside).
+pub(crate) struct Holder {
+    pub pid: i32,
+    release: Option<OwnedFd>,
+}
+
+impl Holder {
+    pub(crate) fn new(flags: i32) -> std::io::Result<Holder> {
+        extern "C" fn wait_then_exit(arg: *mut libc::c_void) -> libc::c_int {
+            // SAFETY: `arg` points at the pipe's two ends, copied with the address space.
+            // Our copy of the write end goes first, so the parent's close is the end of file.
+            unsafe {
+                let [r, w] = *arg.cast::<[RawFd; 2]>();
+                libc::close(w);
+                let mut byte = 0u8;
+                libc::read(r, (&raw mut byte).cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        let (r, w) = pipe().map_err(|e| std::io::Error::other(e.0))?;
+        let mut fd = [r.as_raw_fd(), w.as_raw_fd()];
+        let mut stack = vec![0u8; 16 * 1024];
+        // SAFETY: a stack of ours; the child only reads a pipe and exits.
+        let pid = unsafe {
+            let top = stack.as_mut_ptr().add(stack.len());
+            libc::clone(
+                wait_then_exit,
+                top.cast(),
+                flags | libc::SIGCHLD,
+                (&raw mut fd).cast(),
+            )
+        };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Holder {
+            pid,
+            release: Some(w),
+        })
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        let mut status = 0;
+        // SAFETY: reaping our own child, which exits once its pipe closes.
+        unsafe { libc::waitpid(self.pid, &raw mut status, 0) };
+    }
+}
+
+/// SIGKILL to every process whose real uid is `uid`. Each instance has a uid of its own, so
+/// where no PID namespace (or cgroup) holds a service's processes together, this is what
+/// finds the ones that left its process group.
+pub(crate) fn kill_uid(uid: u32) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if real == Some(uid) {
+            // SAFETY: a signal to a process of the instance's own service user.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }

@@ -18,6 +18,10 @@
 //!
 //! Network namespaces are named the way `ip netns` names them: a bind mount of the namespace
 //! under `/run/netns`, so `ip netns exec nnc-{id} ...` works for a user debugging a service.
+//! Each is made inside a user namespace of its own (where the system allows them): that user
+//! namespace owns the network namespace, so a capability the service holds in it (CAP_NET_ADMIN
+//! for a TUN device) works on the service's own network and on nothing of the router's. The
+//! agent, root in the initial user namespace, still configures it freely.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -48,6 +52,9 @@ pub(crate) struct LinuxConfig {
     pub segment: Segment,
     pub netns_dir: PathBuf,
     pub rt_tables: PathBuf,
+    /// Make each network namespace inside a user namespace of its own that maps these ids
+    /// (the service uid range) one to one; `None` where user namespaces are refused.
+    pub userns_ids: Option<[u32; 2]>,
 }
 
 /// Names of one instance's Linux objects, all derived from the VLAN id and the instance id.
@@ -382,7 +389,11 @@ fn prepare_netns_dir(dir: &Path) -> Result<(), VifError> {
 }
 
 /// Creates a named network namespace (a bind mount at `dir/name`, like `ip netns add`).
-pub(crate) fn create_netns(dir: &Path, name: &str) -> Result<PathBuf, VifError> {
+pub(crate) fn create_netns(
+    dir: &Path,
+    name: &str,
+    userns_ids: Option<[u32; 2]>,
+) -> Result<PathBuf, VifError> {
     prepare_netns_dir(dir)?;
     let path = dir.join(name);
     File::options()
@@ -390,6 +401,13 @@ pub(crate) fn create_netns(dir: &Path, name: &str) -> Result<PathBuf, VifError> 
         .create_new(true)
         .open(&path)
         .map_err(|e| VifError::Backend(format!("create {}: {e}", path.display())))?;
+    if let Some(ids) = userns_ids {
+        let result = netns_in_own_userns(&path, ids);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        return result.map(|()| path);
+    }
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
@@ -413,6 +431,27 @@ pub(crate) fn create_netns(dir: &Path, name: &str) -> Result<PathBuf, VifError> 
     Ok(path)
 }
 
+/// A network namespace made together with a user namespace that maps `ids` to themselves,
+/// bound at `path`. The user namespace lives as long as the network namespace it owns.
+fn netns_in_own_userns(path: &Path, ids: [u32; 2]) -> Result<(), VifError> {
+    let holder = crate::supervisor::Holder::new(libc::CLONE_NEWUSER | libc::CLONE_NEWNET)
+        .map_err(|e| VifError::Backend(format!("clone(CLONE_NEWUSER | CLONE_NEWNET): {e}")))?;
+    let map = format!("{} {} {}\n", ids[0], ids[0], ids[1] - ids[0] + 1);
+    for file in ["uid_map", "gid_map"] {
+        let at = format!("/proc/{}/{file}", holder.pid);
+        std::fs::write(&at, &map)
+            .map_err(|e| VifError::Backend(format!("write {at}: {e}")))?;
+    }
+    nix::mount::mount(
+        Some(Path::new(&format!("/proc/{}/ns/net", holder.pid))),
+        path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| VifError::Backend(format!("bind-mount netns at {}: {e}", path.display())))
+}
+
 /// Removes a named network namespace; an absent one is not an error.
 pub(crate) fn delete_netns(path: &Path) -> Result<(), VifError> {
     if !path.exists() {
@@ -425,6 +464,10 @@ pub(crate) fn delete_netns(path: &Path) -> Result<(), VifError> {
 
 /// The `rt_tables.d` file naming our tables (`1105 nnc-tor-home`), rewritten whole.
 fn set_table_name(file: &Path, table: u32, name: Option<&str>) -> Result<(), VifError> {
+    // Read, change, write back through one temp file: two instances provisioned at once
+    // must take turns, or one's rename finds the other's temp file gone.
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let fail = |e: std::io::Error| VifError::Backend(format!("{}: {e}", file.display()));
     let mut entries: BTreeMap<u32, String> = std::fs::read_to_string(file)
         .unwrap_or_default()
@@ -505,7 +548,7 @@ impl Linux {
         );
 
         plan.step(4)?;
-        let ns_path = create_netns(&self.cfg.netns_dir, &n.netns)?;
+        let ns_path = create_netns(&self.cfg.netns_dir, &n.netns, self.cfg.userns_ids)?;
         rollback.push(format!("netns {}", n.netns), Undo::Netns(ns_path.clone()));
 
         plan.step(5)?;

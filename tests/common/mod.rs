@@ -322,6 +322,8 @@ pub struct Agent {
     pub netns: Option<String>,
     /// Extra environment (failpoints).
     pub env: Vec<(String, String)>,
+    /// A program (and its arguments) the agent is started under, e.g. `setpriv ...`.
+    pub wrapper: Vec<String>,
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nnc-agent");
@@ -340,6 +342,22 @@ impl Agent {
         netns: Option<&TestNetns>,
         env: &[(&str, &str)],
     ) -> Agent {
+        let (config, data_dir) = Agent::write_config(dir, catalogue, extra_toml);
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Agent::start_with_config(
+            &config,
+            &data_dir,
+            netns.map(|n| n.name.clone()),
+            env,
+            Vec::new(),
+        )
+    }
+
+    /// `dir/nnc.toml` with the data dir `dir/data`; returns both paths.
+    fn write_config(dir: &Path, catalogue: &Path, extra_toml: &str) -> (PathBuf, PathBuf) {
         std::fs::create_dir_all(dir).unwrap();
         let data_dir = dir.join("data");
         let config = dir.join("nnc.toml");
@@ -352,11 +370,14 @@ impl Agent {
             ),
         )
         .unwrap();
-        let env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        Agent::start_with_config(&config, &data_dir, netns.map(|n| n.name.clone()), env)
+        (config, data_dir)
+    }
+
+    /// Starts the agent as `wrapper... nnc-agent serve ...` (e.g. under `setpriv`).
+    pub fn start_under(dir: &Path, catalogue: &Path, extra_toml: &str, wrapper: &[&str]) -> Agent {
+        let (config, data_dir) = Agent::write_config(dir, catalogue, extra_toml);
+        let wrapper = wrapper.iter().map(|w| (*w).to_owned()).collect();
+        Agent::start_with_config(&config, &data_dir, None, Vec::new(), wrapper)
     }
 
     /// Starts again on the same data dir, config and namespace (after `kill9`), with `env`.
@@ -365,7 +386,13 @@ impl Agent {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let fresh = Agent::start_with_config(&self.config, &self.data_dir, self.netns.clone(), env);
+        let fresh = Agent::start_with_config(
+            &self.config,
+            &self.data_dir,
+            self.netns.clone(),
+            env,
+            self.wrapper.clone(),
+        );
         *self = fresh;
     }
 
@@ -376,6 +403,7 @@ impl Agent {
             &self.data_dir,
             self.netns.clone(),
             self.env.clone(),
+            self.wrapper.clone(),
         );
         *self = fresh;
     }
@@ -385,10 +413,19 @@ impl Agent {
         data_dir: &Path,
         netns: Option<String>,
         env: Vec<(String, String)>,
+        wrapper: Vec<String>,
     ) -> Agent {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let stderr_log = config.with_file_name(format!("agent-{n}.log"));
-        let mut child = command_in(BIN, netns.as_deref())
+        let mut child = match wrapper.split_first() {
+            None => command_in(BIN, netns.as_deref()),
+            Some((program, args)) => {
+                let mut c = command_in(program, netns.as_deref());
+                c.args(args).arg(BIN);
+                c
+            }
+        };
+        child
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("serve")
             .arg("--config")
@@ -396,8 +433,8 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap())
-            .spawn()
-            .expect("agent binary");
+            ;
+        let mut child = child.spawn().expect("agent binary");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -435,6 +472,7 @@ impl Agent {
             stderr_log,
             netns,
             env,
+            wrapper,
         }
     }
 
