@@ -261,7 +261,7 @@ impl Supervisor {
             (None, Ok(())) => {}
         }
         if spec.cgroup.is_none() && !spec.rlimits.is_empty() {
-            i.applied.push("rlimits".into());
+            i.applied.push("rlimits (processes)".into());
         }
         i
     }
@@ -712,13 +712,14 @@ enum RunEnd {
     Stopped(oneshot::Sender<()>),
 }
 
-/// Without a cgroup, the kernel's per-process limits stand in: processes of the service's
-/// user (each instance has its own) and its data segment. Never a core dump.
+/// Without a cgroup, the kernel's per-user process limit stands in for `pids.max` (each
+/// instance has a user of its own). Memory has no such stand-in: RLIMIT_AS and RLIMIT_DATA
+/// count address space a Go runtime reserves but never uses, and sing-box and Xray die at
+/// start under them. Never a core dump.
 fn rlimits(cgroup: bool, limits: &Limits) -> Vec<(u32, u64)> {
     let mut out = vec![(libc::RLIMIT_CORE as u32, 0)];
     if !cgroup {
         out.push((libc::RLIMIT_NPROC as u32, u64::from(limits.pids_max)));
-        out.push((libc::RLIMIT_DATA as u32, limits.memory_max));
     }
     out
 }

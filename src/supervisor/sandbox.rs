@@ -99,8 +99,11 @@ impl Support {
         match cgroups {
             Ok(()) => i.applied.push("cgroup".into()),
             Err(why) => {
-                i.applied.push("rlimits".into());
-                i.missing.push(("cgroup".into(), why.into()));
+                i.applied.push("rlimits (processes)".into());
+                i.missing.push((
+                    "cgroup".into(),
+                    format!("{why}: no memory or cpu limit, processes limited per user"),
+                ));
             }
         }
         i
