@@ -277,7 +277,7 @@ impl Downloads {
             return Ok(String::new());
         };
         let sig = crate::http_client::get_small(&self.agent, sig_url, 4096)
-            .map_err(|m| StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", m))?;
+            .map_err(|e| StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", e.to_string()))?;
         let key = crate::trust::check_signature(
             &format!("checksums file {url}"),
             text.as_bytes(),
@@ -295,8 +295,9 @@ impl Downloads {
         let listed = match &asset.checksums {
             None => None,
             Some(url) => {
-                let body = crate::http_client::get_small(&self.agent, url, CHECKSUMS_CAP)
-                    .map_err(|m| StepError::new(Step::Verifying, "CHECKSUMS_UNAVAILABLE", m))?;
+                let body = crate::http_client::get_small(&self.agent, url, CHECKSUMS_CAP).map_err(
+                    |e| StepError::new(Step::Verifying, "CHECKSUMS_UNAVAILABLE", e.to_string()),
+                )?;
                 let text = String::from_utf8(body).map_err(|_| {
                     StepError::new(
                         Step::Verifying,
