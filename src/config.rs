@@ -225,7 +225,8 @@ pub(crate) struct DownloadConfig {
     pub connect_timeout: Duration,
     /// A read that brings no byte for this long counts as a stall; the download resumes.
     pub stall_timeout: Duration,
-    /// Upper bound for any single download or extracted file when the catalogue gives no size.
+    /// Upper bound for any single download and for what an archive unpacks to; a catalogue's
+    /// `size` can only lower it for the download, never raise it.
     pub max_bytes: u64,
     /// Failed attempts in a row (without progress) before the install fails.
     pub retries: u32,
