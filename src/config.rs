@@ -209,7 +209,8 @@ impl Default for ApiLimits {
 /// Who may sign catalogues and checksums files, and what is required of them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TrustConfig {
-    /// Refuse a catalogue without a valid `.sig` from a trusted key.
+    /// Refuse a catalogue without a signature from a trusted key. On by default once
+    /// `trusted_keys` names a key; only an explicit `require_signature = false` turns it off.
     pub require_signature: bool,
     /// Public keys (signify / usign format) from files or directories of files.
     pub trusted_keys: Vec<crate::trust::signify::PublicKey>,
@@ -224,7 +225,8 @@ pub(crate) struct DownloadConfig {
     pub connect_timeout: Duration,
     /// A read that brings no byte for this long counts as a stall; the download resumes.
     pub stall_timeout: Duration,
-    /// Upper bound for any single download or extracted file when the catalogue gives no size.
+    /// Upper bound for any single download and for what an archive unpacks to; a catalogue's
+    /// `size` can only lower it for the download, never raise it.
     pub max_bytes: u64,
     /// Failed attempts in a row (without progress) before the install fails.
     pub retries: u32,
@@ -343,7 +345,9 @@ fn trust_config(t: &FileTrust) -> Result<TrustConfig, ConfigError> {
             keys.push(key);
         }
     }
-    let require_signature = t.require_signature.unwrap_or(false);
+    // Configured keys are worthless if an unsigned catalogue is still taken: whoever can strip
+    // the signature could serve anything.
+    let require_signature = t.require_signature.unwrap_or(!keys.is_empty());
     if require_signature && keys.is_empty() {
         return err("trust.require_signature is on but trust.trusted_keys names no key");
     }
@@ -939,6 +943,31 @@ mod tests {
             assert!(e.contains(needle), "{text}: {e}");
         }
         assert_eq!(serve("serve").vlan.mode, VlanMode::Off);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn trusted_keys_require_signatures_unless_explicitly_turned_off() {
+        let dir = std::env::temp_dir().join(format!("nnc-cfg-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("feed.pub");
+        std::fs::write(&key, crate::trust::signify::keygen("t").unwrap().0).unwrap();
+        let trust = |require: Option<bool>, keys: Vec<PathBuf>| {
+            trust_config(&FileTrust {
+                require_signature: require,
+                trusted_keys: keys,
+                allow_downgrade: None,
+            })
+        };
+        assert!(trust(None, vec![key.clone()]).unwrap().require_signature);
+        assert!(
+            !trust(Some(false), vec![key.clone()])
+                .unwrap()
+                .require_signature
+        );
+        assert!(!trust(None, vec![]).unwrap().require_signature);
+        let e = trust(Some(true), vec![]).unwrap_err().0;
+        assert!(e.contains("names no key"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -58,24 +58,52 @@ pub(crate) fn agent(cfg: &DownloadConfig) -> ureq::Agent {
         .into()
 }
 
-/// GETs a small document (catalogue, checksums file), refusing more than `cap` bytes.
-pub(crate) fn get_small(agent: &ureq::Agent, url: &str, cap: u64) -> Result<Vec<u8>, String> {
+/// Why a small GET brought no document. Only `NotFound` (404/410) means "it is not there";
+/// callers that treat a missing document as allowed (an unsigned catalogue) must treat every
+/// other failure as a refusal.
+#[derive(Debug)]
+pub(crate) enum GetError {
+    NotFound(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetError::NotFound(m) | GetError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// GETs a small document (catalogue, checksums file, signature), refusing more than `cap` bytes.
+pub(crate) fn get_small(agent: &ureq::Agent, url: &str, cap: u64) -> Result<Vec<u8>, GetError> {
     let resp = agent
         .get(url)
         .call()
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| GetError::Failed(format!("GET {url}: {e}")))?;
     let status = resp.status();
-    if status != 200 {
-        return Err(format!("GET {url}: server answered {status}"));
+    if status == 404 || status == 410 {
+        return Err(GetError::NotFound(format!(
+            "GET {url}: server answered {status}"
+        )));
     }
+    if status != 200 {
+        return Err(GetError::Failed(format!(
+            "GET {url}: server answered {status}"
+        )));
+    }
+    read_capped(resp.into_body().into_reader(), cap)
+        .map_err(|e| GetError::Failed(format!("GET {url}: {e}")))
+}
+
+/// Reads at most `cap` bytes; more is an error, not a truncation.
+pub(crate) fn read_capped(r: impl Read, cap: u64) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    resp.into_body()
-        .into_reader()
-        .take(cap + 1)
+    r.take(cap + 1)
         .read_to_end(&mut body)
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| e.to_string())?;
     if body.len() as u64 > cap {
-        return Err(format!("GET {url}: larger than {cap} bytes"));
+        return Err(format!("larger than {cap} bytes"));
     }
     Ok(body)
 }

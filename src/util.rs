@@ -96,6 +96,18 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Free space kept back beyond what a download or an extraction needs.
+pub(crate) const SPACE_MARGIN: u64 = 1 << 20;
+
+/// What is free on the file system holding `dir` when that is less than `need` plus
+/// `SPACE_MARGIN`; `None` when there is room (or statvfs cannot tell).
+pub(crate) fn short_of_space(dir: &std::path::Path, need: u64) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+    (free < need.saturating_add(SPACE_MARGIN)).then_some(free)
+}
+
 /// Writes a file by writing a sibling temp file and renaming it over the target.
 pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");

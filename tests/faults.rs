@@ -216,30 +216,12 @@ fn a_body_larger_than_the_catalogue_size_is_refused() {
     assert_eq!(std::fs::read_dir(&dl).unwrap().count(), 0);
 }
 
-/// A data dir on a 2 MiB tmpfs, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_download_that_cannot_fit_fails_before_filling_the_disk() {
     let root = TempDir::new("diskfull");
+    // The data dir on a 2 MiB tmpfs.
     let mnt = root.path().join("agent");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(
-        ok.success(),
-        "mounting a tmpfs needs root (CI runs as root)"
-    );
-    let _disk = SmallDisk(mnt.clone());
+    let _disk = common::Tmpfs::mount(&mnt, "2m");
     let sha = sha256_file(Path::new("/usr/sbin/tor"));
     let server = FaultServer::start(&[("tor", std::fs::read("/usr/sbin/tor").unwrap())]);
     let catalogue = write_catalogue(

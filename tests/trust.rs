@@ -531,6 +531,8 @@ fn a_signed_checksums_file_is_checked_against_the_trusted_keys() {
         root.path(),
         &[entry("good", "good.sig"), entry("bad", "stranger.sig")],
     );
+    // Configured keys make the catalogue's own signature mandatory too.
+    sign(&secret, &cat);
     let trust = format!(
         "[trust]\ntrusted_keys = [{:?}]\n",
         public.display().to_string()
@@ -550,5 +552,356 @@ fn a_signed_checksums_file_is_checked_against_the_trusted_keys() {
     assert!(
         bad["error"].as_str().unwrap().contains("not a trusted key"),
         "{bad}"
+    );
+}
+
+const RELOAD: &str = "mutation { reloadCatalogue { catalogue catalogueSerial catalogueSignedBy } }";
+
+fn trusted_keys(public: &Path, extra: &str) -> String {
+    format!(
+        "[trust]\n{extra}trusted_keys = [{:?}]\n",
+        public.display().to_string()
+    )
+}
+
+/// Runs `serve` on a fresh data dir under `dir` with `catalogue` (a path or URL) and the
+/// `[trust]` TOML; the start must be refused with exit code 2. Returns stderr. An agent that
+/// starts instead is killed and the test fails (it never hangs on one).
+fn start_refused(dir: &Path, catalogue: &str, trust: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("nnc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ncatalogue = {catalogue:?}\n{trust}",
+            dir.join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (stdout, stderr) = (dir.join("stdout.log"), dir.join("stderr.log"));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        let listening = std::fs::read_to_string(&stdout).is_ok_and(|o| o.contains("listening"));
+        if listening || start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(status, Some(2), "the agent was not refused: {err}");
+    err
+}
+
+#[test]
+fn configured_keys_alone_make_a_signature_mandatory_at_start_and_on_reload() {
+    let root = TempDir::new("keys-require");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("true")).unwrap();
+    let nginx = Nginx::start(&www, "");
+    let (public, secret) = keygen(root.path(), "feed");
+    let cat = root.path().join("feed.json");
+    // Keys, and no require_signature key at all.
+    let trust = trusted_keys(&public, "");
+    std::fs::write(
+        &cat,
+        catalogue_doc(5, &[tool(&nginx, &www, "true", "1.0.0")]),
+    )
+    .unwrap();
+
+    let err = start_refused(
+        &root.path().join("fresh"),
+        &cat.display().to_string(),
+        &trust,
+    );
+    assert!(
+        err.contains("no signature, and trust.require_signature is on"),
+        "{err}"
+    );
+
+    sign(&secret, &cat);
+    let agent = Agent::start(&root.path().join("agent"), &cat, &trust);
+    let f = features(&agent);
+    assert_eq!(f["agent"]["catalogueSerial"], 5, "{f}");
+    assert_eq!(
+        f["agent"]["catalogueSignedBy"].as_str().map(str::len),
+        Some(16),
+        "{f}"
+    );
+
+    std::fs::write(
+        &cat,
+        catalogue_doc(6, &[tool(&nginx, &www, "true", "6.6.6")]),
+    )
+    .unwrap();
+    std::fs::remove_file(root.path().join("feed.json.sig")).unwrap();
+    let doc = agent.gql(RELOAD, json!({}));
+    assert_eq!(
+        doc["errors"][0]["extensions"]["code"], "CATALOGUE_REFUSED",
+        "{doc}"
+    );
+    let message = doc["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no signature"), "{message}");
+    let f = features(&agent);
+    assert_eq!(
+        (
+            f["features"][0]["version"].as_str(),
+            f["agent"]["catalogueSerial"].as_u64()
+        ),
+        (Some("1.0.0"), Some(5)),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_signature_that_is_there_but_unreadable_refuses_the_catalogue_and_never_falls_back_to_minisig()
+{
+    let root = TempDir::new("sig-unreadable");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("true")).unwrap();
+    // The .sig answers 500 while the flag file exists, and is served as a file otherwise.
+    let nginx = Nginx::start(
+        &www,
+        "location = /catalogue.json.sig { if (-f $document_root/sig-broken) { return 500; } }",
+    );
+    let broken = www.join("sig-broken");
+    let (public, secret) = keygen(root.path(), "feed");
+    let cat = www.join("catalogue.json");
+    let (sig, minisig) = (
+        www.join("catalogue.json.sig"),
+        www.join("catalogue.json.minisig"),
+    );
+    let url = nginx.url("catalogue.json");
+    let sig_url = nginx.url("catalogue.json.sig");
+    // A valid detached signature under the .minisig name (the agent tells formats apart by
+    // content), and the same one as .sig when `with_sig`.
+    let publish = |serial: u64, version: &str, with_sig: bool| {
+        std::fs::write(
+            &cat,
+            catalogue_doc(serial, &[tool(&nginx, &www, "true", version)]),
+        )
+        .unwrap();
+        run_ok(&mut agent_cli(&[
+            Path::new("sign"),
+            &secret,
+            &cat,
+            &minisig,
+        ]));
+        let _ = std::fs::remove_file(&sig);
+        if with_sig {
+            std::fs::copy(&minisig, &sig).unwrap();
+        }
+    };
+    let trust = trusted_keys(&public, "");
+
+    // No .sig at all (404): the .minisig is what is checked.
+    publish(5, "1.0.0", false);
+    let mut agent = Agent::start(&root.path().join("agent"), Path::new(&url), &trust);
+    let f = features(&agent);
+    assert_eq!(f["agent"]["catalogueSerial"], 5, "{f}");
+    assert_eq!(
+        f["agent"]["catalogueSignedBy"].as_str().map(str::len),
+        Some(16),
+        "{f}"
+    );
+
+    // A .sig that answers 500, a .sig of bytes that are not text, a .sig that is text but no
+    // signature: each refuses the reload although a valid .minisig sits next to it.
+    publish(6, "6.6.6", true);
+    std::fs::write(&broken, "").unwrap();
+    let not_text = [0xffu8, 0xfe, 0x00, 0x80, 0x81];
+    for (case, prepare, reason) in [
+        (
+            "500",
+            Box::new(|| {}) as Box<dyn Fn()>,
+            "server answered 500",
+        ),
+        (
+            "not UTF-8",
+            Box::new(|| {
+                std::fs::remove_file(&broken).unwrap();
+                std::fs::write(&sig, not_text).unwrap();
+            }),
+            "is not text (not UTF-8)",
+        ),
+        (
+            "garbage text",
+            Box::new(|| std::fs::write(&sig, "garbage, not a signature\n").unwrap()),
+            "bad signature",
+        ),
+    ] {
+        prepare();
+        let doc = agent.gql(RELOAD, json!({}));
+        assert_eq!(
+            doc["errors"][0]["extensions"]["code"], "CATALOGUE_REFUSED",
+            "[{case}] {doc}"
+        );
+        let message = doc["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&sig_url) || case == "garbage text",
+            "[{case}] {message}"
+        );
+        assert!(message.contains(reason), "[{case}] {message}");
+        let f = features(&agent);
+        assert_eq!(
+            (
+                f["features"][0]["version"].as_str(),
+                f["agent"]["catalogueSerial"].as_u64()
+            ),
+            (Some("1.0.0"), Some(5)),
+            "[{case}] {f}"
+        );
+    }
+    assert!(
+        nginx
+            .requests_for("/catalogue.json.sig")
+            .iter()
+            .any(|l| l.contains(" 500 ")),
+        "{}",
+        nginx.access_log()
+    );
+
+    // At start: the last trusted copy (serial 5) is used, with the reason in the log; with
+    // no copy the start fails.
+    agent.kill9();
+    std::fs::copy(&minisig, &sig).unwrap();
+    std::fs::write(&broken, "").unwrap();
+    agent.restart();
+    let f = features(&agent);
+    assert_eq!(f["agent"]["catalogueSerial"], 5, "{f}");
+    assert!(
+        f["agent"]["catalogue"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("last trusted copy"),
+        "{f}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains(&format!("GET {sig_url}: server answered 500")),
+        "{}",
+        agent.log()
+    );
+    let err = start_refused(&root.path().join("fresh"), &url, &trust);
+    assert!(err.contains(&sig_url) && err.contains("500"), "{err}");
+
+    // A local .sig that cannot be read (a directory) is no more "absent" than a 500.
+    let local = root.path().join("local");
+    std::fs::create_dir_all(local.join("feed.json.sig")).unwrap();
+    std::fs::copy(&cat, local.join("feed.json")).unwrap();
+    std::fs::copy(&minisig, local.join("feed.json.minisig")).unwrap();
+    let err = start_refused(
+        &root.path().join("fresh-local"),
+        &local.join("feed.json").display().to_string(),
+        &trust,
+    );
+    assert!(
+        err.contains(&local.join("feed.json.sig").display().to_string())
+            && err.contains("Is a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn with_require_signature_off_an_unsigned_catalogue_is_accepted_but_never_raises_the_serial() {
+    let root = TempDir::new("unsigned-serial");
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy("/usr/bin/true", www.join("true")).unwrap();
+    let nginx = Nginx::start(&www, "");
+    let (public, secret) = keygen(root.path(), "feed");
+    let cat = root.path().join("feed.json");
+    let sig = root.path().join("feed.json.sig");
+    let write = |serial: u64, version: &str, signed: bool| {
+        std::fs::write(
+            &cat,
+            catalogue_doc(serial, &[tool(&nginx, &www, "true", version)]),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&sig);
+        if signed {
+            sign(&secret, &cat);
+        }
+    };
+    let trust = trusted_keys(&public, "require_signature = false\n");
+
+    // An unsigned catalogue with a huge serial is taken...
+    write(9999, "9.9.9", false);
+    let mut agent = Agent::start(root.path(), &cat, &trust);
+    let f = features(&agent);
+    assert_eq!(f["agent"]["catalogueSerial"], 9999, "{f}");
+    assert!(f["agent"]["catalogueSignedBy"].is_null(), "{f}");
+
+    // ...but it did not raise the stored serial: the real signed feed, serial 5, is taken.
+    write(5, "1.0.0", true);
+    let r = agent.data(RELOAD, json!({}));
+    assert_eq!(r["reloadCatalogue"]["catalogueSerial"], 5, "{r}");
+    let f = features(&agent);
+    assert_eq!(
+        (
+            f["features"][0]["version"].as_str(),
+            f["agent"]["catalogueSerial"].as_u64()
+        ),
+        (Some("1.0.0"), Some(5)),
+        "{f}"
+    );
+
+    // The start said that keys are configured but not required.
+    assert!(
+        agent.log().contains(
+            "unsigned catalogues are accepted although trust.trusted_keys are configured"
+        ),
+        "{}",
+        agent.log()
+    );
+
+    // An unsigned catalogue is still held to the stored serial.
+    write(3, "0.3.0", false);
+    let doc = agent.gql(RELOAD, json!({}));
+    assert_eq!(
+        doc["errors"][0]["extensions"]["code"], "CATALOGUE_REFUSED",
+        "{doc}"
+    );
+    let message = doc["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("serial 3 is older than serial 5"),
+        "{message}"
+    );
+
+    // An unsigned serial 7 is used, but the last trusted copy stays the signed serial 5.
+    write(7, "7.0.0", false);
+    let r = agent.data(RELOAD, json!({}));
+    assert_eq!(r["reloadCatalogue"]["catalogueSerial"], 7, "{r}");
+    agent.kill9();
+    std::fs::write(&cat, "not a catalogue").unwrap();
+    agent.restart();
+    let f = features(&agent);
+    assert_eq!(
+        (
+            f["features"][0]["version"].as_str(),
+            f["agent"]["catalogueSerial"].as_u64()
+        ),
+        (Some("1.0.0"), Some(5)),
+        "{f}"
+    );
+    assert_eq!(
+        f["agent"]["catalogueSignedBy"].as_str().map(str::len),
+        Some(16),
+        "{f}"
     );
 }

@@ -594,7 +594,9 @@ impl FeatureObject {
     async fn supported(&self) -> bool {
         self.0.asset(catalogue::host_arch()).is_some()
     }
-    /// JSON Schema of the settings `installFeature` accepts for it.
+    /// JSON Schema of the settings `installFeature` accepts for it: its config generator's
+    /// own when it has one (the catalogue's `settingsSchema` may narrow that further: settings
+    /// must match both), else the catalogue's.
     async fn settings_schema(&self) -> Option<Json<Value>> {
         self.0.schema().map(Json)
     }

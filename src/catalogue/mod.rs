@@ -65,7 +65,8 @@ pub(crate) struct Asset {
     /// Member of the archive that is the binary.
     #[serde(default)]
     pub path: Option<String>,
-    /// Exact size in bytes of the download, when known: a larger body is refused.
+    /// Exact size in bytes of the download, when known: a larger body is refused. It only
+    /// lowers `download.max_bytes`, never raises it.
     #[serde(default)]
     pub size: Option<u64>,
 }
@@ -171,11 +172,23 @@ impl Feature {
         self.generator().is_some() || self.service.as_ref().is_some_and(|s| s.args.is_some())
     }
 
-    /// The schema its settings must match: the catalogue's own, else its generator's.
+    /// The schema shown to clients: its generator's (which the catalogue's `settingsSchema`
+    /// may only narrow, see `check_settings`), else the catalogue's.
     pub(crate) fn schema(&self) -> Option<serde_json::Value> {
-        self.settings_schema
-            .clone()
-            .or_else(|| self.generator().map(crate::configgen::Generator::schema))
+        self.generator()
+            .map(crate::configgen::Generator::schema)
+            .or_else(|| self.settings_schema.clone())
+    }
+
+    /// Checks settings against the generator's schema AND the catalogue's: a catalogue can
+    /// narrow what the agent's own renderer accepts, never widen it (a permissive schema
+    /// must not let a line break into a torrc).
+    pub(crate) fn check_settings(&self, settings: &Value) -> Result<(), String> {
+        let own = self.generator().map(crate::configgen::Generator::schema);
+        for schema in own.iter().chain(&self.settings_schema) {
+            crate::configgen::validate(schema, settings)?;
+        }
+        Ok(())
     }
 }
 
@@ -475,6 +488,31 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("schema 2 is not supported"), "{e}");
+    }
+
+    #[test]
+    fn a_catalogue_schema_narrows_the_generators_and_never_widens_it() {
+        let text = r#"{"schema":1,"features":[{"id":"tor","name":"tor","version":"1","binary":"tor",
+            "config":"tor","settingsSchema":{"type":"object","properties":{"bridges":{"maxItems":1}}},
+            "assets":{}}]}"#;
+        let c = Catalogue::parse(text.as_bytes(), "t").unwrap();
+        let tor = c.feature("tor").unwrap();
+        let bridges = |b: Value| serde_json::json!({ "bridges": b });
+        tor.check_settings(&bridges(serde_json::json!(["1.2.3.4:443"])))
+            .unwrap();
+        let e = tor
+            .check_settings(&bridges(serde_json::json!(["1.2.3.4:443\nExitRelay 1"])))
+            .unwrap_err();
+        assert!(e.contains("settings.bridges[0] is not a valid text"), "{e}");
+        let e = tor
+            .check_settings(&bridges(serde_json::json!(["1.2.3.4:1", "1.2.3.4:2"])))
+            .unwrap_err();
+        assert!(e.contains("more than 1 items"), "{e}");
+        assert_eq!(
+            tor.schema(),
+            Some(crate::configgen::Generator::Tor.schema()),
+            "clients see the generator's schema"
+        );
     }
 
     #[test]

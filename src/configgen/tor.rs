@@ -38,6 +38,17 @@ pub(super) fn schema() -> Value {
     })
 }
 
+/// A setting pasted into a torrc line. A line break would start a torrc line of its own
+/// (`ExitRelay 1`), so any control character is refused here, whatever schema let it in.
+fn one_line<'a>(key: &str, value: &'a str) -> Result<&'a str, String> {
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "tor setting {key} {value:?} contains a control character (a line break?); torrc takes one line per setting"
+        ));
+    }
+    Ok(value)
+}
+
 pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     let listen = ctx.listen;
     let socks = port(s, "socksPort", 9050);
@@ -74,7 +85,7 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     {
         line("UseBridges 1".into());
         for b in bridges.iter().filter_map(Value::as_str) {
-            line(format!("Bridge {b}"));
+            line(format!("Bridge {}", one_line("bridges", b)?));
         }
     }
     match s.get("relay") {
@@ -85,9 +96,9 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
                 .get("nickname")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            line(format!("Nickname {nick}"));
+            line(format!("Nickname {}", one_line("relay.nickname", nick)?));
             if let Some(c) = r.get("contactInfo").and_then(Value::as_str) {
-                line(format!("ContactInfo {c}"));
+                line(format!("ContactInfo {}", one_line("relay.contactInfo", c)?));
             }
             line("ExitRelay 0".into());
             if r.get("bridge").and_then(Value::as_bool) == Some(true) {
@@ -100,4 +111,34 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
         health_port: socks,
         needs_net_admin: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_break_in_any_pasted_setting_is_refused_by_the_renderer() {
+        let ctx = Context {
+            listen: std::net::Ipv4Addr::LOCALHOST.into(),
+            mark: None,
+            data_dir: "/d".into(),
+            log_dir: "/l".into(),
+        };
+        let relay = |k: &str, v: &str| {
+            let mut r = json!({ "orPort": 9001, "nickname": "nnc" });
+            r[k] = json!(v);
+            json!({ "relay": r })
+        };
+        for bad in [
+            json!({ "bridges": ["1.2.3.4:443\nExitRelay 1"] }),
+            relay("nickname", "nnc\rExitRelay 1"),
+            relay("contactInfo", "me\u{0}"),
+        ] {
+            let e = render(&ctx, &bad).unwrap_err();
+            assert!(e.contains("control character"), "{bad}: {e}");
+        }
+        let ok = render(&ctx, &json!({ "bridges": ["1.2.3.4:443"] })).unwrap();
+        assert!(ok.text.contains("\nBridge 1.2.3.4:443\n"), "{}", ok.text);
+    }
 }

@@ -5,7 +5,8 @@
 //! absolute or `..` paths, symbolic and hard links, devices, FIFOs, duplicate names. Only the
 //! named regular file is written, to a path the caller chose inside the data directory. The
 //! decompressed stream is capped, so a gzip bomb stops at the cap instead of filling the
-//! flash.
+//! flash, and the member's declared size must fit the destination's free space (with the
+//! download's margin) before a byte of it is written.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -27,6 +28,8 @@ pub(crate) enum ArchiveError {
     Invalid(String),
     /// The catalogue's `path` is not in the archive.
     Missing(String),
+    /// The binary does not fit the data dir's file system.
+    DiskFull(String),
     Io(String),
 }
 
@@ -37,6 +40,7 @@ impl ArchiveError {
             ArchiveError::TooLarge(_) => "ARCHIVE_TOO_LARGE",
             ArchiveError::Invalid(_) => "ARCHIVE_INVALID",
             ArchiveError::Missing(_) => "BINARY_NOT_IN_ARCHIVE",
+            ArchiveError::DiskFull(_) => "DISK_FULL",
             ArchiveError::Io(_) => "IO_ERROR",
         }
     }
@@ -49,6 +53,7 @@ impl std::fmt::Display for ArchiveError {
             | ArchiveError::TooLarge(m)
             | ArchiveError::Invalid(m)
             | ArchiveError::Missing(m)
+            | ArchiveError::DiskFull(m)
             | ArchiveError::Io(m) => f.write_str(m),
         }
     }
@@ -106,7 +111,8 @@ fn create_dest(dest: &Path) -> Result<File, ArchiveError> {
 }
 
 /// Copies exactly `size` bytes (the declared size) from `src` to `dest`, refusing more, and
-/// hashes them on the way.
+/// hashes them on the way. Nothing is created unless the declared size fits under `cap` and
+/// in the free space of `dest`'s file system.
 fn copy_member(
     src: &mut dyn Read,
     dest: &Path,
@@ -120,30 +126,68 @@ fn copy_member(
             human_bytes(cap)
         )));
     }
-    let mut out = HashingWriter {
+    let dir = dest.parent().unwrap_or(dest);
+    if let Some(free) = crate::util::short_of_space(dir, size) {
+        return Err(ArchiveError::DiskFull(format!(
+            "not enough free space in {} to unpack the binary: it needs {} (with {} kept free), {} is free; free some space and install again",
+            dir.display(),
+            human_bytes(size),
+            human_bytes(crate::util::SPACE_MARGIN),
+            human_bytes(free)
+        )));
+    }
+    let out = HashingWriter {
         file: create_dest(dest)?,
         hasher: Sha256::new(),
+        failed: false,
     };
-    let copied = io::copy(&mut src.take(size + 1), &mut out).map_err(read_error)?;
+    copy_into(src, out, dest, size)
+}
+
+fn copy_into(
+    src: &mut dyn Read,
+    mut out: HashingWriter,
+    dest: &Path,
+    size: u64,
+) -> Result<[u8; 32], ArchiveError> {
+    let copied = io::copy(&mut src.take(size + 1), &mut out).map_err(|e| {
+        if out.failed {
+            write_error(dest, &e)
+        } else {
+            read_error(e)
+        }
+    })?;
     if copied != size {
         return Err(ArchiveError::Invalid(format!(
             "binary declared {size} bytes but the archive holds {copied}"
         )));
     }
-    out.file
-        .sync_all()
-        .map_err(|e| ArchiveError::Io(format!("cannot write {}: {e}", dest.display())))?;
+    out.file.sync_all().map_err(|e| write_error(dest, &e))?;
     Ok(out.hasher.finalize().into())
+}
+
+/// ENOSPC (another writer took the space after the check) is `DISK_FULL`, like the download's.
+fn write_error(dest: &Path, e: &io::Error) -> ArchiveError {
+    let m = format!("cannot write {}: {e}", dest.display());
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        ArchiveError::DiskFull(format!("{m}; free some space and install again"))
+    } else {
+        ArchiveError::Io(m)
+    }
 }
 
 struct HashingWriter {
     file: File,
     hasher: Sha256,
+    /// Set when the file refused a write, to tell a full disk from a corrupt archive.
+    failed: bool,
 }
 
 impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = self.file.write(buf).inspect_err(|e| {
+            self.failed = e.kind() != io::ErrorKind::Interrupted;
+        })?;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -558,6 +602,37 @@ mod tests {
         assert!(
             matches!(try_zip(&zip64), Err(ArchiveError::Invalid(ref m)) if m.contains("zip64"))
         );
+    }
+
+    #[test]
+    fn a_write_that_hits_enospc_is_disk_full_not_a_corrupt_archive() {
+        // /dev/full answers every write with ENOSPC: the disk filling up under the copy.
+        let out = HashingWriter {
+            file: std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+            hasher: Sha256::new(),
+            failed: false,
+        };
+        let data = vec![0u8; 1000];
+        let e = copy_into(&mut &data[..], out, Path::new("/d/bin/.x.new"), 1000).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::DiskFull(ref m) if m.contains("/d/bin/.x.new")),
+            "{e}"
+        );
+        assert_eq!(e.code(), "DISK_FULL");
+    }
+
+    #[test]
+    fn a_member_larger_than_the_free_space_is_refused_before_it_is_created() {
+        let dir = std::env::temp_dir().join(format!("nnc-space-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("out");
+        let e = copy_member(&mut io::empty(), &dest, u64::MAX / 2, u64::MAX).unwrap_err();
+        assert!(matches!(e, ArchiveError::DiskFull(_)), "{e}");
+        assert!(!dest.exists());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -28,8 +28,6 @@ use crate::util::{self, human_bytes};
 
 /// Progress reports are sent at most this often (plus at every phase change).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-/// Free space kept back beyond the download itself.
-const SPACE_MARGIN: u64 = 1 << 20;
 /// Longest pause between attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// A checksums file larger than this is not a checksums file.
@@ -279,7 +277,7 @@ impl Downloads {
             return Ok(String::new());
         };
         let sig = crate::http_client::get_small(&self.agent, sig_url, 4096)
-            .map_err(|m| StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", m))?;
+            .map_err(|e| StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", e.to_string()))?;
         let key = crate::trust::check_signature(
             &format!("checksums file {url}"),
             text.as_bytes(),
@@ -297,8 +295,9 @@ impl Downloads {
         let listed = match &asset.checksums {
             None => None,
             Some(url) => {
-                let body = crate::http_client::get_small(&self.agent, url, CHECKSUMS_CAP)
-                    .map_err(|m| StepError::new(Step::Verifying, "CHECKSUMS_UNAVAILABLE", m))?;
+                let body = crate::http_client::get_small(&self.agent, url, CHECKSUMS_CAP).map_err(
+                    |e| StepError::new(Step::Verifying, "CHECKSUMS_UNAVAILABLE", e.to_string()),
+                )?;
                 let text = String::from_utf8(body).map_err(|_| {
                     StepError::new(
                         Step::Verifying,
@@ -354,10 +353,9 @@ impl Downloads {
                 .map(|()| download_sha256)
                 .map_err(|e| io_step(Step::Installing, staged, &e)),
             (kind, Some(member)) => {
-                let cap = asset
-                    .size
-                    .map_or(self.cfg.max_bytes, |s| s.max(self.cfg.max_bytes));
-                archive::extract_member(part, kind, member, staged, cap)
+                // `size` is the archive's, not what it unpacks to: only the operator's cap
+                // bounds the extraction.
+                archive::extract_member(part, kind, member, staged, self.cfg.max_bytes)
                     .map_err(|e| StepError::new(Step::Installing, e.code(), e.to_string()))
             }
             (_, None) => Err(StepError::new(
@@ -382,7 +380,10 @@ impl Downloads {
         part: &Path,
         rep: &mut Reporter<'_>,
     ) -> Result<Downloaded, StepError> {
-        let limit = asset.size.unwrap_or(self.cfg.max_bytes);
+        // The operator's cap is a ceiling: a catalogue's size can only lower it.
+        let limit = asset
+            .size
+            .map_or(self.cfg.max_bytes, |s| s.min(self.cfg.max_bytes));
         let mut state = self
             .store
             .download_state(id)
@@ -587,12 +588,17 @@ impl Downloads {
         limit: u64,
         rep: &mut Reporter<'_>,
     ) -> Result<(), Attempt> {
+        let by = if limit < self.cfg.max_bytes {
+            "the catalogue's size for it"
+        } else {
+            "download.max_bytes; raise it if the asset is genuine"
+        };
         let too_large = |n: u64| {
             Attempt::Fatal(StepError::new(
                 Step::Downloading,
                 "TOO_LARGE",
                 format!(
-                    "download is {} but at most {} is allowed (catalogue size or download.max_bytes)",
+                    "download of {id} is {} but at most {} is allowed ({by})",
                     human_bytes(n),
                     human_bytes(limit)
                 ),
@@ -649,24 +655,19 @@ impl Downloads {
 
     fn check_space(&self, part: &Path, need: u64) -> Result<(), Attempt> {
         let dir = part.parent().unwrap_or(part);
-        let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
-            return Ok(());
-        };
-        #[allow(clippy::useless_conversion)]
-        let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
-        if free < need.saturating_add(SPACE_MARGIN) {
-            return Err(Attempt::Fatal(StepError::new(
+        match util::short_of_space(dir, need) {
+            None => Ok(()),
+            Some(free) => Err(Attempt::Fatal(StepError::new(
                 Step::Downloading,
                 "DISK_FULL",
                 format!(
                     "not enough free space in {}: the download needs {} more, {} is free",
                     dir.display(),
-                    human_bytes(need.saturating_add(SPACE_MARGIN)),
+                    human_bytes(need.saturating_add(util::SPACE_MARGIN)),
                     human_bytes(free)
                 ),
-            )));
+            ))),
         }
-        Ok(())
     }
 }
 

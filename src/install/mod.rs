@@ -383,14 +383,12 @@ impl Installer {
             Some(v @ Value::Object(_)) => v,
             Some(_) => return Err(refuse("INVALID_SETTINGS", "settings must be a JSON object")),
         };
-        if let Some(schema) = feature.schema() {
-            crate::configgen::validate(&schema, &settings).map_err(|e| {
-                refuse(
-                    "INVALID_SETTINGS",
-                    format!("{e} (see features {{ settingsSchema }})"),
-                )
-            })?;
-        }
+        feature.check_settings(&settings).map_err(|e| {
+            refuse(
+                "INVALID_SETTINGS",
+                format!("{e} (see features {{ settingsSchema }})"),
+            )
+        })?;
         let now = util::now_ms();
         let inst = Instance {
             id: util::random_hex(8).map_err(|e| refuse("INTERNAL", e.to_string()))?,

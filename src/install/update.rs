@@ -102,17 +102,15 @@ impl Installer {
                 format!("{} {version} has no asset for {}", feature.id, inst.arch),
             ));
         }
-        if let Some(schema) = feature.schema() {
-            configgen::validate(&schema, &inst.settings).map_err(|e| {
-                refuse(
-                    "INVALID_SETTINGS",
-                    format!(
-                        "the instance's settings do not fit {} {version}: {e}",
-                        feature.id
-                    ),
-                )
-            })?;
-        }
+        feature.check_settings(&inst.settings).map_err(|e| {
+            refuse(
+                "INVALID_SETTINGS",
+                format!(
+                    "the instance's settings do not fit {} {version}: {e}",
+                    feature.id
+                ),
+            )
+        })?;
         let previous = Previous {
             version: inst.version.clone(),
             target: version.to_owned(),

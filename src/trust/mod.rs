@@ -2,11 +2,14 @@
 //! backwards, and trust-on-first-use pins of verified digests.
 //!
 //! A catalogue `SRC` may come with `SRC.sig` (signify/usign format, see `signify.rs`) or
-//! `SRC.minisig` (minisign, `minisign.rs`; the `.sig` is tried first). A
-//! signature that is present must verify against a trusted key; with `require_signature` it
-//! must be present. A catalogue that passes becomes the "last trusted" copy under the data
-//! dir; when a later one fails (bad or missing signature, lower serial, unreachable feed), the
-//! agent says why and keeps using the last trusted copy.
+//! `SRC.minisig` (minisign, `minisign.rs`; tried only when there is no `.sig`). A signature
+//! that is present must verify against a trusted key, and one that is there but unreadable
+//! refuses the catalogue: only an absent one makes it "unsigned". With `require_signature`
+//! (the default once trusted keys are configured) it must be present. Only a trusted
+//! catalogue (signed by a trusted key, or any when no keys are configured) raises the stored
+//! serial and becomes the "last trusted" copy under the data dir; when a later one fails (bad
+//! or missing signature, lower serial, unreachable feed), the agent says why and keeps using
+//! the last trusted copy.
 //!
 //! Pins: the first verified SHA-256 of each feature+version+arch is recorded; a later
 //! catalogue or checksums file that names another digest for the same version is refused
@@ -15,24 +18,69 @@
 pub(crate) mod minisign;
 pub(crate) mod signify;
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use crate::catalogue::Catalogue;
 use crate::config::{Config, TrustConfig};
+use crate::http_client::GetError;
 use crate::store::Store;
 
 const SERIAL_KEY: &str = "catalogue/serial";
+const CATALOGUE_CAP: u64 = 4 << 20;
+const SIGNATURE_CAP: u64 = 4096;
 
-fn read_source(src: &str, cfg: &Config, cap: u64) -> Result<Vec<u8>, String> {
-    if src.starts_with("http://") || src.starts_with("https://") {
+/// Reads `what` (for messages) from a URL or a file, at most `cap` bytes.
+fn read_source(what: &str, src: &str, cfg: &Config, cap: u64) -> Result<Vec<u8>, GetError> {
+    let (absent, message) = if src.starts_with("http://") || src.starts_with("https://") {
         let agent = crate::http_client::agent(&cfg.download);
-        crate::http_client::get_small(&agent, src, cap)
-            .map_err(|e| format!("cannot load catalogue: {e}"))
+        match crate::http_client::get_small(&agent, src, cap) {
+            Ok(body) => return Ok(body),
+            Err(e) => (
+                matches!(e, GetError::NotFound(_)),
+                format!("cannot load {what}: {e}"),
+            ),
+        }
     } else {
-        std::fs::read(PathBuf::from(src)).map_err(|e| format!("cannot read catalogue {src}: {e}"))
+        let read =
+            std::fs::File::open(src).map_err(|e| (e.kind() == ErrorKind::NotFound, e.to_string()));
+        match read.and_then(|f| crate::http_client::read_capped(f, cap).map_err(|e| (false, e))) {
+            Ok(body) => return Ok(body),
+            Err((absent, e)) => (absent, format!("cannot read {what} {src}: {e}")),
+        }
+    };
+    Err(if absent {
+        GetError::NotFound(message)
+    } else {
+        GetError::Failed(message)
+    })
+}
+
+/// The detached signature next to catalogue `src`: `SRC.sig`, else `SRC.minisig`. `Ok(None)`
+/// only when neither is there (no such file, HTTP 404/410). One that is there but cannot be
+/// read (I/O or server error, timeout, over its cap, not text) refuses the catalogue instead
+/// of making it "unsigned", and a bad `.sig` never falls back to the `.minisig`: otherwise
+/// whoever can break the signature's download could strip it.
+fn read_signature(src: &str, cfg: &Config) -> Result<Option<String>, String> {
+    for ext in ["sig", "minisig"] {
+        let path = format!("{src}.{ext}");
+        match read_source("catalogue signature", &path, cfg, SIGNATURE_CAP) {
+            Ok(bytes) => {
+                return String::from_utf8(bytes).map(Some).map_err(|_| {
+                    format!("catalogue {src}: signature {path} is not text (not UTF-8); the catalogue is refused")
+                });
+            }
+            Err(GetError::NotFound(_)) => {}
+            Err(GetError::Failed(e)) => {
+                return Err(format!(
+                    "catalogue {src}: {e}; a signature that is there but unreadable refuses the catalogue (only a missing one counts as unsigned): fix the signature or its server"
+                ));
+            }
+        }
     }
+    Ok(None)
 }
 
 /// A detached signature of either format (told apart by its content) over `bytes`; the id of
@@ -62,7 +110,7 @@ pub(crate) fn check_signature(
             .map(Some)
             .map_err(|e| format!("{what}: bad signature: {e}")),
         None if required => Err(format!(
-            "{what}: no signature, and trust.require_signature is on"
+            "{what}: no signature, and trust.require_signature is on (the default when trust.trusted_keys are set): sign it with a trusted key"
         )),
         None => Ok(None),
     }
@@ -107,8 +155,17 @@ fn last_trusted(data_dir: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Reads the configured catalogue from its source and judges it under the trust policy; one
-/// that passes raises the stored serial and becomes the last trusted copy.
+/// Whether an accepted catalogue is trusted enough to raise the stored serial and become the
+/// last trusted copy: signed by a trusted key, or any catalogue when no keys are configured
+/// (then the source itself is what is trusted). An unsigned one accepted only because
+/// `require_signature = false` must not, or it could lock the real signed feed out as a
+/// "downgrade".
+fn raises_serial(catalogue: &Catalogue, trust: &TrustConfig) -> bool {
+    catalogue.signed_by.is_some() || trust.trusted_keys.is_empty()
+}
+
+/// Reads the configured catalogue from its source and judges it under the trust policy; a
+/// trusted one (`raises_serial`) raises the stored serial and becomes the last trusted copy.
 pub(crate) fn fresh_catalogue(
     cfg: &Config,
     store: &Store,
@@ -117,13 +174,14 @@ pub(crate) fn fresh_catalogue(
     let Some(src) = cfg.catalogue.as_deref() else {
         return Catalogue::builtin().map_err(|e| e.to_string());
     };
-    let bytes = read_source(src, cfg, 4 << 20)?;
-    let sig = read_source(&format!("{src}.sig"), cfg, 4096)
-        .or_else(|_| read_source(&format!("{src}.minisig"), cfg, 4096))
-        .ok()
-        .map(|s| String::from_utf8_lossy(&s).into_owned());
+    let bytes = read_source("catalogue", src, cfg, CATALOGUE_CAP).map_err(|e| e.to_string())?;
+    let sig = read_signature(src, cfg)?;
     let catalogue = judge(src, &bytes, sig.as_deref(), cfg, store)?;
     let serial = catalogue.serial;
+    if !raises_serial(&catalogue, &cfg.trust) {
+        log::warn!(target: "api", "catalogue {src} (serial {serial}) is unsigned and accepted only because trust.require_signature = false; it does not raise the stored serial nor replace the last trusted copy");
+        return Ok(catalogue);
+    }
     store
         .put_trust_value(SERIAL_KEY, &json!(serial))
         .map_err(|e| e.to_string())?;
@@ -143,28 +201,33 @@ pub(crate) fn fresh_catalogue(
     Ok(catalogue)
 }
 
-/// Loads the configured catalogue under the trust policy, falling back to the last trusted
-/// copy (with a warning saying why) when the fresh one is refused or unreachable.
+/// Loads the configured catalogue under the trust policy at start, falling back to the last
+/// trusted copy (with a warning saying why) when the fresh one is refused or unreachable. The
+/// copy is judged by the same rules (its signature read the same way).
 pub(crate) fn load_catalogue(
     cfg: &Config,
     store: &Store,
     data_dir: &Path,
 ) -> Result<Catalogue, String> {
+    if !cfg.trust.require_signature && !cfg.trust.trusted_keys.is_empty() {
+        log::warn!(target: "api", "trust.require_signature = false: unsigned catalogues are accepted although trust.trusted_keys are configured (they never raise the stored serial)");
+    }
     match fresh_catalogue(cfg, store, data_dir) {
         Ok(catalogue) => Ok(catalogue),
         Err(why) => {
             let Some(src) = cfg.catalogue.as_deref() else {
                 return Err(why);
             };
-            let (copy, copy_sig) = last_trusted(data_dir);
+            let (copy, _) = last_trusted(data_dir);
             let Ok(bytes) = std::fs::read(&copy) else {
                 return Err(why);
             };
-            let sig = std::fs::read_to_string(&copy_sig).ok();
             let source = format!("last trusted copy of {src}");
-            let catalogue = judge(&source, &bytes, sig.as_deref(), cfg, store).map_err(|e| {
-                format!("{why}; and the last trusted copy is no longer acceptable: {e}")
-            })?;
+            let catalogue = read_signature(&copy.display().to_string(), cfg)
+                .and_then(|sig| judge(&source, &bytes, sig.as_deref(), cfg, store))
+                .map_err(|e| {
+                    format!("{why}; and the last trusted copy is no longer acceptable: {e}")
+                })?;
             log::error!(target: "api", "{why}; keeping the last trusted catalogue (serial {})", catalogue.serial);
             Ok(catalogue)
         }

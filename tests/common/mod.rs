@@ -49,6 +49,32 @@ impl Drop for TempDir {
     }
 }
 
+/// A small tmpfs mounted at a directory (a data dir that fills up), unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. "8m") at `dir`, creating it.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            ok.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// The Python that has the test clients installed (`tests/setup.sh` makes it).
 pub fn python() -> String {
     std::env::var("NNC_PYTHON").unwrap_or_else(|_| "python3".into())
