@@ -438,6 +438,7 @@ struct FileRouter {
     parent_interface: String,
     vlan_pool: Option<[u16; 2]>,
     timeout_secs: Option<f64>,
+    command_timeout_secs: Option<f64>,
 }
 
 /// How the local router makes each instance's segment.
@@ -821,6 +822,10 @@ fn router_config(r: &FileRouter, vlan: &VlanConfig) -> Result<RouterConfig, Conf
         }
         (None, None) => None,
     };
+    let router_secs = |name: &str, v: Option<f64>, default: Duration| {
+        secs(name, v, default)
+            .map_err(|e| ConfigError(e.0.replace("download.", &format!("{what}: "))))
+    };
     Ok(RouterConfig {
         id: r.id.clone(),
         endpoint: Endpoint {
@@ -829,7 +834,12 @@ fn router_config(r: &FileRouter, vlan: &VlanConfig) -> Result<RouterConfig, Conf
             tls,
             user: r.user.clone(),
             password,
-            timeout: secs("timeout_secs", r.timeout_secs, Duration::from_secs(5))?,
+            timeout: router_secs("timeout_secs", r.timeout_secs, Duration::from_secs(5))?,
+            command_timeout: router_secs(
+                "command_timeout_secs",
+                r.command_timeout_secs,
+                Duration::from_secs(15),
+            )?,
         },
         parent: r.parent_interface.clone(),
         pool,
@@ -983,6 +993,18 @@ mod tests {
         let c = serve(&format!("serve --config {}", path.display()));
         assert_eq!(c.api.max_connections_per_address, 4);
         assert_eq!(c.api.unauthenticated_timeout, Duration::from_millis(2500));
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "p\n").unwrap();
+        let router = format!(
+            "[[routers]]\nid = \"mt\"\nkind = \"routeros\"\nhost = \"h\"\nuser = \"u\"\npassword_file = {:?}\nparent_interface = \"p\"\n",
+            pw.display().to_string()
+        );
+        std::fs::write(&path, &router).unwrap();
+        let ep = &serve(&format!("serve --config {}", path.display())).routers[0].endpoint;
+        assert_eq!(
+            (ep.port, ep.timeout, ep.command_timeout),
+            (8728, Duration::from_secs(5), Duration::from_secs(15))
+        );
         for (text, needle) in [
             (
                 "[api]\nmax_connections_per_address = 0\n".to_owned(),
@@ -991,6 +1013,10 @@ mod tests {
             (
                 "[api]\nunauthenticated_timeout_secs = -1\n".to_owned(),
                 "api.unauthenticated_timeout_secs must be between",
+            ),
+            (
+                format!("{router}command_timeout_secs = 0\n"),
+                "router 'mt': command_timeout_secs must be between",
             ),
         ] {
             std::fs::write(&path, &text).unwrap();
