@@ -187,6 +187,10 @@ pub(crate) struct Config {
 pub(crate) struct ApiLimits {
     /// Open TCP connections (HTTP and WebSocket together); more get a 503.
     pub max_connections: usize,
+    /// Open connections from one peer address; more get a 503 and take no global slot.
+    pub max_connections_per_address: usize,
+    /// A connection that has made no authenticated request by then is closed.
+    pub unauthenticated_timeout: Duration,
     /// Live subscriptions on one WebSocket; more are refused with an `error` message.
     pub max_subscriptions: usize,
     /// Failed authentications from one address within `auth_window` before it is locked out
@@ -199,6 +203,8 @@ impl Default for ApiLimits {
     fn default() -> ApiLimits {
         ApiLimits {
             max_connections: 256,
+            max_connections_per_address: 16,
+            unauthenticated_timeout: Duration::from_secs(10),
             max_subscriptions: 32,
             auth_failures: 10,
             auth_window: Duration::from_secs(60),
@@ -288,6 +294,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileApi {
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    unauthenticated_timeout_secs: Option<f64>,
     max_subscriptions_per_connection: Option<usize>,
     auth_failure_limit: Option<u32>,
     auth_window_secs: Option<f64>,
@@ -295,18 +303,32 @@ struct FileApi {
 
 fn api_limits(f: &FileApi) -> Result<ApiLimits, ConfigError> {
     let d = ApiLimits::default();
+    let api_secs = |name: &str, v: Option<f64>, default: Duration| {
+        secs(name, v, default).map_err(|e| ConfigError(e.0.replace("download.", "api.")))
+    };
     let limits = ApiLimits {
         max_connections: f.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_address: f
+            .max_connections_per_address
+            .unwrap_or(d.max_connections_per_address),
+        unauthenticated_timeout: api_secs(
+            "unauthenticated_timeout_secs",
+            f.unauthenticated_timeout_secs,
+            d.unauthenticated_timeout,
+        )?,
         max_subscriptions: f
             .max_subscriptions_per_connection
             .unwrap_or(d.max_subscriptions),
         auth_failures: f.auth_failure_limit.unwrap_or(d.auth_failures),
-        auth_window: secs("auth_window_secs", f.auth_window_secs, d.auth_window)
-            .map_err(|e| ConfigError(e.0.replace("download.", "api.")))?,
+        auth_window: api_secs("auth_window_secs", f.auth_window_secs, d.auth_window)?,
     };
-    if limits.max_connections == 0 || limits.max_subscriptions == 0 || limits.auth_failures == 0 {
+    if limits.max_connections == 0
+        || limits.max_connections_per_address == 0
+        || limits.max_subscriptions == 0
+        || limits.auth_failures == 0
+    {
         return err(
-            "api.max_connections, api.max_subscriptions_per_connection and api.auth_failure_limit must be at least 1",
+            "api.max_connections, api.max_connections_per_address, api.max_subscriptions_per_connection and api.auth_failure_limit must be at least 1",
         );
     }
     Ok(limits)
@@ -420,6 +442,7 @@ struct FileRouter {
     parent_interface: String,
     vlan_pool: Option<[u16; 2]>,
     timeout_secs: Option<f64>,
+    command_timeout_secs: Option<f64>,
 }
 
 /// How the local router makes each instance's segment.
@@ -803,6 +826,10 @@ fn router_config(r: &FileRouter, vlan: &VlanConfig) -> Result<RouterConfig, Conf
         }
         (None, None) => None,
     };
+    let router_secs = |name: &str, v: Option<f64>, default: Duration| {
+        secs(name, v, default)
+            .map_err(|e| ConfigError(e.0.replace("download.", &format!("{what}: "))))
+    };
     Ok(RouterConfig {
         id: r.id.clone(),
         endpoint: Endpoint {
@@ -811,7 +838,12 @@ fn router_config(r: &FileRouter, vlan: &VlanConfig) -> Result<RouterConfig, Conf
             tls,
             user: r.user.clone(),
             password,
-            timeout: secs("timeout_secs", r.timeout_secs, Duration::from_secs(5))?,
+            timeout: router_secs("timeout_secs", r.timeout_secs, Duration::from_secs(5))?,
+            command_timeout: router_secs(
+                "command_timeout_secs",
+                r.command_timeout_secs,
+                Duration::from_secs(15),
+            )?,
         },
         parent: r.parent_interface.clone(),
         pool,
@@ -969,6 +1001,60 @@ mod tests {
         let e = trust(Some(true), vec![]).unwrap_err().0;
         assert!(e.contains("names no key"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn api_limits_from_the_file_with_defaults_and_refusals() {
+        let d = serve("serve").api;
+        assert_eq!(
+            (d.max_connections, d.max_connections_per_address),
+            (256, 16)
+        );
+        assert_eq!(d.unauthenticated_timeout, Duration::from_secs(10));
+        let dir = std::env::temp_dir().join(format!("nnc-cfg-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nnc.toml");
+        std::fs::write(
+            &path,
+            "[api]\nmax_connections_per_address = 4\nunauthenticated_timeout_secs = 2.5\n",
+        )
+        .unwrap();
+        let c = serve(&format!("serve --config {}", path.display()));
+        assert_eq!(c.api.max_connections_per_address, 4);
+        assert_eq!(c.api.unauthenticated_timeout, Duration::from_millis(2500));
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "p\n").unwrap();
+        let router = format!(
+            "[[routers]]\nid = \"mt\"\nkind = \"routeros\"\nhost = \"h\"\nuser = \"u\"\npassword_file = {:?}\nparent_interface = \"p\"\n",
+            pw.display().to_string()
+        );
+        std::fs::write(&path, &router).unwrap();
+        let ep = &serve(&format!("serve --config {}", path.display())).routers[0].endpoint;
+        assert_eq!(
+            (ep.port, ep.timeout, ep.command_timeout),
+            (8728, Duration::from_secs(5), Duration::from_secs(15))
+        );
+        for (text, needle) in [
+            (
+                "[api]\nmax_connections_per_address = 0\n".to_owned(),
+                "api.max_connections_per_address",
+            ),
+            (
+                "[api]\nunauthenticated_timeout_secs = -1\n".to_owned(),
+                "api.unauthenticated_timeout_secs must be between",
+            ),
+            (
+                format!("{router}command_timeout_secs = 0\n"),
+                "router 'mt': command_timeout_secs must be between",
+            ),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let e = parse_command(&args(&format!("serve --config {}", path.display())))
+                .unwrap_err()
+                .0;
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

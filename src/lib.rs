@@ -214,11 +214,19 @@ fn routers(cfg: &Config, userns: bool) -> Vec<vif::Router> {
         });
     }
     for r in &cfg.routers {
+        if r.endpoint.tls.is_none() {
+            log::warn!(
+                target: "interface-factory",
+                "router {}: the RouterOS API password for user {} goes to {}:{} in plain text; in its [[routers]] entry set tls = true and tls_fingerprint = \"<SHA-256 of the router's certificate>\" (API-SSL, port 8729)",
+                r.id, r.endpoint.user, r.endpoint.host, r.endpoint.port
+            );
+        }
         out.push(vif::Router {
             id: r.id.clone(),
             pool: r.pool,
             subnet_base: cfg.vlan.subnet_base,
             backend: vif::Backend::RouterOs(vif::routeros::RouterOs::new(
+                r.id.clone(),
                 r.endpoint.clone(),
                 r.parent.clone(),
             )),

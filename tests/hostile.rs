@@ -593,3 +593,262 @@ fn subscriptions_past_the_per_connection_limit_are_refused_with_an_error_message
     // Completing one frees its place for the next.
     assert_eq!(lines.next().unwrap()["extra"], "running", "{out}");
 }
+
+/// A connection to the agent from `source`, another address of 127.0.0.0/8, as a second LAN
+/// client would make it (std cannot bind a client socket before connecting).
+fn connect_from(source: [u8; 4], agent: &Agent) -> TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let [a, b, c, d] = source;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(a, b, c, d, 0)).unwrap();
+    connect(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, agent.port)).unwrap();
+    TcpStream::from(fd)
+}
+
+/// Reads one HTTP response (headers and a Content-Length body); `None` once the agent has
+/// closed the connection.
+fn read_response(s: &mut TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = header_of(&text, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return Some(text);
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// An authenticated `{ instances }` on an open keep-alive connection.
+fn post_on(s: &mut TcpStream, token: &str) -> Option<String> {
+    let body = r#"{"query":"{ instances { id } }"}"#;
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    read_response(s)
+}
+
+/// Waits (at most `limit`) for the agent to close `s`, whose peer sends nothing more.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        Ok(_) => panic!("the agent sent something on an idle connection"),
+    }
+}
+
+#[test]
+fn one_address_cannot_lock_the_owner_out_and_unauthenticated_connections_are_closed() {
+    use std::time::Instant;
+    const DEADLINE: Duration = Duration::from_secs(3);
+    let root = TempDir::new("peraddr");
+    let agent = start_plain_agent_with(
+        &root,
+        "[api]\nmax_connections = 64\nmax_connections_per_address = 16\nunauthenticated_timeout_secs = 3\n",
+    );
+
+    // Meanwhile 127.0.0.3 keeps three connections busy without ever authenticating: one asks
+    // for /health over keep-alive every 300 ms, one drips its request headers, one is a
+    // WebSocket that never sends `connection_init`.
+    let health = {
+        let mut s = connect_from([127, 0, 0, 3], &agent);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut answered = 0;
+            while started.elapsed() < Duration::from_secs(15) {
+                if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    .is_err()
+                {
+                    break;
+                }
+                match read_response(&mut s) {
+                    Some(r) if status_of(&r) == 200 => answered += 1,
+                    Some(r) => panic!("/health answered {r}"),
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            (answered, started.elapsed())
+        })
+    };
+    let dripping = {
+        let mut s = connect_from([127, 0, 0, 3], &agent);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = [0u8; 256];
+            while started.elapsed() < Duration::from_secs(15) {
+                if s.write_all(b"a").is_err() {
+                    break;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => panic!(
+                        "answered a half-sent request: {}",
+                        String::from_utf8_lossy(&buf[..n])
+                    ),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            started.elapsed()
+        })
+    };
+
+    // A WebSocket upgraded without a token that never sends `connection_init`.
+    let silent_ws = {
+        let mut s = connect_from([127, 0, 0, 3], &agent);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            s.write_all(b"GET /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            (got, started.elapsed())
+        })
+    };
+
+    // The attacker at 127.0.0.2 opens 300 connections and sends nothing.
+    let opened = Instant::now();
+    let attack: Vec<TcpStream> = (0..300)
+        .map(|_| connect_from([127, 0, 0, 2], &agent))
+        .collect();
+    // The owner still gets an answer at once, and keeps a keep-alive connection.
+    let asked = Instant::now();
+    let reply = raw_post(&agent, &agent.token);
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the owner waited {:?}",
+        asked.elapsed()
+    );
+    let mut owner = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+    owner
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let first = post_on(&mut owner, &agent.token).expect("an answer on keep-alive");
+    assert_eq!(status_of(&first), 200, "{first}");
+
+    // Beyond 16, each got the raw 503 naming the per-address limit and was closed; the
+    // first 16 are still open and silent.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for mut s in attack {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut text = String::new();
+        match s.read_to_string(&mut text) {
+            Ok(_) => {
+                assert_eq!(status_of(&text), 503, "{text}");
+                assert!(text.contains("\"TOO_MANY_CONNECTIONS\""), "{text}");
+                assert!(text.contains("(api.max_connections_per_address)"), "{text}");
+                assert_eq!(header_of(&text, "retry-after"), Some("1"), "{text}");
+                refused += 1;
+            }
+            Err(e) if text.is_empty() && e.kind() == std::io::ErrorKind::WouldBlock => {
+                held.push(s);
+            }
+            Err(e) => panic!("{e}: {text:?}"),
+        }
+    }
+    assert!(
+        opened.elapsed() < DEADLINE,
+        "the checks above took too long to tell held from closed: {:?}",
+        opened.elapsed()
+    );
+    assert_eq!((held.len(), refused), (16, 284));
+
+    // The agent closes the idle ones once the unauthenticated timeout has passed (well
+    // before hyper's 10 s header timeout would).
+    for s in &mut held {
+        assert!(closed_within(s, Duration::from_secs(8)), "still open");
+        let at = opened.elapsed();
+        assert!(
+            at >= DEADLINE - Duration::from_millis(100) && at < Duration::from_secs(8),
+            "idle connection closed after {at:?}"
+        );
+    }
+    let (answered, closed_after) = health.join().unwrap();
+    assert!(answered >= 3, "only {answered} /health answers");
+    assert!(
+        closed_after >= DEADLINE - Duration::from_millis(100)
+            && closed_after < Duration::from_secs(8),
+        "/health keep-alive closed after {closed_after:?}"
+    );
+    let closed_after = dripping.join().unwrap();
+    assert!(
+        closed_after >= DEADLINE - Duration::from_millis(100)
+            && closed_after < Duration::from_secs(8),
+        "dripping headers closed after {closed_after:?}"
+    );
+
+    let (got, closed_after) = silent_ws.join().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text:?}");
+    // A close frame with code 4408 (0x1138): connection_init did not come in time.
+    assert!(got.windows(2).any(|w| w == [0x11, 0x38]), "{text:?}");
+    assert!(
+        closed_after >= DEADLINE - Duration::from_millis(100)
+            && closed_after < Duration::from_secs(8),
+        "silent WebSocket closed after {closed_after:?}"
+    );
+
+    // The owner's authenticated connection outlives the unauthenticated timeout.
+    std::thread::sleep(
+        (opened + DEADLINE + Duration::from_secs(1)).saturating_duration_since(Instant::now()),
+    );
+    let second = post_on(&mut owner, &agent.token).expect("the authenticated connection stays");
+    assert_eq!(status_of(&second), 200, "{second}");
+
+    // Closed connections gave their places back: 16 fit again, the 17th is refused.
+    let again: Vec<TcpStream> = (0..16)
+        .map(|_| connect_from([127, 0, 0, 2], &agent))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = connect_from([127, 0, 0, 2], &agent);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut text = String::new();
+    let _ = extra.read_to_string(&mut text);
+    assert!(
+        text.contains("(api.max_connections_per_address)"),
+        "{text:?}"
+    );
+    drop(again);
+    assert!(
+        agent.log().contains("(api.max_connections_per_address)"),
+        "{}",
+        agent.log()
+    );
+}

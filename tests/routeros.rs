@@ -1,14 +1,20 @@
 //! The RouterOS backend against a protocol-faithful simulator (tests/routeros/sim.py, itself
 //! checked against the third-party clients librouteros and routeros-api): the seed's four
 //! objects on install, nothing left after a failure at any step, a dropped connection, or a
-//! kill -9 mid-sequence; unreachable routers refused; TLS with a pinned certificate.
+//! kill -9 mid-sequence; unreachable routers refused; TLS with a pinned certificate; a
+//! malicious router (endless rows, a dripped reply or TLS handshake, a 1 MiB word) cut off in
+//! bounded time and memory while the API keeps answering; a warning for plain-text logins.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use common::{Agent, Nginx, TempDir, feature, sha256_file, write_catalogue};
 use serde_json::{Value, json};
@@ -357,41 +363,7 @@ fn kill_9_mid_sequence_and_orphans_are_repaired_at_start() {
 #[test]
 fn tls_with_a_pinned_certificate_and_routeros_7_18_empty_replies() {
     let s = setup("rostls");
-    let (cert, key) = (
-        s.root.path().join("cert.pem"),
-        s.root.path().join("key.pem"),
-    );
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=router",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let der = Command::new("openssl")
-        .args(["x509", "-outform", "DER", "-in"])
-        .arg(&cert)
-        .output()
-        .unwrap()
-        .stdout;
-    let der_file = s.root.path().join("cert.der");
-    std::fs::write(&der_file, der).unwrap();
-    let fingerprint = sha256_file(&der_file);
+    let (cert, key, fingerprint) = router_certificate(s.root.path());
     let sim = Sim::start(
         s.root.path(),
         &[
@@ -408,6 +380,9 @@ fn tls_with_a_pinned_certificate_and_routeros_7_18_empty_replies() {
         &format!("tls_fingerprint = \"{fingerprint}\""),
         "",
     );
+    assert!(!agent.log().contains("in plain text"), "{}", agent.log());
+    let routers = agent.data("{ routers { id tls } }", json!({}));
+    assert_eq!(routers["routers"][1], json!({ "id": "mt", "tls": true }));
     let id = agent.install_on("tool", "mt", "t");
     assert_eq!(
         agent.wait_done(&id, TIMEOUT)["status"],
@@ -466,4 +441,315 @@ fn an_active_interface_whose_objects_vanished_is_recreated_at_start() {
         agent.log()
     );
     assert_four_objects(&sim, &id, "g", 100);
+}
+
+/// Polls the agent's `/health` every 200 ms on a thread of its own until dropped; each answer
+/// must come within a second.
+struct HealthWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl HealthWatch {
+    fn start(agent: &Agent) -> HealthWatch {
+        let port = agent.port;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut answered, mut failures) = (0, Vec::new());
+            while !flag.load(Ordering::SeqCst) {
+                let asked = Instant::now();
+                let reply = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                    let mut text = String::new();
+                    s.read_to_string(&mut text)?;
+                    Ok(text)
+                });
+                match reply {
+                    Ok(text) if text.starts_with("HTTP/1.1 200") => answered += 1,
+                    other => failures.push(format!("after {:?}: {other:?}", asked.elapsed())),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (answered, failures)
+        });
+        HealthWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops polling; asserts every poll was answered in time.
+    fn finish(mut self) -> u32 {
+        self.stop.store(true, Ordering::SeqCst);
+        let (answered, failures) = self.thread.take().unwrap().join().unwrap();
+        assert!(failures.is_empty(), "/health did not answer: {failures:?}");
+        answered
+    }
+}
+
+impl Drop for HealthWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Peak RSS the agent may reach while a router misbehaves.
+const HOSTILE_RSS_KIB: u64 = 64 * 1024;
+/// A hostile router's per-command budget in these tests (the per-read timeout is 3 s).
+const COMMAND_TIMEOUT: &str = "command_timeout_secs = 4";
+
+/// An install on a simulator answering every `add` as `mode` fails at provisioning with an
+/// error containing `needle`, within a bounded time, while `/health` keeps answering and the
+/// agent's memory stays bounded.
+fn install_on_a_hostile_router_fails(mode: &str, needle: &str) {
+    let s = setup(&format!("ros-{mode}"));
+    let sim = Sim::start(s.root.path(), &["--hostile", mode, "--drip-secs", "2.5"]);
+    let agent = s.agent("agent", sim.port, COMMAND_TIMEOUT, "");
+    let watch = HealthWatch::start(&agent);
+    let started = Instant::now();
+    let id = agent.install_on("tool", "mt", "h");
+    let inst = agent.wait_done(&id, Duration::from_secs(30));
+    let took = started.elapsed();
+    let answered = watch.finish();
+    let ctx = format!("{mode}: {inst}\n{}", agent.log());
+    assert_eq!(inst["status"], "FAILED", "{ctx}");
+    assert_eq!(inst["failedStep"], "provisioning", "{ctx}");
+    let error = inst["error"].as_str().unwrap();
+    assert!(error.contains(needle), "{ctx}");
+    assert!(
+        error.contains("/interface/vlan/add"),
+        "names the command: {ctx}"
+    );
+    assert!(answered >= 1, "{mode}: /health was never polled");
+    let peak = common::proc_status_kib(agent.pid(), "VmHWM:");
+    eprintln!("{mode}: failed after {took:?}, agent peak RSS {peak} KiB: {error}");
+    assert!(peak < HOSTILE_RSS_KIB, "{mode}: peak RSS {peak} KiB");
+    // The router really did misbehave, on the command the error names.
+    let log = sim.state()["log"].to_string();
+    assert!(log.contains(&format!("hostile {mode}")), "{log}");
+    assert_eq!(sim.objects(), vec![], "{ctx}");
+}
+
+#[test]
+fn a_router_streaming_rows_without_end_is_cut_off_at_the_row_cap() {
+    install_on_a_hostile_router_fails(
+        "flood",
+        "not a RouterOS API reply: the reply is over the agent's limit of 10000 rows; the connection was dropped",
+    );
+}
+
+#[test]
+fn a_router_dripping_its_reply_is_cut_off_at_the_command_deadline() {
+    install_on_a_hostile_router_fails(
+        "drip",
+        "did not answer in full within the 4 s the command may take (command_timeout_secs)",
+    );
+}
+
+#[test]
+fn a_router_sending_a_1_mib_word_is_refused_at_the_word_cap() {
+    install_on_a_hostile_router_fails(
+        "huge-word",
+        "not a RouterOS API reply: a word of 1048576 bytes is over the agent's limit of 65536; the connection was dropped",
+    );
+}
+
+/// A TCP relay to 127.0.0.1:`upstream` that passes the client's bytes at once and the
+/// server's one byte every `every`, stopped (with every connection it relays) on drop.
+struct Dripper {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Dripper {
+    fn start(upstream: u16, every: Duration) -> Dripper {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut relays = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let flag = Arc::clone(&flag);
+                        relays.push(std::thread::spawn(move || {
+                            drip(client, upstream, every, &flag);
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            for r in relays {
+                let _ = r.join();
+            }
+        });
+        Dripper {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn drip(client: TcpStream, upstream: u16, every: Duration, stop: &AtomicBool) {
+    client.set_nonblocking(false).unwrap();
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let (mut from_client, mut to_server) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_server);
+        let _ = to_server.shutdown(std::net::Shutdown::Both);
+    });
+    server
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (mut server_r, mut client_w) = (&server, &client);
+    let mut byte = [0u8; 1];
+    while !stop.load(Ordering::SeqCst) {
+        match server_r.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {
+                std::thread::sleep(every);
+                if client_w.write_all(&byte).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = server.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+}
+
+impl Drop for Dripper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A self-signed certificate for the simulator's API-SSL: (cert.pem, key.pem, SHA-256 of DER).
+fn router_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=router",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .stdout;
+    let der_file = dir.join("cert.der");
+    std::fs::write(&der_file, der).unwrap();
+    let fingerprint = sha256_file(&der_file);
+    (cert, key, fingerprint)
+}
+
+#[test]
+fn a_router_dripping_its_tls_handshake_is_cut_off_at_the_connect_deadline() {
+    let s = setup("rostlsdrip");
+    let (cert, key, fingerprint) = router_certificate(s.root.path());
+    let sim = Sim::start(
+        s.root.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    // Every byte the router sends (its TLS handshake first) arrives 2.5 s after the last:
+    // always within the 3 s read timeout, never finishing.
+    let dripper = Dripper::start(sim.port, Duration::from_millis(2500));
+    let agent = s.agent(
+        "agent",
+        dripper.port,
+        &format!("tls_fingerprint = \"{fingerprint}\"\n{COMMAND_TIMEOUT}"),
+        "",
+    );
+    let watch = HealthWatch::start(&agent);
+    let started = Instant::now();
+    let v = agent.gql(
+        "mutation { installFeature(featureId: \"tool\", routerId: \"mt\", name: \"d\") { instanceId } }",
+        json!({}),
+    );
+    let took = started.elapsed();
+    watch.finish();
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "UNREACHABLE_ROUTER",
+        "{v}"
+    );
+    let message = v["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("TLS: the router did not answer in full within the 4 s"),
+        "{v}"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+        "refused after {took:?}"
+    );
+    assert_eq!(
+        agent.data("{ instances { id } }", json!({}))["instances"],
+        json!([])
+    );
+    drop(agent);
+    drop(dripper);
+}
+
+#[test]
+fn a_plain_text_router_login_is_warned_about_in_the_log_and_in_graphql() {
+    let s = setup("rosplain");
+    let sim = Sim::start(s.root.path(), &[]);
+    let agent = s.agent("agent", sim.port, "", "");
+    let log = agent.log();
+    let warning = format!(
+        "router mt: the RouterOS API password for user admin goes to 127.0.0.1:{} in plain text; in its [[routers]] entry set tls = true and tls_fingerprint",
+        sim.port
+    );
+    assert!(log.contains(&warning), "{log}");
+    assert!(log.contains("(API-SSL, port 8729)"), "{log}");
+    assert!(!log.contains("secret"), "the password leaked into the log");
+    let routers = agent.data("{ routers { id tls } }", json!({}));
+    assert_eq!(
+        routers["routers"],
+        json!([{ "id": "local", "tls": false }, { "id": "mt", "tls": false }])
+    );
 }

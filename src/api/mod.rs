@@ -7,6 +7,7 @@
 mod codes;
 mod guard;
 pub(crate) mod schema;
+mod slots;
 mod ws;
 
 use std::convert::Infallible;
@@ -22,18 +23,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ApiLimits;
 use crate::install::Installer;
 use crate::util;
 
 pub(crate) use schema::AppSchema;
+use slots::{Refused, Slot, Slots};
 
 /// Largest GraphQL request body accepted (413 beyond).
 const MAX_BODY: usize = 64 * 1024;
-/// A client that has not sent its request headers after this long is dropped.
+/// A client that has not sent a request's headers this long after the last request (or after
+/// connecting) is dropped; before it authenticates, `api.unauthenticated_timeout_secs` is
+/// the (usually shorter) limit for the whole connection.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The API token, kept only as its SHA-256 so comparisons take constant time whatever the
@@ -57,9 +60,6 @@ pub(crate) struct Api {
     limits: ApiLimits,
     guard: guard::AuthGuard,
 }
-
-/// Held by a connection (and by its WebSocket once upgraded) for as long as it is open.
-type Slot = Arc<OwnedSemaphorePermit>;
 
 impl Api {
     pub(crate) fn new(
@@ -116,9 +116,17 @@ impl Api {
     }
 }
 
-/// What a connection over `max_connections` gets before it is closed.
-fn busy_reply() -> Vec<u8> {
-    let body = r#"{"errors":[{"message":"too many open connections to the agent (api.max_connections)","extensions":{"code":"TOO_MANY_CONNECTIONS"}}]}"#;
+/// What a connection refused at a connection limit gets before it is closed.
+fn busy_reply(refused: &Refused) -> Vec<u8> {
+    let message = match refused {
+        Refused::Global => "too many open connections to the agent (api.max_connections)",
+        Refused::PerAddress => {
+            "too many open connections from this address (api.max_connections_per_address); close some or retry later"
+        }
+    };
+    let body = format!(
+        r#"{{"errors":[{{"message":"{message}","extensions":{{"code":"TOO_MANY_CONNECTIONS"}}}}]}}"#
+    );
     format!(
         "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -126,10 +134,25 @@ fn busy_reply() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Writes the 503, half-closes, then drains what the client sent, so the close does not turn
+/// into a reset that destroys the reply before the client reads it.
+async fn refuse(mut stream: TcpStream, refused: Refused) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(&busy_reply(&refused)).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 /// Accepts connections until the process ends.
 pub(crate) async fn serve(listener: TcpListener, api: Arc<Api>) {
-    let slots = Arc::new(Semaphore::new(api.limits.max_connections));
-    let mut last_warned: Option<std::time::Instant> = None;
+    let limits = &api.limits;
+    let slots = Slots::new(limits.max_connections, limits.max_connections_per_address);
+    // When each kind of refusal was last logged: a flood must not flood the log too.
+    let mut last_warned: [Option<std::time::Instant>; 2] = [None; 2];
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -140,47 +163,61 @@ pub(crate) async fn serve(listener: TcpListener, api: Arc<Api>) {
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                log::warn!(
-                    target: "api",
-                    "{} connections open (api.max_connections); refusing {peer}",
-                    api.limits.max_connections
-                );
-                last_warned = Some(std::time::Instant::now());
+        let deadline = tokio::time::Instant::now() + limits.unauthenticated_timeout;
+        let slot = match slots.take(peer.ip(), deadline) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                let last = &mut last_warned[usize::from(refused == Refused::PerAddress)];
+                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    *last = Some(std::time::Instant::now());
+                    match refused {
+                        Refused::Global => log::warn!(
+                            target: "api",
+                            "{} connections open (api.max_connections); refusing {peer}",
+                            limits.max_connections
+                        ),
+                        Refused::PerAddress => log::warn!(
+                            target: "api",
+                            "{} connections open from {} (api.max_connections_per_address); refusing more from it",
+                            limits.max_connections_per_address,
+                            peer.ip()
+                        ),
+                    }
+                }
+                tokio::spawn(refuse(stream, refused));
+                continue;
             }
-            tokio::spawn(async move {
-                // Write, half-close, then drain what the client sent, so the close does not
-                // turn into a reset that destroys the reply before the client reads it.
-                let mut stream = stream;
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    stream.write_all(&busy_reply()).await?;
-                    stream.shutdown().await?;
-                    let mut sink = [0u8; 1024];
-                    while stream.read(&mut sink).await? > 0 {}
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
-            });
-            continue;
         };
-        let slot: Slot = Arc::new(slot);
+        tokio::spawn(connection(stream, peer, Arc::clone(&api), slot));
+    }
+}
+
+/// Serves one connection; closes it at its deadline unless it has authenticated by then.
+async fn connection(stream: TcpStream, peer: SocketAddr, api: Arc<Api>, slot: Slot) {
+    let deadline = slot.deadline();
+    let held = Arc::clone(&slot);
+    let service = hyper::service::service_fn(move |req| {
         let api = Arc::clone(&api);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let api = Arc::clone(&api);
-                let slot = Arc::clone(&slot);
-                async move { Ok::<_, Infallible>(handle(req, &api, peer, slot).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                log::debug!(target: "api", "connection from {peer}: {e}");
-            }
-        });
+        let slot = Arc::clone(&slot);
+        async move { Ok::<_, Infallible>(handle(req, &api, peer, slot).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    // An upgrade ends `conn` at once: the WebSocket then keeps the slot and the deadline.
+    let result = match tokio::time::timeout_at(deadline, conn.as_mut()).await {
+        Ok(result) => result,
+        Err(_) if held.authenticated() => conn.await,
+        Err(_) => {
+            log::debug!(target: "api", "closing the connection from {peer}: no authenticated request in time (api.unauthenticated_timeout_secs)");
+            return;
+        }
+    };
+    if let Err(e) = result {
+        log::debug!(target: "api", "connection from {peer}: {e}");
     }
 }
 
@@ -211,7 +248,7 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: 
             &json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
         ),
         (_, "/graphql") if ws::is_upgrade(&req) => ws::upgrade(req, api, peer, slot),
-        (&Method::POST, "/graphql") => graphql_post(req, api, peer).await,
+        (&Method::POST, "/graphql") => graphql_post(req, api, peer, &slot).await,
         (_, "/graphql") => {
             let mut r = error_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -230,7 +267,12 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: 
     }
 }
 
-async fn graphql_post(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) -> Reply {
+async fn graphql_post(
+    req: Request<Incoming>,
+    api: &Arc<Api>,
+    peer: SocketAddr,
+    slot: &Slot,
+) -> Reply {
     if let Some(locked) = api.lockout(peer) {
         return locked;
     }
@@ -245,6 +287,7 @@ async fn graphql_post(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr) 
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
+    slot.authenticate();
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

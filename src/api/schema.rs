@@ -117,6 +117,7 @@ impl QueryRoot {
                 out.push(RouterObject {
                     id: ID(install::LOCAL_ROUTER.into()),
                     kind: "linux".into(),
+                    tls: false,
                     reachable: true,
                     error: None,
                 });
@@ -126,6 +127,7 @@ impl QueryRoot {
                 out.push(RouterObject {
                     id: ID(r.id.clone()),
                     kind: r.kind().into(),
+                    tls: r.tls(),
                     reachable: check.is_ok(),
                     error: check.err().map(|e| e.to_string()),
                 });
@@ -428,6 +430,9 @@ pub(crate) struct RouterObject {
     id: ID,
     /// `linux` (this machine) or `routeros`.
     kind: String,
+    /// Whether the agent reaches the router's API over TLS; false for a RouterOS router means
+    /// its password crosses the network in plain text (false for `local`, which needs none).
+    tls: bool,
     reachable: bool,
     /// Why it is not reachable.
     error: Option<String>,

@@ -27,7 +27,8 @@ use super::{Api, Reply, Slot, error_reply};
 
 /// Largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 64 * 1024;
-/// How long a client may take to send `connection_init`.
+/// How long a client may take to send `connection_init` (and never past its connection's
+/// unauthenticated deadline).
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -89,14 +90,16 @@ pub(super) fn upgrade(
                 "wrong bearer token",
             );
         }
-        Some(true) => api.authenticated(peer, true),
+        Some(true) => {
+            slot.authenticate();
+            api.authenticated(peer, true)
+        }
         None => false,
     };
     let accept = derive_accept_key(key.as_bytes());
     let api = Arc::clone(api);
     tokio::spawn(async move {
         // The connection's slot stays taken while the WebSocket lives.
-        let _slot = slot;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 run(
@@ -105,8 +108,9 @@ pub(super) fn upgrade(
                     &api,
                     pre_authenticated,
                     peer,
+                    &slot,
                 )
-                .await
+                .await;
             }
             Err(e) => log::debug!(target: "api", "WebSocket upgrade from {peer} failed: {e}"),
         }
@@ -147,6 +151,7 @@ async fn run(
     api: &Arc<Api>,
     pre_authenticated: bool,
     peer: SocketAddr,
+    slot: &Slot,
 ) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
@@ -171,7 +176,11 @@ async fn run(
             reason: reason.to_owned().into(),
         }))
     };
-    let first = match tokio::time::timeout(INIT_TIMEOUT, source.next()).await {
+    let mut init_by = tokio::time::Instant::now() + INIT_TIMEOUT;
+    if !slot.authenticated() {
+        init_by = init_by.min(slot.deadline());
+    }
+    let first = match tokio::time::timeout_at(init_by, source.next()).await {
         Ok(Some(first)) => first,
         Ok(None) => return,
         Err(_) => {
@@ -207,6 +216,7 @@ async fn run(
             .await;
         return;
     }
+    slot.authenticate();
     // Subscriptions beyond the connection's limit never reach async-graphql; their refusal
     // goes out through `refused`, between the replies.
     let live = Arc::new(Mutex::new(Live::default()));

@@ -231,6 +231,14 @@ impl Router {
         self.backend.kind()
     }
 
+    /// Whether the agent talks to the router over TLS (`local` needs no network: false).
+    pub(crate) fn tls(&self) -> bool {
+        match &self.backend {
+            Backend::Linux(_) => false,
+            Backend::RouterOs(b) => b.tls(),
+        }
+    }
+
     /// Whether the router answers (RouterOS: connect and log in).
     pub(crate) fn check_reachable(&self) -> Result<(), VifError> {
         self.backend.reachable()

@@ -5,10 +5,13 @@ validates them. It keeps tables of interfaces, VLANs, addresses, routing tables 
 .ids and comments, and writes them to a JSON state file after every command.
 
 usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tls-key K]
-              [--fail-at K] [--drop-at K] [--empty-replies]
+              [--fail-at K] [--drop-at K] [--empty-replies] [--hostile MODE [--drip-secs S]]
   --fail-at K      the K-th 'add' command (counting from 1) answers !trap
   --drop-at K      the connection is closed, unanswered, on the K-th 'add' command
   --empty-replies  a print with no match answers !empty (RouterOS >= 7.18) before !done
+  --hostile MODE   a malicious router: every 'add' is answered with 'flood' (!re rows without
+                   end), 'drip' (!re rows without end, one byte every --drip-secs, default
+                   0.8) or 'huge-word' (a !re holding one 1 MiB word, then !done)
 Prints 'listening PORT' once ready. Faithfulness is checked against PyPI librouteros and
 routeros-api in tests/routeros/clients.py.
 """
@@ -193,6 +196,26 @@ class Router:
         return False
 
 
+async def hostile(args, reader, writer, tagw):
+    """Answers one command the way a malicious router would, until the client hangs up."""
+    row = encode_sentence(["!re", "=.id=*1", "=comment=hostile"] + tagw)
+    if args.hostile == "huge-word":
+        word = "=comment=" + "x" * ((1 << 20) - len("=comment="))
+        writer.write(encode_sentence(["!re", word] + tagw) + encode_sentence(["!done", "=ret=*1"] + tagw))
+        await writer.drain()
+        await reader.read()
+        return
+    while not writer.is_closing():
+        if args.hostile == "flood":
+            writer.write(row * 64)
+            await writer.drain()
+            continue
+        for b in row:
+            writer.write(bytes([b]))
+            await writer.drain()
+            await asyncio.sleep(args.drip_secs)
+
+
 async def handle(router, args, reader, writer):
     logged_in = False
     peer = writer.get_extra_info("peername")
@@ -240,6 +263,11 @@ async def handle(router, args, reader, writer):
                         out.append(["!done"])
                     elif menu not in router.menus or op not in ("add", "print", "remove", "set"):
                         raise ApiError("no such command prefix", 0)
+                    elif op == "add" and args.hostile:
+                        router.log.append({"cmd": cmd, "attrs": attrs, "result": "hostile " + args.hostile})
+                        router.save()
+                        await hostile(args, reader, writer, tagw)
+                        return
                     elif op == "add":
                         router.adds += 1
                         if router.drop_at and router.adds == router.drop_at:
@@ -305,6 +333,8 @@ async def main():
     ap.add_argument("--fail-at", type=int, default=0)
     ap.add_argument("--drop-at", type=int, default=0)
     ap.add_argument("--empty-replies", action="store_true")
+    ap.add_argument("--hostile", choices=["flood", "drip", "huge-word"])
+    ap.add_argument("--drip-secs", type=float, default=0.8)
     args = ap.parse_args()
     router = Router(args.state, args.fail_at, args.drop_at)
     ctx = None

@@ -6,17 +6,30 @@
 //! the connection).
 //!
 //! This client is synchronous and used from blocking threads: one command at a time, each with
-//! its own tag, every read and write bounded by the configured timeout.
+//! its own tag. The router is not trusted with the agent's memory or time: words, sentences
+//! and whole replies have size caps, every read and write waits at most `timeout`, and each
+//! command (connect and login count as one) must be answered in full within
+//! `command_timeout`, however slowly the router drips its bytes. Past any of these the call
+//! fails and the connection is dropped.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Words longer than this are refused (RouterOS values are short; this bounds memory).
-const MAX_WORD: usize = 1 << 20;
-/// Sentences with more words than this are refused.
-const MAX_WORDS: usize = 4096;
+const MAX_WORD: usize = 64 << 10;
+/// Sentences with more words, or more bytes of words, than these are refused.
+const MAX_SENTENCE_WORDS: usize = 256;
+const MAX_SENTENCE_BYTES: usize = 256 << 10;
+/// Replies with more `!re` rows than this are refused (our prints ask for a few columns of
+/// the agent's own objects; a home router's tables are far smaller).
+const MAX_REPLY_ROWS: usize = 10_000;
+/// What all sentences of one reply may hold, each word counted as its length plus
+/// `WORD_COST` (roughly what keeping a short word costs), so a flood of tiny words is bounded
+/// as well as a few large ones.
+const MAX_REPLY_BYTES: usize = 4 << 20;
+const WORD_COST: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ApiError {
@@ -46,7 +59,12 @@ impl std::fmt::Display for ApiError {
             ApiError::Io(e) => write!(f, "connection: {e}"),
             ApiError::Trap { message, .. } => write!(f, "router refused: {message}"),
             ApiError::Fatal(m) => write!(f, "router closed the session: {m}"),
-            ApiError::Protocol(m) => write!(f, "not a RouterOS API reply: {m}"),
+            ApiError::Protocol(m) => {
+                write!(
+                    f,
+                    "not a RouterOS API reply: {m}; the connection was dropped"
+                )
+            }
         }
     }
 }
@@ -113,9 +131,11 @@ fn read_length(r: &mut dyn Read) -> Result<Option<usize>, ApiError> {
     Ok(Some(len as usize))
 }
 
-/// Reads one sentence (its words, without the terminating empty word).
-pub(crate) fn read_sentence(r: &mut dyn Read) -> Result<Vec<String>, ApiError> {
+/// Reads one sentence (its words, without the terminating empty word). `budget` is what the
+/// reply may still hold (see `MAX_REPLY_BYTES`); the sentence's words are taken from it.
+pub(crate) fn read_sentence(r: &mut dyn Read, budget: &mut usize) -> Result<Vec<String>, ApiError> {
     let mut words = Vec::new();
+    let mut bytes = 0;
     loop {
         let len = match read_length(r)? {
             Some(n) => n,
@@ -131,12 +151,29 @@ pub(crate) fn read_sentence(r: &mut dyn Read) -> Result<Vec<String>, ApiError> {
             }
             return Ok(words);
         }
-        if len > MAX_WORD || words.len() >= MAX_WORDS {
-            return Err(ApiError::Protocol(format!(
-                "word of {len} bytes or sentence of {} words is beyond limits",
-                words.len()
-            )));
+        let over = |what: String| Err(ApiError::Protocol(what));
+        if len > MAX_WORD {
+            return over(format!(
+                "a word of {len} bytes is over the agent's limit of {MAX_WORD}"
+            ));
         }
+        if words.len() == MAX_SENTENCE_WORDS {
+            return over(format!(
+                "a sentence is over the agent's limit of {MAX_SENTENCE_WORDS} words"
+            ));
+        }
+        bytes += len;
+        if bytes > MAX_SENTENCE_BYTES {
+            return over(format!(
+                "a sentence is over the agent's limit of {MAX_SENTENCE_BYTES} bytes"
+            ));
+        }
+        let Some(left) = budget.checked_sub(len + WORD_COST) else {
+            return over(format!(
+                "the reply is over the agent's limit of {MAX_REPLY_BYTES} bytes ({WORD_COST} counted per word)"
+            ));
+        };
+        *budget = left;
         let mut buf = vec![0u8; len];
         r.read_exact(&mut buf).map_err(|e| io(&e))?;
         words.push(
@@ -158,8 +195,9 @@ pub(crate) struct Reply {
 pub(crate) fn read_reply(r: &mut dyn Read, tag: &str) -> Result<Reply, ApiError> {
     let mut reply = Reply::default();
     let mut trap: Option<ApiError> = None;
+    let mut budget = MAX_REPLY_BYTES;
     loop {
-        let words = read_sentence(r)?;
+        let words = read_sentence(r, &mut budget)?;
         let kind = words[0].as_str();
         let mut attrs = BTreeMap::new();
         let mut sentence_tag = None;
@@ -183,6 +221,11 @@ pub(crate) fn read_reply(r: &mut dyn Read, tag: &str) -> Result<Reply, ApiError>
             )));
         }
         match kind {
+            "!re" if reply.rows.len() == MAX_REPLY_ROWS => {
+                return Err(ApiError::Protocol(format!(
+                    "the reply is over the agent's limit of {MAX_REPLY_ROWS} rows"
+                )));
+            }
             "!re" => reply.rows.push(attrs),
             "!empty" => {}
             "!trap" => {
@@ -213,7 +256,11 @@ pub(crate) struct Endpoint {
     pub tls: Option<TlsTrust>,
     pub user: String,
     pub password: String,
+    /// Longest wait for any one read or write (`timeout_secs`).
     pub timeout: Duration,
+    /// Longest a command may take in all, its whole reply included; connect, TLS handshake
+    /// and login count as one command (`command_timeout_secs`).
+    pub command_timeout: Duration,
 }
 
 /// Never prints the password, whatever formats an `Endpoint` later.
@@ -226,6 +273,7 @@ impl std::fmt::Debug for Endpoint {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("timeout", &self.timeout)
+            .field("command_timeout", &self.command_timeout)
             .finish()
     }
 }
@@ -238,37 +286,139 @@ pub(crate) enum TlsTrust {
     CaFile(std::path::PathBuf),
 }
 
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
+/// The TCP connection to the router. It sits under TLS too, so the deadline holds even while
+/// rustls loops over a record that a peer drips byte by byte: each read or write waits at most
+/// `per_io`, and never past the deadline of the command in progress.
+pub(super) struct Socket {
+    tcp: TcpStream,
+    per_io: Duration,
+    command: Duration,
+    deadline: Instant,
+}
+
+impl Socket {
+    /// Starts the clock of a new command.
+    fn arm(&mut self) {
+        self.deadline = Instant::now() + self.command;
+    }
+
+    /// How long the next read or write may wait, and whether the deadline (not `per_io`) is
+    /// what limits it.
+    fn wait(&self) -> io::Result<(Duration, bool)> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.timed_out(true));
+        }
+        Ok(if left < self.per_io {
+            (left, true)
+        } else {
+            (self.per_io, false)
+        })
+    }
+
+    fn timed_out(&self, deadline: bool) -> io::Error {
+        let message = if deadline {
+            format!(
+                "the router did not answer in full within the {} s the command may take (command_timeout_secs)",
+                self.command.as_secs_f64()
+            )
+        } else {
+            format!(
+                "no data from the router for {} s (timeout_secs)",
+                self.per_io.as_secs_f64()
+            )
+        };
+        io::Error::new(io::ErrorKind::TimedOut, message)
+    }
+
+    fn finish<T>(&self, deadline: bool, r: io::Result<T>) -> io::Result<T> {
+        match r {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(self.timed_out(deadline))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (wait, deadline) = self.wait()?;
+        self.tcp.set_read_timeout(Some(wait))?;
+        let r = self.tcp.read(buf);
+        self.finish(deadline, r)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (wait, deadline) = self.wait()?;
+        self.tcp.set_write_timeout(Some(wait))?;
+        let r = self.tcp.write(buf);
+        self.finish(deadline, r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// The byte stream words travel on: the socket itself, or TLS over it.
+pub(super) trait Stream: Read + Write + Send {
+    fn socket(&mut self) -> &mut Socket;
+}
+
+impl Stream for Socket {
+    fn socket(&mut self) -> &mut Socket {
+        self
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ClientConnection, Socket> {
+    fn socket(&mut self) -> &mut Socket {
+        &mut self.sock
+    }
+}
 
 pub(crate) struct Client {
-    stream: Box<dyn Stream>,
+    stream: BufReader<Box<dyn Stream>>,
     next_tag: u32,
 }
 
 impl Client {
-    /// Connects and logs in (`/login =name= =password=`, RouterOS 6.43 and later).
+    /// Connects and logs in (`/login =name= =password=`, RouterOS 6.43 and later), all
+    /// within one `command_timeout`.
     pub(crate) fn connect(ep: &Endpoint) -> Result<Client, ApiError> {
+        let deadline = Instant::now() + ep.command_timeout;
         let addr = (ep.host.as_str(), ep.port)
             .to_socket_addrs()
             .map_err(|e| io(&e))?
             .next()
             .ok_or_else(|| ApiError::Io(format!("{} does not resolve", ep.host)))?;
-        let tcp = TcpStream::connect_timeout(&addr, ep.timeout).map_err(|e| io(&e))?;
-        tcp.set_read_timeout(Some(ep.timeout)).map_err(|e| io(&e))?;
-        tcp.set_write_timeout(Some(ep.timeout))
+        let tcp = TcpStream::connect_timeout(&addr, ep.timeout.min(ep.command_timeout))
             .map_err(|e| io(&e))?;
         tcp.set_nodelay(true).map_err(|e| io(&e))?;
+        let socket = Socket {
+            tcp,
+            per_io: ep.timeout,
+            command: ep.command_timeout,
+            deadline,
+        };
         let stream: Box<dyn Stream> = match &ep.tls {
-            None => Box::new(tcp),
-            Some(trust) => Box::new(super::tls::wrap(tcp, &ep.host, trust)?),
+            None => Box::new(socket),
+            Some(trust) => Box::new(super::tls::wrap(socket, &ep.host, trust)?),
         };
         let mut client = Client {
-            stream,
+            stream: BufReader::new(stream),
             next_tag: 1,
         };
         client
-            .call(
+            .exchange(
                 "/login",
                 &[("name", &ep.user), ("password", &ep.password)],
                 &[],
@@ -283,8 +433,18 @@ impl Client {
         Ok(client)
     }
 
-    /// Runs one command and waits for its `!done`.
+    /// Runs one command and waits for its `!done`, within `command_timeout`.
     pub(crate) fn call(
+        &mut self,
+        command: &str,
+        attrs: &[(&str, &str)],
+        queries: &[(&str, &str)],
+    ) -> Result<Reply, ApiError> {
+        self.stream.get_mut().socket().arm();
+        self.exchange(command, attrs, queries)
+    }
+
+    fn exchange(
         &mut self,
         command: &str,
         attrs: &[(&str, &str)],
@@ -297,9 +457,10 @@ impl Client {
         words.extend(attrs.iter().map(|(k, v)| format!("={k}={v}")));
         words.extend(queries.iter().map(|(k, v)| format!("?{k}={v}")));
         words.push(format!(".tag={tag}"));
-        self.stream
+        let stream = self.stream.get_mut();
+        stream
             .write_all(&encode_sentence(&words))
-            .and_then(|()| self.stream.flush())
+            .and_then(|()| stream.flush())
             .map_err(|e| io(&e))?;
         read_reply(&mut self.stream, &tag)
     }
@@ -400,5 +561,168 @@ mod tests {
             read_reply(&mut &huge[..], "1"),
             Err(ApiError::Protocol(_))
         ));
+    }
+
+    /// The Protocol error `bytes` gets, which must name the limit it broke.
+    fn refusal(bytes: &[u8]) -> String {
+        match read_reply(&mut &bytes[..], "1") {
+            Err(ApiError::Protocol(m)) => m,
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn words_sentences_and_replies_past_their_caps_are_refused() {
+        let word = |n: usize| format!("={}", "x".repeat(n - 1));
+        // At the cap a word passes; one byte more does not (refused before it is read).
+        let mut ok = encode_sentence(&["!re".to_owned(), word(MAX_WORD)]);
+        ok.extend(encode_sentence(&["!done"]));
+        assert_eq!(read_reply(&mut ok.as_slice(), "1").unwrap().rows.len(), 1);
+        let mut prefix_only = Vec::new();
+        encode_length(1 << 20, &mut prefix_only);
+        prefix_only.splice(
+            0..0,
+            encode_sentence(&["!re"]).split_last().unwrap().1.to_vec(),
+        );
+        let m = refusal(&prefix_only);
+        assert!(
+            m.contains("a word of 1048576 bytes is over the agent's limit of 65536"),
+            "{m}"
+        );
+
+        let many: Vec<String> = std::iter::once("!re".to_owned())
+            .chain((0..MAX_SENTENCE_WORDS).map(|i| format!("=k{i}=v")))
+            .collect();
+        let m = refusal(&encode_sentence(&many));
+        assert!(
+            m.contains(&format!(
+                "a sentence is over the agent's limit of {MAX_SENTENCE_WORDS} words"
+            )),
+            "{m}"
+        );
+
+        let big: Vec<String> = std::iter::once("!re".to_owned())
+            .chain((0..5).map(|_| word(MAX_WORD)))
+            .collect();
+        let m = refusal(&encode_sentence(&big));
+        assert!(
+            m.contains(&format!(
+                "a sentence is over the agent's limit of {MAX_SENTENCE_BYTES} bytes"
+            )),
+            "{m}"
+        );
+
+        let mut rows = Vec::new();
+        for i in 0..=MAX_REPLY_ROWS {
+            rows.extend(encode_sentence(&["!re".to_owned(), format!("=.id=*{i}")]));
+        }
+        rows.extend(encode_sentence(&["!done"]));
+        let m = refusal(&rows);
+        assert!(
+            m.contains(&format!(
+                "the reply is over the agent's limit of {MAX_REPLY_ROWS} rows"
+            )),
+            "{m}"
+        );
+
+        // Few rows of large words, then many rows of tiny words: both meet the byte cap.
+        let mut large = Vec::new();
+        for _ in 0..=MAX_REPLY_BYTES / MAX_WORD {
+            large.extend(encode_sentence(&["!re".to_owned(), word(MAX_WORD)]));
+        }
+        let m = refusal(&large);
+        assert!(
+            m.contains(&format!(
+                "the reply is over the agent's limit of {MAX_REPLY_BYTES} bytes"
+            )),
+            "{m}"
+        );
+        let tiny: Vec<String> = std::iter::once("!re".to_owned())
+            .chain((0..250).map(|_| "=a=".to_owned()))
+            .collect();
+        let mut small = Vec::new();
+        for _ in 0..MAX_REPLY_ROWS {
+            small.extend(encode_sentence(&tiny));
+        }
+        let m = refusal(&small);
+        assert!(
+            m.contains(&format!(
+                "the reply is over the agent's limit of {MAX_REPLY_BYTES} bytes"
+            )),
+            "{m}"
+        );
+    }
+
+    /// A socket to a peer on 127.0.0.1 that runs `peer` on its side of the connection.
+    fn socket_to(
+        per_io: Duration,
+        command: Duration,
+        peer: impl FnOnce(TcpStream) + Send + 'static,
+    ) -> (Socket, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || peer(listener.accept().unwrap().0));
+        let mut socket = Socket {
+            tcp: TcpStream::connect(addr).unwrap(),
+            per_io,
+            command,
+            deadline: Instant::now(),
+        };
+        socket.arm();
+        (socket, server)
+    }
+
+    #[test]
+    fn a_reply_dripped_under_the_read_timeout_is_cut_off_at_the_command_deadline() {
+        let (mut socket, server) = socket_to(
+            Duration::from_millis(300),
+            Duration::from_secs(1),
+            |mut peer| {
+                // Endless `!re` rows, one byte every 100 ms, until the client hangs up.
+                let row = encode_sentence(&["!re", "=.id=*1", ".tag=1"]);
+                for b in row.iter().cycle() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if peer.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                }
+            },
+        );
+        let started = Instant::now();
+        let e = read_reply(&mut socket, "1").unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        assert!(e.breaks_connection());
+        assert!(
+            e.to_string()
+                .contains("did not answer in full within the 1 s the command may take"),
+            "{e}"
+        );
+        drop(socket);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_router_fails_the_read_after_the_per_read_timeout() {
+        let (mut socket, server) = socket_to(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            |peer| {
+                std::thread::sleep(Duration::from_millis(600));
+                drop(peer);
+            },
+        );
+        let started = Instant::now();
+        let e = read_reply(&mut socket, "1").unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(
+            e.to_string()
+                .contains("no data from the router for 0.2 s (timeout_secs)"),
+            "{e}"
+        );
+        server.join().unwrap();
     }
 }

@@ -34,6 +34,7 @@ pub(crate) struct Undo {
 }
 
 pub(crate) struct RouterOs {
+    id: String,
     endpoint: Endpoint,
     parent: String,
     client: Mutex<Option<Client>>,
@@ -47,8 +48,9 @@ fn backend(e: &ApiError) -> VifError {
 }
 
 impl RouterOs {
-    pub(crate) fn new(endpoint: Endpoint, parent: String) -> RouterOs {
+    pub(crate) fn new(id: String, endpoint: Endpoint, parent: String) -> RouterOs {
         RouterOs {
+            id,
             endpoint,
             parent,
             client: Mutex::new(None),
@@ -92,6 +94,11 @@ impl RouterOs {
         }
     }
 
+    /// Whether the API session (and so the password) is encrypted.
+    pub(crate) fn tls(&self) -> bool {
+        self.endpoint.tls.is_some()
+    }
+
     pub(crate) fn reachable(&self) -> Result<(), VifError> {
         Client::connect(&self.endpoint).map(drop).map_err(|e| {
             VifError::Unreachable(format!(
@@ -116,8 +123,10 @@ impl RouterOs {
                 let what = attrs
                     .first()
                     .map_or(String::new(), |(k, v)| format!(" {k}={v}"));
+                let at = format!("router {}: {menu}/add{what}", self.id);
                 match backend(&e) {
-                    VifError::Backend(m) => VifError::Backend(format!("{menu}/add{what}: {m}")),
+                    VifError::Backend(m) => VifError::Backend(format!("{at}: {m}")),
+                    VifError::Unreachable(m) => VifError::Unreachable(format!("{at}: {m}")),
                     other => other,
                 }
             })?;

@@ -4,7 +4,6 @@
 //! chain. RouterOS's certificate-less anonymous-DH mode is not supported by rustls: give the
 //! API service a certificate (`/ip service set api-ssl certificate=...`).
 
-use std::net::TcpStream;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -13,7 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use sha2::{Digest, Sha256};
 
-use super::api::{ApiError, TlsTrust};
+use super::api::{ApiError, Socket, TlsTrust};
 
 /// Accepts exactly the certificate whose SHA-256 is pinned (signatures still checked).
 #[derive(Debug)]
@@ -70,11 +69,13 @@ fn tls_err(e: impl std::fmt::Display) -> ApiError {
     ApiError::Io(format!("TLS: {e}"))
 }
 
+/// TLS over `socket`, the handshake done (within the socket's deadline: connect and login are
+/// one command).
 pub(super) fn wrap(
-    tcp: TcpStream,
+    mut socket: Socket,
     host: &str,
     trust: &TlsTrust,
-) -> Result<StreamOwned<ClientConnection, TcpStream>, ApiError> {
+) -> Result<StreamOwned<ClientConnection, Socket>, ApiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -103,10 +104,9 @@ pub(super) fn wrap(
     };
     let name = ServerName::try_from(host.to_owned()).map_err(tls_err)?;
     let mut conn = ClientConnection::new(Arc::new(config), name).map_err(tls_err)?;
-    let mut tcp = tcp;
     // Finish the handshake now so a wrong certificate fails the connect, not the first command.
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).map_err(tls_err)?;
+        conn.complete_io(&mut socket).map_err(tls_err)?;
     }
-    Ok(StreamOwned::new(conn, tcp))
+    Ok(StreamOwned::new(conn, socket))
 }
