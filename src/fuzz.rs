@@ -100,7 +100,15 @@ pub fn graphql(data: &[u8]) {
             .enable_all()
             .build()
             .expect("runtime");
-        let installer = rt.block_on(async { crate::assemble(&cfg, store, catalogue, layout, crate::supervisor::Support::probe()) });
+        let installer = rt.block_on(async {
+            crate::assemble(
+                &cfg,
+                store,
+                catalogue,
+                layout,
+                crate::supervisor::Support::probe(),
+            )
+        });
         let schema = crate::api::schema::build(Arc::clone(&installer), None, false);
         Agent { rt, schema }
     });

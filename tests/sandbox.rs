@@ -24,7 +24,14 @@ fn www_with_busybox(root: &TempDir) -> PathBuf {
 
 /// A busybox feature running `sh -c script` (extra positional arguments follow), healthy
 /// once `port` answers.
-fn busybox(nginx: &Nginx, www: &Path, id: &str, script: &str, rest: &[&str], extra: Value) -> Value {
+fn busybox(
+    nginx: &Nginx,
+    www: &Path,
+    id: &str,
+    script: &str,
+    rest: &[&str],
+    extra: Value,
+) -> Value {
     let mut args = vec![json!("sh"), json!("-c"), json!(script), json!("sh")];
     args.extend(rest.iter().map(|a| json!(a)));
     let mut service = json!({ "args": args });
@@ -94,9 +101,20 @@ fn root_never_writes_through_links_or_blocks_on_fifos_in_a_service_log_dir() {
     );
     let catalogue = write_catalogue(
         root.path(),
-        &[busybox(&nginx, &www, "web", &script, &[], json!({ "health": { "tcp": port } }))],
+        &[busybox(
+            &nginx,
+            &www,
+            "web",
+            &script,
+            &[],
+            json!({ "health": { "tcp": port } }),
+        )],
     );
-    let mut agent = Agent::start(root.path(), &catalogue, "[supervisor]\nstartup_timeout_secs = 60\n");
+    let mut agent = Agent::start(
+        root.path(),
+        &catalogue,
+        "[supervisor]\nstartup_timeout_secs = 60\n",
+    );
     let id = agent.install("web", "w");
     let logs_dir = agent.data_dir.join(format!("instances/{id}/logs"));
     let data = agent.data_dir.join(format!("instances/{id}/data"));
@@ -114,7 +132,11 @@ fn root_never_writes_through_links_or_blocks_on_fifos_in_a_service_log_dir() {
     let uid = std::fs::metadata(&data).unwrap().uid();
     std::fs::remove_file(logs_dir.join("service.log")).unwrap();
     std::os::unix::fs::symlink(&victim, logs_dir.join("service.log")).unwrap();
-    nix::unistd::mkfifo(&logs_dir.join("service.log.1"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    nix::unistd::mkfifo(
+        &logs_dir.join("service.log.1"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
     std::os::unix::fs::chown(&logs_dir, Some(uid), Some(uid)).unwrap();
     std::fs::set_permissions(&logs_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     agent.kill9();
@@ -236,7 +258,13 @@ fn capabilities_work_in_the_services_own_network_and_nowhere_else() {
         root.path().join("netns").display().to_string(),
         root.path().join("rt_tables").display().to_string()
     );
-    let agent = Agent::start_in(&root.path().join("agent"), &catalogue, &toml, Some(&ns), &[]);
+    let agent = Agent::start_in(
+        &root.path().join("agent"),
+        &catalogue,
+        &toml,
+        Some(&ns),
+        &[],
+    );
     let links_before = ns.ip(&["-br", "link"]);
     let admin = agent.install("admin", "a");
     let plain = agent.install("plain", "p");
@@ -274,7 +302,10 @@ fn capabilities_work_in_the_services_own_network_and_nowhere_else() {
         json!({ "id": admin }),
     );
     let applied = isolation["instance"]["isolation"]["applied"].to_string();
-    assert!(applied.contains("user namespace owning its network"), "{applied}");
+    assert!(
+        applied.contains("user namespace owning its network"),
+        "{applied}"
+    );
     agent.uninstall(&admin);
     agent.uninstall(&plain);
 }
@@ -291,7 +322,14 @@ fn a_flood_of_output_neither_blocks_nor_bloats_the_agent() {
     );
     let catalogue = write_catalogue(
         root.path(),
-        &[busybox(&nginx, &www, "flood", &script, &[], json!({ "health": { "tcp": port } }))],
+        &[busybox(
+            &nginx,
+            &www,
+            "flood",
+            &script,
+            &[],
+            json!({ "health": { "tcp": port } }),
+        )],
     );
     let agent = Agent::start(root.path(), &catalogue, "");
     let idle = common::proc_status_kib(agent.pid(), "VmHWM:");
@@ -305,11 +343,26 @@ fn a_flood_of_output_neither_blocks_nor_bloats_the_agent() {
         peak < idle + 24 * 1024,
         "the agent grew from {idle} KiB to {peak} KiB under a 200 MB line"
     );
-    let at = |s: &str| lines.iter().position(|l| l.contains(s)).unwrap_or_else(|| panic!("{s} in {lines:?}"));
+    let at = |s: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(s))
+            .unwrap_or_else(|| panic!("{s} in {lines:?}"))
+    };
     assert!(at("before") < at("line longer than 4096 bytes: cut"));
-    assert!(lines.iter().any(|l| l == "[nnc-agent: dropped the last 199995904 bytes of that line]"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "[nnc-agent: dropped the last 199995904 bytes of that line]"),
+        "{lines:?}"
+    );
     assert!(at("dropped the last") < at("after"));
-    assert!(lines.iter().any(|l| l.contains("\u{fffd}\u{fffd} not utf-8")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\u{fffd}\u{fffd} not utf-8")),
+        "{lines:?}"
+    );
     agent.uninstall(&id);
 }
 
@@ -340,7 +393,11 @@ fn config_checks_and_exec_probes_run_confined_and_leave_no_daemon() {
         "assets": { "x86_64": { "url": nginx.url("busybox"), "sha256": sha256_file(&www.join("busybox")) } }
     });
     let catalogue = write_catalogue(root.path(), &[feature]);
-    let agent = Agent::start(root.path(), &catalogue, "[supervisor]\nprobe_interval_secs = 0.5\n");
+    let agent = Agent::start(
+        root.path(),
+        &catalogue,
+        "[supervisor]\nprobe_interval_secs = 0.5\n",
+    );
     let id = agent.install_with("spy", "s", json!({ "mixedPort": common::free_port() }));
     let p = agent.wait_status(&id, &["RUNNING", "FAILED"], TIMEOUT);
     assert_eq!(p["status"], "RUNNING", "{p}\n{}", agent.log());
@@ -349,11 +406,21 @@ fn config_checks_and_exec_probes_run_confined_and_leave_no_daemon() {
         let text = std::fs::read_to_string(data.join(format!("{tag}.report")))
             .unwrap_or_else(|e| panic!("{tag} report: {e}"));
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        assert_eq!(field(&lines, "PID="), "1", "{tag} in its own PID namespace: {text}");
-        assert_eq!(field(&lines, "CapEff:"), "0000000000000000", "{tag}: {text}");
+        assert_eq!(
+            field(&lines, "PID="),
+            "1",
+            "{tag} in its own PID namespace: {text}"
+        );
+        assert_eq!(
+            field(&lines, "CapEff:"),
+            "0000000000000000",
+            "{tag}: {text}"
+        );
         assert_eq!(field(&lines, "NoNewPrivs:"), "1", "{tag}: {text}");
         assert!(
-            field(&lines, "Uid:").split_whitespace().all(|u| u.parse::<u32>().unwrap() >= 61000),
+            field(&lines, "Uid:")
+                .split_whitespace()
+                .all(|u| u.parse::<u32>().unwrap() >= 61000),
             "{tag} as the service user: {text}"
         );
         assert_eq!(field(&lines, "HOST="), "nnc-spy-s", "{tag}: {text}");
@@ -374,10 +441,15 @@ fn config_checks_and_exec_probes_run_confined_and_leave_no_daemon() {
     };
     // No probe runs once the service is stopped; what the check and the probes started is
     // gone with them.
-    agent.data("mutation($id: ID!) { stopInstance(id: $id) { status } }", json!({ "id": id }));
-    common::wait_until("no daemon left by a check or a probe", Duration::from_secs(10), || {
-        leftovers() == 0
-    });
+    agent.data(
+        "mutation($id: ID!) { stopInstance(id: $id) { status } }",
+        json!({ "id": id }),
+    );
+    common::wait_until(
+        "no daemon left by a check or a probe",
+        Duration::from_secs(10),
+        || leftovers() == 0,
+    );
     agent.uninstall(&id);
 }
 
@@ -421,7 +493,11 @@ fn read_secrets(agent: &Agent, nginx: &Nginx, www: &Path) -> Vec<String> {
         d.join("catalogue"),
     ];
     let list: Vec<String> = targets.iter().map(|p| p.display().to_string()).collect();
-    std::fs::write(d.join(format!("instances/{a}/data/targets")), list.join("\n")).unwrap();
+    std::fs::write(
+        d.join(format!("instances/{a}/data/targets")),
+        list.join("\n"),
+    )
+    .unwrap();
     let out = report(agent, &a);
     // Its own config it can read: the check and the service need it.
     let own = d.join(format!("instances/{a}/config/config.json"));
@@ -429,7 +505,15 @@ fn read_secrets(agent: &Agent, nginx: &Nginx, www: &Path) -> Vec<String> {
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
     assert_eq!(meta.uid(), 0);
     for (path, mode) in [("state.redb", 0o600), ("token", 0o600)] {
-        assert_eq!(std::fs::metadata(d.join(path)).unwrap().permissions().mode() & 0o777, mode, "{path}");
+        assert_eq!(
+            std::fs::metadata(d.join(path))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            mode,
+            "{path}"
+        );
     }
     agent.uninstall(&a);
     agent.uninstall(&b);
@@ -443,7 +527,10 @@ fn a_service_reads_neither_other_instances_nor_the_agents_secrets() {
     let nginx = Nginx::start(&www, "");
     let catalogue = write_catalogue(
         root.path(),
-        &[reader(&nginx, &www, "a", common::free_port()), reader(&nginx, &www, "b", common::free_port())],
+        &[
+            reader(&nginx, &www, "a", common::free_port()),
+            reader(&nginx, &www, "b", common::free_port()),
+        ],
     );
     let agent = Agent::start(root.path(), &catalogue, "");
     let read = read_secrets(&agent, &nginx, &www);
@@ -462,7 +549,14 @@ fn where_namespaces_are_refused_services_still_run_confined_as_reported() {
     let catalogue = write_catalogue(
         root.path(),
         &[
-            busybox(&nginx, &www, "web", &status, &[], json!({ "health": { "tcp": port } })),
+            busybox(
+                &nginx,
+                &www,
+                "web",
+                &status,
+                &[],
+                json!({ "health": { "tcp": port } }),
+            ),
             reader(&nginx, &www, "a", common::free_port()),
             reader(&nginx, &www, "b", common::free_port()),
         ],
@@ -474,7 +568,10 @@ fn where_namespaces_are_refused_services_still_run_confined_as_reported() {
         "",
         &["setpriv", "--bounding-set", "-sys_admin"],
     );
-    let iso = agent.data("{ agent { isolation { applied missing { what why } } } }", json!({}));
+    let iso = agent.data(
+        "{ agent { isolation { applied missing { what why } } } }",
+        json!({}),
+    );
     let missing = &iso["agent"]["isolation"]["missing"];
     for ns in ["pid namespace", "mount namespace", "minimal root"] {
         let gap = missing
@@ -484,7 +581,10 @@ fn where_namespaces_are_refused_services_still_run_confined_as_reported() {
             .find(|g| g["what"] == ns)
             .unwrap_or_else(|| panic!("{ns} not reported missing: {iso}"));
         if ns != "minimal root" {
-            assert!(gap["why"].as_str().unwrap().contains("not permitted"), "{gap}");
+            assert!(
+                gap["why"].as_str().unwrap().contains("not permitted"),
+                "{gap}"
+            );
         }
     }
     let id = agent.install("web", "w");
@@ -495,7 +595,11 @@ fn where_namespaces_are_refused_services_still_run_confined_as_reported() {
     assert_eq!(field(&out, "CapEff:"), "0000000000000000");
     assert_eq!(field(&out, "CapBnd:"), "0000000000000000");
     assert_eq!(field(&out, "NoNewPrivs:"), "1");
-    assert!(field(&out, "Uid:").split_whitespace().all(|u| u.parse::<u32>().unwrap() >= 61000));
+    assert!(
+        field(&out, "Uid:")
+            .split_whitespace()
+            .all(|u| u.parse::<u32>().unwrap() >= 61000)
+    );
     let inst = agent.data(
         "query($id: ID!) { instance(id: $id) { isolation { applied missing { what } } } }",
         json!({ "id": id }),
@@ -508,5 +612,8 @@ fn where_namespaces_are_refused_services_still_run_confined_as_reported() {
     agent.uninstall(&id);
     // File permissions alone still keep it out of the others' and the agent's files.
     let read = read_secrets(&agent, &nginx, &www);
-    assert!(read.is_empty(), "without namespaces the service read: {read:?}");
+    assert!(
+        read.is_empty(),
+        "without namespaces the service read: {read:?}"
+    );
 }

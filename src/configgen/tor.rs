@@ -123,7 +123,6 @@ mod tests {
             listen: std::net::Ipv4Addr::LOCALHOST.into(),
             mark: None,
             data_dir: "/d".into(),
-            log_dir: "/l".into(),
         };
         let relay = |k: &str, v: &str| {
             let mut r = json!({ "orPort": 9001, "nickname": "nnc" });

@@ -172,7 +172,8 @@ impl Layout {
     /// passed through but not listed, the state and the catalogue copies are root's alone.
     pub(crate) fn protect(&self) -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        let mode =
+            |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
         for (dir, m) in [
             (self.base.clone(), 0o711),
             (self.instances_dir(), 0o711),

@@ -196,7 +196,8 @@ impl Installer {
                 Some(program.as_path()),
             ];
             for dir in binaries.into_iter().flatten().filter_map(Path::parent) {
-                if dir.starts_with(self.layout.features_dir()) && !own.iter().any(|(d, _)| d == dir) {
+                if dir.starts_with(self.layout.features_dir()) && !own.iter().any(|(d, _)| d == dir)
+                {
                     own.push((dir.to_path_buf(), false));
                 }
             }
@@ -263,7 +264,9 @@ impl Installer {
             .iter()
             .filter_map(|c| catalogue::capability(c))
             .collect();
-        let spawn = self.confinement(inst, binary, args, keep_caps).map_err(err)?;
+        let spawn = self
+            .confinement(inst, binary, args, keep_caps)
+            .map_err(err)?;
         let probe = match (&svc.health, &rendered) {
             (Some(HealthSpec::Tcp(port)), _) => Probe::Tcp(SocketAddr::new(ctx.listen, *port)),
             (Some(HealthSpec::Exec(cmd)), _) => {

@@ -69,8 +69,9 @@ pub(crate) fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
     // SAFETY: open returned a new descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: changing owner and mode of the directory we hold open.
-    if unsafe { libc::fchown(fd.as_raw_fd(), 0, 0) != 0 || libc::fchmod(fd.as_raw_fd(), 0o700) != 0 }
-    {
+    if unsafe {
+        libc::fchown(fd.as_raw_fd(), 0, 0) != 0 || libc::fchmod(fd.as_raw_fd(), 0o700) != 0
+    } {
         return Err(last_error(&dir.display().to_string()));
     }
     for name in [FILE, OLD] {
@@ -358,10 +359,16 @@ mod tests {
         s.feed(b"z\nnext\n", &mut emit);
         assert_eq!(out[0], "short");
         assert!(out[1].starts_with("xyyy") && out[1].ends_with("cut]"));
-        assert_eq!(out[1].len(), MAX_LINE + " [line longer than 4096 bytes: cut]".len());
+        assert_eq!(
+            out[1].len(),
+            MAX_LINE + " [line longer than 4096 bytes: cut]".len()
+        );
         assert_eq!(
             out[2],
-            format!("[nnc-agent: dropped the last {} bytes of that line]", 1 + 1_000_000 + 1 - MAX_LINE)
+            format!(
+                "[nnc-agent: dropped the last {} bytes of that line]",
+                1 + 1_000_000 + 1 - MAX_LINE
+            )
         );
         assert_eq!(out[3], "next");
         assert!(!s.pending());

@@ -219,7 +219,8 @@ impl Supervisor {
     /// What one process gets from `spec`.
     fn isolation_of(&self, spec: &SpawnSpec) -> Isolation {
         let mut i = Isolation::default();
-        i.applied.extend(["service user", "no_new_privs", "capability bounding set"].map(String::from));
+        i.applied
+            .extend(["service user", "no_new_privs", "capability bounding set"].map(String::from));
         for (flag, name) in sandbox::NAMESPACES {
             let has = if flag == libc::CLONE_NEWNET {
                 spec.netns.is_some()
@@ -716,6 +717,8 @@ enum RunEnd {
 /// instance has a user of its own). Memory has no such stand-in: RLIMIT_AS and RLIMIT_DATA
 /// count address space a Go runtime reserves but never uses, and sing-box and Xray die at
 /// start under them. Never a core dump.
+// The resource numbers are `u32` with glibc and `c_int` with musl.
+#[allow(clippy::unnecessary_cast)]
 fn rlimits(cgroup: bool, limits: &Limits) -> Vec<(u32, u64)> {
     let mut out = vec![(libc::RLIMIT_CORE as u32, 0)];
     if !cgroup {

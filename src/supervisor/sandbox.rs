@@ -266,7 +266,12 @@ pub(crate) fn root_fs(at: &Path, view: &View<'_>) -> RootFs {
         }
     }
     if view.tun && Path::new("/dev/net/tun").exists() {
-        b.bind(Path::new("/dev/net/tun"), Path::new("/dev/net/tun"), true, true);
+        b.bind(
+            Path::new("/dev/net/tun"),
+            Path::new("/dev/net/tun"),
+            true,
+            true,
+        );
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -349,9 +354,13 @@ mod tests {
                 at.display()
             );
         }
-        assert!(binds.iter().all(|(at, _)| !at.starts_with(inst.join("logs"))
-            && *at != base
-            && *at != base.join("instances")));
+        assert!(
+            binds
+                .iter()
+                .all(|(at, _)| !at.starts_with(inst.join("logs"))
+                    && *at != base
+                    && *at != base.join("instances"))
+        );
         // Parents come before children, and each directory once.
         let dirs: Vec<&PathBuf> = root
             .ops

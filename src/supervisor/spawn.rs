@@ -214,9 +214,7 @@ fn prepare_root(root: &RootFs) -> Result<(CString, Vec<PreparedOp>), SpawnError>
                     remount,
                 }
             }
-            Op::Tmpfs { at, options } => {
-                PreparedOp::Tmpfs(under(at)?, cstr(options.as_bytes())?)
-            }
+            Op::Tmpfs { at, options } => PreparedOp::Tmpfs(under(at)?, cstr(options.as_bytes())?),
             Op::Proc(p) => PreparedOp::Proc(under(p)?),
             Op::Sysfs(p) => PreparedOp::Sysfs(under(p)?),
         });
@@ -325,8 +323,7 @@ unsafe fn enter_root(at: &CString, ops: &[PreparedOp]) -> Result<(), u32> {
         for op in ops {
             let ok = match op {
                 PreparedOp::Dir(p) => {
-                    libc::mkdir(p.as_ptr(), 0o755) == 0
-                        || *libc::__errno_location() == libc::EEXIST
+                    libc::mkdir(p.as_ptr(), 0o755) == 0 || *libc::__errno_location() == libc::EEXIST
                 }
                 PreparedOp::File(p) => {
                     let fd = libc::open(
@@ -390,7 +387,11 @@ unsafe fn enter_root(at: &CString, ops: &[PreparedOp]) -> Result<(), u32> {
                 none,
                 c"/".as_ptr(),
                 none,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
                 none.cast(),
             ) != 0
         {
@@ -465,8 +466,7 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
         {
             fail(8);
         }
-        if libc::dup2(devnull, 0) < 0 || libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0
-        {
+        if libc::dup2(devnull, 0) < 0 || libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0 {
             fail(9);
         }
         if libc::chdir(p.cwd.as_ptr()) != 0 {
@@ -968,7 +968,11 @@ pub(crate) fn kill_uid(uid: u32) {
         return;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();

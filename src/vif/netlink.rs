@@ -439,8 +439,7 @@ fn netns_in_own_userns(path: &Path, ids: [u32; 2]) -> Result<(), VifError> {
     let map = format!("{} {} {}\n", ids[0], ids[0], ids[1] - ids[0] + 1);
     for file in ["uid_map", "gid_map"] {
         let at = format!("/proc/{}/{file}", holder.pid);
-        std::fs::write(&at, &map)
-            .map_err(|e| VifError::Backend(format!("write {at}: {e}")))?;
+        std::fs::write(&at, &map).map_err(|e| VifError::Backend(format!("write {at}: {e}")))?;
     }
     nix::mount::mount(
         Some(Path::new(&format!("/proc/{}/ns/net", holder.pid))),
@@ -467,7 +466,9 @@ fn set_table_name(file: &Path, table: u32, name: Option<&str>) -> Result<(), Vif
     // Read, change, write back through one temp file: two instances provisioned at once
     // must take turns, or one's rename finds the other's temp file gone.
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fail = |e: std::io::Error| VifError::Backend(format!("{}: {e}", file.display()));
     let mut entries: BTreeMap<u32, String> = std::fs::read_to_string(file)
         .unwrap_or_default()

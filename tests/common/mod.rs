@@ -458,8 +458,7 @@ impl Agent {
             .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).unwrap())
-            ;
+            .stderr(std::fs::File::create(&stderr_log).unwrap());
         let mut child = child.spawn().expect("agent binary");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
