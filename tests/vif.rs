@@ -409,3 +409,58 @@ fn vlan_mode_needs_8021q_and_says_so() {
         assert!(s.link("nnc100v").is_none() && s.link("nnc100").is_none());
     }
 }
+
+/// Why services get no routing mark (and so no CAP_NET_ADMIN for one): the kernel clears a
+/// packet's mark when it crosses a veth into another namespace. The router side here routes
+/// marked packets to `prohibit`; a ping marked inside the "service" namespace still gets an
+/// answer, while the same mark set on the router side is refused.
+#[test]
+fn a_socket_mark_set_in_a_service_namespace_does_not_cross_its_veth() {
+    let service = TestNetns::new("mark-svc");
+    let router = TestNetns::new("mark-rtr");
+    run_ok(Command::new("ip").args([
+        "-n",
+        &service.name,
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "h0",
+        "netns",
+        &router.name,
+    ]));
+    service.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    service.ip(&["link", "set", "eth0", "up"]);
+    router.ip(&["addr", "add", "198.51.100.1/24", "dev", "h0"]);
+    router.ip(&["link", "set", "h0", "up"]);
+    router.ip(&["rule", "add", "fwmark", "1105", "lookup", "1105"]);
+    router.ip(&["route", "add", "prohibit", "default", "table", "1105"]);
+    router.ip(&[
+        "route",
+        "add",
+        "prohibit",
+        "198.51.100.0/24",
+        "table",
+        "1105",
+    ]);
+    let ping = |ns: &TestNetns, mark: Option<&str>, to: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name, "ping", "-c1", "-W2"]);
+        if let Some(m) = mark {
+            c.args(["-m", m]);
+        }
+        c.arg(to).output().unwrap().status.success()
+    };
+    assert!(ping(&service, None, "198.51.100.1"));
+    assert!(
+        ping(&service, Some("1105"), "198.51.100.1"),
+        "a mark set in the service namespace reached the router's policy rules"
+    );
+    assert!(
+        !ping(&router, Some("1105"), "198.51.100.2"),
+        "control: on the router side the same mark is routed to prohibit"
+    );
+}
