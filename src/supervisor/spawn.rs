@@ -379,9 +379,27 @@ unsafe fn enter_root(at: &CString, ops: &[PreparedOp]) -> Result<(), u32> {
             }
         }
         // pivot_root(".", "."): the old root ends up on top of the new one and is detached.
-        if libc::chdir(at.as_ptr()) != 0
-            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
-            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+        // An initramfs root cannot be pivoted (EINVAL): there the new root is moved over
+        // "/" and entered with chroot, as switch_root does; the service, without
+        // CAP_SYS_CHROOT, cannot climb out of it.
+        if libc::chdir(at.as_ptr()) != 0 {
+            return Err(20);
+        }
+        let pivoted = libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0;
+        let entered = if pivoted {
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0
+        } else {
+            *libc::__errno_location() == libc::EINVAL
+                && libc::mount(
+                    c".".as_ptr(),
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_MOVE,
+                    none.cast(),
+                ) == 0
+                && libc::chroot(c".".as_ptr()) == 0
+        };
+        if !entered
             || libc::chdir(c"/".as_ptr()) != 0
             || libc::mount(
                 none,
