@@ -266,12 +266,14 @@ fn capabilities_work_in_the_services_own_network_and_nowhere_else() {
         &[],
     );
     let links_before = ns.ip(&["-br", "link"]);
-    let admin = agent.install("admin", "a");
-    let plain = agent.install("plain", "p");
-    for id in [&admin, &plain] {
-        let p = agent.wait_status(id, &["RUNNING", "FAILED"], TIMEOUT);
+    let running = |feature: &str, name: &str| {
+        let id = agent.install(feature, name);
+        let p = agent.wait_status(&id, &["RUNNING", "FAILED"], TIMEOUT);
         assert_eq!(p["status"], "RUNNING", "{p}\n{}", agent.log());
-    }
+        id
+    };
+    let admin = running("admin", "a");
+    let plain = running("plain", "p");
     let eperm = (-libc::EPERM).to_string();
     let a = report(&agent, &admin);
     assert_ne!(field(&a, "NSID="), "None", "{a:?}");

@@ -464,3 +464,25 @@ fn a_socket_mark_set_in_a_service_namespace_does_not_cross_its_veth() {
         "control: on the router side the same mark is routed to prohibit"
     );
 }
+
+/// Installs provisioned at the same moment each get their segment and their routing table's
+/// name (they once raced on the one `rt_tables.d` file and one of them failed).
+#[test]
+fn segments_provisioned_at_once_all_succeed() {
+    let s = setup("vif-race");
+    let agent = s.agent("agent", [100, 199], "");
+    let ids: Vec<String> = (0..4)
+        .map(|i| agent.install("tool", &format!("t{i}")))
+        .collect();
+    for id in &ids {
+        let done = agent.wait_done(id, TIMEOUT);
+        assert_eq!(done["status"], "INSTALLED", "{done}");
+    }
+    let names = std::fs::read_to_string(&s.rt_tables).unwrap();
+    for i in 0..4 {
+        assert!(names.contains(&format!("nnc-tool-t{i}")), "{names}");
+    }
+    for id in &ids {
+        agent.uninstall(id);
+    }
+}
