@@ -226,6 +226,9 @@ err, _ = talk(RTM_NEWLINK, REQ | ACK | CREATE | EXCL, ifi() + attr(IFNAME, b'nnc
 print('HOSTNEW=%d' % err, flush=True)
 err, _ = talk(RTM_NEWLINK, REQ | ACK | CREATE | EXCL, ifi() + attr(IFNAME, b'own0\0') + veth)
 print('OWNNEW=%d' % err, flush=True)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print('USERNS=%d' % (0 if libc.unshare(0x10000000) == 0 else -ctypes.get_errno()), flush=True)
 print('DONE', flush=True)
 "#;
 
@@ -288,7 +291,11 @@ fn capabilities_work_in_the_services_own_network_and_nowhere_else() {
         "0",
         "the capability does work in its own namespace: {a:?}"
     );
+    // Neither can make a user namespace of its own (which would give it every capability
+    // over namespaces it then makes): the limit below its own is 0.
+    assert_eq!(field(&a, "USERNS="), (-libc::ENOSPC).to_string(), "{a:?}");
     let p = report(&agent, &plain);
+    assert_eq!(field(&p, "USERNS="), (-libc::ENOSPC).to_string(), "{p:?}");
     for key in ["HOSTLIST=", "HOSTDEL=", "HOSTNEW=", "OWNNEW="] {
         assert!(field(&p, key).starts_with(&eperm), "{key}: {p:?}");
     }
@@ -363,6 +370,47 @@ fn a_flood_of_output_neither_blocks_nor_bloats_the_agent() {
         lines
             .iter()
             .any(|l| l.contains("\u{fffd}\u{fffd} not utf-8")),
+        "{lines:?}"
+    );
+    agent.uninstall(&id);
+
+    // Bare newlines, as fast as it can print them: the API keeps answering and the excess
+    // is counted, not written.
+    let port = common::free_port();
+    let newlines = format!(
+        "httpd -f -p 127.0.0.1:{port} & head -c 30000000 /dev/zero | tr '\\0' '\\n'; sleep 1.5; echo DONE; wait"
+    );
+    write_catalogue(
+        root.path(),
+        &[busybox(
+            &nginx,
+            &www,
+            "lines",
+            &newlines,
+            &[],
+            json!({ "health": { "tcp": port } }),
+        )],
+    );
+    agent.data(
+        "mutation { reloadCatalogue { catalogueSerial } }",
+        json!({}),
+    );
+    let id = agent.install("lines", "n");
+    agent.wait_status(&id, &["RUNNING"], TIMEOUT);
+    let mut slowest = Duration::ZERO;
+    common::wait_until("the newline flood to end", TIMEOUT, || {
+        let t = Instant::now();
+        assert!(health_answers_within(&agent, Duration::from_secs(2)));
+        slowest = slowest.max(t.elapsed());
+        logs(&agent, &id).iter().any(|l| l == "DONE")
+    });
+    eprintln!("slowest /health during 30 M newlines: {slowest:?}");
+    let lines = logs(&agent, &id);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[nnc-agent: dropped ")
+                && l.ends_with(" lines over 2000 a second]")),
         "{lines:?}"
     );
     agent.uninstall(&id);
@@ -546,7 +594,8 @@ fn where_namespaces_are_refused_services_still_run_confined_as_reported() {
     let nginx = Nginx::start(&www, "");
     let port = common::free_port();
     let status = format!(
-        "grep -E '^(CapEff|CapBnd|NoNewPrivs|Uid):' /proc/self/status; echo PID=$$; echo DONE; exec httpd -f -p 127.0.0.1:{port}"
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs|Uid):' /proc/self/status; echo PID=$$; \
+         unshare -U true 2>/dev/null && echo USERNS=made || echo USERNS=refused; echo DONE; exec httpd -f -p 127.0.0.1:{port}"
     );
     let catalogue = write_catalogue(
         root.path(),
@@ -597,6 +646,7 @@ fn where_namespaces_are_refused_services_still_run_confined_as_reported() {
     assert_eq!(field(&out, "CapEff:"), "0000000000000000");
     assert_eq!(field(&out, "CapBnd:"), "0000000000000000");
     assert_eq!(field(&out, "NoNewPrivs:"), "1");
+    assert_eq!(field(&out, "USERNS="), "refused", "{out:?}");
     assert!(
         field(&out, "Uid:")
             .split_whitespace()

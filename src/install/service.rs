@@ -229,6 +229,7 @@ impl Installer {
             namespaces,
             root,
             rlimits: Vec::new(),
+            userns: support.user,
         })
     }
 
@@ -344,6 +345,7 @@ impl Installer {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         blocking(move || {
             spec.cgroup = cgroups.leaf(&leaf, &limits).map_err(fail)?;
+            spec.rlimits = supervisor::rlimits(spec.cgroup.is_some(), &limits);
             let ran = crate::supervisor::run_confined(spec, CHECK_TIMEOUT, 16 * 1024);
             cgroups.kill_and_remove(&leaf);
             let end = ran.map_err(|e| fail(format!("cannot run {}: {e}", binary.display())))?;
@@ -398,6 +400,7 @@ impl Installer {
         feature: &Feature,
         attempts: Option<u32>,
     ) -> Result<(), StepError> {
+        self.refresh_files(inst, feature).await?;
         let mut def = self.service_def(inst, feature)?;
         def.start_attempts = attempts;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -417,6 +420,59 @@ impl Installer {
                 "stopped before it became healthy".into(),
             )),
         }
+    }
+
+    /// Before each start: the instance's directories get their modes again, and a config
+    /// this agent would render differently (one an older agent wrote, with a routing mark or
+    /// a log file in `logs/`) is written anew and checked before anything runs it.
+    async fn refresh_files(&self, inst: &Instance, feature: &Feature) -> Result<(), StepError> {
+        let Some(uid) = inst.uid else {
+            return Ok(());
+        };
+        let paths = self.instance_paths(&inst.id);
+        let (ctx, _) = self.context(inst, &paths);
+        let rendered = match feature.generator() {
+            Some(g) => Some((
+                paths.config.join(g.file_name()),
+                g.render(&ctx, &inst.settings)
+                    .map_err(|e| StepError::new(Step::Starting, "CONFIG_INVALID", e))?
+                    .text,
+                g,
+            )),
+            None => None,
+        };
+        let dirs = InstancePaths {
+            root: paths.root.clone(),
+            config: paths.config.clone(),
+            data: paths.data.clone(),
+            logs: paths.logs.clone(),
+        };
+        let file = rendered.as_ref().map(|(f, t, _)| (f.clone(), t.clone()));
+        let changed = blocking(move || -> Result<bool, StepError> {
+            prepare_dirs(&dirs, uid)?;
+            let Some((file, text)) = file else {
+                return Ok(false);
+            };
+            if std::fs::read_to_string(&file).is_ok_and(|on_disk| on_disk == text) {
+                return Ok(false);
+            }
+            write_config(&file, &text, uid)?;
+            Ok(true)
+        })
+        .await?;
+        if let (true, Some((file, _, generator)), Some(binary)) =
+            (changed, rendered, inst.binary_path.clone())
+        {
+            log::info!(target: "supervisor", "instance {}: its config is rendered anew by this agent version; checking it", inst.id);
+            let args = match feature.service.as_ref().and_then(|s| s.check.clone()) {
+                Some(t) => configgen::expand(&t, &file),
+                None => generator.check_args(&file),
+            };
+            self.check_config(inst, feature, PathBuf::from(binary), args)
+                .await
+                .map_err(|e| StepError::new(Step::Starting, e.code, e.message))?;
+        }
+        Ok(())
     }
 
     /// Kills a process a previous agent left behind (recognised by PID and start time), and

@@ -130,6 +130,9 @@ pub(crate) enum Outcome {
     Stopped,
 }
 
+/// Lines of one stream that reach the log in a second; more are counted and dropped.
+const LINES_PER_SEC: u32 = 2000;
+
 /// One line a service printed.
 #[derive(Debug, Clone)]
 pub(crate) struct LogLine {
@@ -254,6 +257,13 @@ impl Supervisor {
             i.applied.push(format!(
                 "user namespace owning its network (capabilities {:?} count only there)",
                 spec.keep_caps
+            ));
+        } else if spec.userns {
+            i.applied.push("user namespace (none below it)".into());
+        } else {
+            i.missing.push((
+                "user namespace".into(),
+                "refused by this system (so the service cannot make one either)".into(),
             ));
         }
         match (&spec.cgroup, self.cgroups.status()) {
@@ -502,6 +512,13 @@ impl Supervisor {
         }
         spec.rlimits = rlimits(spec.cgroup.is_some(), &def.limits);
         lock(info).isolation = Some(self.isolation_of(&spec));
+        // An exec probe is the service's code too: it runs in the service's cgroup, under
+        // the same limits.
+        let mut health = def.health.clone();
+        if let Probe::Exec(probe) = &mut health.probe {
+            probe.cgroup.clone_from(&spec.cgroup);
+            probe.rlimits.clone_from(&spec.rlimits);
+        }
         let pipes = spawn::output_pipe().and_then(|o| spawn::output_pipe().map(|e| (o, e)));
         let ((out_r, out_w), (err_r, err_w)) = match pipes {
             Ok(p) => p,
@@ -534,7 +551,6 @@ impl Supervisor {
             let _ = spawn::reap(pid);
             return crashed("cannot watch the process".into());
         };
-        let health = def.health.clone();
         let netns = def.spawn.netns.clone();
         let started = Instant::now();
         let mut healthy = false;
@@ -678,7 +694,26 @@ impl Supervisor {
             // Whatever it prints, the agent holds at most one line of `MAX_LINE` bytes.
             let mut buf = vec![0u8; 8192];
             let mut splitter = logs::LineSplitter::default();
+            // At most LINES_PER_SEC lines a second reach the log and subscribers: a service
+            // printing bare newlines must not turn the runtime thread into its log writer.
+            let (mut second, mut in_second, mut dropped) = (Instant::now(), 0u32, 0u64);
             let mut emit = |line: String| {
+                if second.elapsed() >= Duration::from_secs(1) {
+                    second = Instant::now();
+                    in_second = 0;
+                    if dropped > 0 {
+                        let note = format!(
+                            "[nnc-agent: dropped {dropped} lines over {LINES_PER_SEC} a second]"
+                        );
+                        dropped = 0;
+                        let _ = lock(&log).write_line(&note);
+                    }
+                }
+                in_second += 1;
+                if in_second > LINES_PER_SEC {
+                    dropped += 1;
+                    return;
+                }
                 if let Err(e) = lock(&log).write_line(&line) {
                     log::warn!(target: "supervisor", "instance {id}: cannot write its log: {e}");
                 }
@@ -694,6 +729,7 @@ impl Supervisor {
                     break;
                 }
                 splitter.feed(&buf[..n], &mut emit);
+                tokio::task::yield_now().await;
             }
             if splitter.pending() {
                 splitter.end_line(&mut emit);
@@ -719,7 +755,7 @@ enum RunEnd {
 /// start under them. Never a core dump.
 // The resource numbers are `u32` with glibc and `c_int` with musl.
 #[allow(clippy::unnecessary_cast)]
-fn rlimits(cgroup: bool, limits: &Limits) -> Vec<(u32, u64)> {
+pub(crate) fn rlimits(cgroup: bool, limits: &Limits) -> Vec<(u32, u64)> {
     let mut out = vec![(libc::RLIMIT_CORE as u32, 0)];
     if !cgroup {
         out.push((libc::RLIMIT_NPROC as u32, u64::from(limits.pids_max)));

@@ -53,6 +53,10 @@ pub(crate) struct SpawnSpec {
     pub root: Option<RootFs>,
     /// `(RLIMIT_*, value)`, soft and hard: where no cgroup bounds it.
     pub rlimits: Vec<(u32, u64)>,
+    /// Run inside a user namespace (the one owning its network namespace, else a fresh one
+    /// mapping only its uid) in which no further user namespace can be made: so no process
+    /// of the service ever holds a capability outside what the agent gave it.
+    pub userns: bool,
 }
 
 /// A started child: its PID (in the agent's namespace) and a pidfd that becomes readable when
@@ -90,7 +94,7 @@ const STAGES: [&str; 23] = [
     "set no_new_privs",
     "exec",
     "mount /sys",
-    "find the user namespace of its network namespace",
+    "forbid user namespaces below its own",
     "mount its root file system",
     "build its root file system",
     "pivot into its root file system",
@@ -137,8 +141,10 @@ struct Prepared {
     keep_mask: u64,
     last_cap: u32,
     namespaces: i32,
-    /// Join the user namespace that owns `netns` (to keep capabilities only there).
-    join_userns: bool,
+    /// The user namespace to join (owned by the parent; the child inherits the descriptor).
+    userns: Option<OwnedFd>,
+    /// Keeps a fresh user namespace alive until the child has joined it.
+    _holder: Option<Holder>,
     rlimits: Vec<(u32, u64)>,
     uid: u32,
     gid: u32,
@@ -166,21 +172,42 @@ const NS_GET_USERNS: u32 = 0x2000_b701;
 /// with it by `vif/netlink.rs`), rather than by the agent's.
 pub(crate) fn has_own_userns(netns: &Path) -> Result<bool, String> {
     use std::os::unix::fs::MetadataExt;
-    let ns = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+    let owner = std::fs::File::from(owner_of(netns)?);
+    let owner = owner.metadata().map_err(|e| e.to_string())?;
+    let ours = std::fs::metadata("/proc/self/ns/user").map_err(|e| e.to_string())?;
+    Ok((owner.dev(), owner.ino()) != (ours.dev(), ours.ino()))
+}
+
+/// The user namespace that owns the namespace at `ns` (close-on-exec).
+fn owner_of(ns: &Path) -> Result<OwnedFd, String> {
+    let file = std::fs::File::open(ns).map_err(|e| format!("{}: {e}", ns.display()))?;
     // SAFETY: an ioctl on a descriptor we own; it returns a new descriptor or -1.
-    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as libc::Ioctl) };
+    let fd = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_USERNS as libc::Ioctl) };
     if fd < 0 {
         return Err(format!(
             "owner of {}: {}",
-            netns.display(),
+            ns.display(),
             std::io::Error::last_os_error()
         ));
     }
     // SAFETY: the ioctl returned a new descriptor that nobody else owns.
-    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let owner = owner.metadata().map_err(|e| e.to_string())?;
-    let ours = std::fs::metadata("/proc/self/ns/user").map_err(|e| e.to_string())?;
-    Ok((owner.dev(), owner.ino()) != (ours.dev(), ours.ino()))
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A new user namespace mapping only `uid` and `gid` to themselves, held open by a child
+/// until the returned `Holder` is dropped.
+fn fresh_userns(uid: u32, gid: u32) -> std::io::Result<(OwnedFd, Holder)> {
+    let holder = Holder::new(libc::CLONE_NEWUSER)?;
+    std::fs::write(
+        format!("/proc/{}/uid_map", holder.pid),
+        format!("{uid} {uid} 1\n"),
+    )?;
+    std::fs::write(
+        format!("/proc/{}/gid_map", holder.pid),
+        format!("{gid} {gid} 1\n"),
+    )?;
+    let fd = std::fs::File::open(format!("/proc/{}/ns/user", holder.pid))?;
+    Ok((OwnedFd::from(fd), holder))
 }
 
 fn prepare_root(root: &RootFs) -> Result<(CString, Vec<PreparedOp>), SpawnError> {
@@ -202,9 +229,12 @@ fn prepare_root(root: &RootFs) -> Result<(CString, Vec<PreparedOp>), SpawnError>
                 devices,
             } => {
                 let mut remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
-                if !writable {
-                    remount |= libc::MS_RDONLY;
-                }
+                // What it can write it cannot run: programs come only from read-only places.
+                remount |= if *writable {
+                    libc::MS_NOEXEC
+                } else {
+                    libc::MS_RDONLY
+                };
                 if !devices {
                     remount |= libc::MS_NODEV;
                 }
@@ -242,20 +272,24 @@ fn prepare(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
     envp_ptrs.push(std::ptr::null());
     // A capability is only as narrow as the user namespace that owns it: without one of the
     // service's own (owning its network), none is granted.
-    let join_userns = if spec.keep_caps.is_empty() {
-        false
-    } else {
-        let own = match &spec.netns {
-            Some(ns) => has_own_userns(ns).map_err(SpawnError)?,
-            None => false,
-        };
-        if !own {
-            return Err(SpawnError(format!(
-                "capabilities {:?} are granted only inside a user namespace that owns the service's own network namespace, and this instance has none (no network segment, or a system without user namespaces)",
-                spec.keep_caps
-            )));
+    let netns_owner = match &spec.netns {
+        Some(ns) if has_own_userns(ns).map_err(SpawnError)? => Some(ns),
+        _ => None,
+    };
+    if !spec.keep_caps.is_empty() && netns_owner.is_none() {
+        return Err(SpawnError(format!(
+            "capabilities {:?} are granted only inside a user namespace that owns the service's own network namespace, and this instance has none (no network segment, or a system without user namespaces)",
+            spec.keep_caps
+        )));
+    }
+    let (userns, holder) = match (netns_owner, spec.userns) {
+        (Some(ns), _) => (Some(owner_of(ns).map_err(SpawnError)?), None),
+        (None, true) => {
+            let (fd, holder) = fresh_userns(spec.uid, spec.gid)
+                .map_err(|e| SpawnError(format!("a user namespace for the service: {e}")))?;
+            (Some(fd), Some(holder))
         }
-        true
+        (None, false) => (None, None),
     };
     Ok(Prepared {
         program: cpath(&spec.program)?,
@@ -271,7 +305,8 @@ fn prepare(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
         keep_mask: spec.keep_caps.iter().fold(0u64, |m, c| m | (1u64 << c)),
         last_cap: last_cap(),
         namespaces: spec.namespaces & !libc::CLONE_NEWNET,
-        join_userns,
+        userns,
+        _holder: holder,
         rlimits: spec.rlimits.clone(),
         uid: spec.uid,
         gid: spec.gid,
@@ -349,7 +384,7 @@ unsafe fn enter_root(at: &CString, ops: &[PreparedOp]) -> Result<(), u32> {
                         c"tmpfs".as_ptr(),
                         p.as_ptr(),
                         c"tmpfs".as_ptr(),
-                        libc::MS_NOSUID | libc::MS_NODEV,
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                         options.as_ptr().cast(),
                     ) == 0
                 }
@@ -445,7 +480,7 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
         if devnull < 0 {
             fail(9);
         }
-        let mut userns = -1;
+        let userns = p.userns.as_ref().map_or(-1, AsRawFd::as_raw_fd);
         if let Some(ns) = &p.netns {
             let fd = libc::open(ns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
             if fd < 0 {
@@ -453,12 +488,6 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
             }
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 fail(2);
-            }
-            if p.join_userns {
-                userns = libc::ioctl(fd, NS_GET_USERNS as libc::Ioctl);
-                if userns < 0 {
-                    fail(17);
-                }
             }
             libc::close(fd);
         }
@@ -510,7 +539,17 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
             if libc::setns(userns, libc::CLONE_NEWUSER) != 0 {
                 fail(22);
             }
-            libc::close(userns);
+            // No user namespace below this one, ever: one would hand the service every
+            // capability over namespaces of its own (and, where the root is only chroot'ed,
+            // CAP_SYS_CHROOT to climb out). The limit counts on every ancestor.
+            let fd = libc::open(
+                c"/proc/sys/user/max_user_namespaces".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 || libc::write(fd, c"0\n".as_ptr().cast(), 2) != 2 {
+                fail(17);
+            }
+            libc::close(fd);
         }
         // The bounding set: what no exec can ever give back. Dropped one by one while we are
         // still root (CAP_SETPCAP).
@@ -589,6 +628,8 @@ unsafe fn child(p: &Prepared, sync_r: RawFd, err_w: RawFd, stdout: RawFd, stderr
         // A session and process group of its own: without a PID namespace, its group is
         // what a stop kills.
         libc::setsid();
+        // Nothing but stdio survives the exec, whatever the agent itself inherited.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 1u32 << 2);
         // After the credential change, which would clear it.
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -735,10 +776,11 @@ fn spawn_now(spec: &SpawnSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Chi
     // SAFETY: pidfd_open on our own live (or zombie) child.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
-        return Err(SpawnError(format!(
-            "pidfd_open: {}",
-            std::io::Error::last_os_error()
-        )));
+        let e = std::io::Error::last_os_error();
+        // Not left running unwatched.
+        kill_group(pid);
+        reap(pid);
+        return Err(SpawnError(format!("pidfd_open: {e}")));
     }
     // SAFETY: pidfd_open returned a new descriptor we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(pidfd).unwrap_or(-1)) };
@@ -973,35 +1015,46 @@ impl Drop for Holder {
     fn drop(&mut self) {
         drop(self.release.take());
         let mut status = 0;
-        // SAFETY: reaping our own child, which exits once its pipe closes.
-        unsafe { libc::waitpid(self.pid, &raw mut status, 0) };
+        // SAFETY: our own child: killed (it may hold another holder's pipe open) and reaped.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, &raw mut status, 0);
+        }
     }
 }
 
-/// SIGKILL to every process whose real uid is `uid`. Each instance has a uid of its own, so
-/// where no PID namespace (or cgroup) holds a service's processes together, this is what
-/// finds the ones that left its process group.
+/// SIGKILL to every process of `uid`. Each instance has a uid of its own, so where no PID
+/// namespace (or cgroup) holds a service's processes together, this is what finds the ones
+/// that left its process group: a child becomes that user and signals `-1`, which the kernel
+/// applies to every process the user owns in one go (no scan that a forking process outruns).
 pub(crate) fn kill_uid(uid: u32) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let real = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|u| u.parse::<u32>().ok());
-        if real == Some(uid) {
-            // SAFETY: a signal to a process of the instance's own service user.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+    extern "C" fn as_user_kill_all(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: raw system calls in the cloned child; `arg` points at the uid.
+        unsafe {
+            let uid = *arg.cast::<u32>();
+            if libc::syscall(SYS_SETRESGID, uid, uid, uid) == 0
+                && libc::syscall(SYS_SETRESUID, uid, uid, uid) == 0
+            {
+                libc::kill(-1, libc::SIGKILL);
+            }
+            libc::_exit(0)
         }
+    }
+    let mut uid = uid;
+    let mut stack = vec![0u8; 16 * 1024];
+    // SAFETY: a stack of ours for a child that only changes its ids, signals and exits.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        libc::clone(
+            as_user_kill_all,
+            top.cast(),
+            libc::SIGCHLD,
+            (&raw mut uid).cast(),
+        )
+    };
+    if pid > 0 {
+        let mut status = 0;
+        // SAFETY: reaping the child we just made.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
     }
 }
