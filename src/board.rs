@@ -89,7 +89,7 @@ pub(crate) fn load(name_or_path: &str) -> Result<Board, String> {
 }
 
 fn validate(b: &Board) -> Result<(), String> {
-    if !crate::catalogue::ARCH_KEYS.contains(&b.arch.as_str()) {
+    if !crate::platform::ARCH_KEYS.contains(&b.arch.as_str()) {
         return Err(format!("arch '{}' is not a catalogue arch key", b.arch));
     }
     let [lo, hi] = b.vlan.pool;

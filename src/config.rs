@@ -1,4 +1,5 @@
-//! Command line and configuration file.
+//! `serve`'s configuration: flags (parsed by `cli`), the TOML file and the defaults, merged
+//! into each subsystem's own settings type.
 //!
 //! Every `serve` option is accepted as a flag and as a key of the TOML file given by
 //! `--config`; explicit flags win over the file, the file wins over built-in defaults.
@@ -12,244 +13,29 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::board::{self, Board};
+use crate::trust::{self, Feed};
 use crate::vif::routeros::api::{Endpoint, TlsTrust};
-
-pub(crate) const USAGE: &str = "\
-nnc-agent: installs, isolates and supervises network services on this router
-
-usage:
-  nnc-agent serve [options]      run the agent (GraphQL on --listen)
-  nnc-agent config schema GEN    the JSON Schema of a generator's settings (tor, sing-box, xray)
-  nnc-agent config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]
-                                 print the config the agent would write (settings checked
-                                 against the schema first, as installFeature does)
-  nnc-agent catalogue keygen PUB SEC [COMMENT]   a signify-compatible key pair (unencrypted)
-  nnc-agent catalogue sign SEC FILE [SIG]        detached signature (default FILE.sig)
-  nnc-agent catalogue verify PUB FILE [SIG]      check one: signify/usign or minisign (.minisig)
-  nnc-agent version              print the version
-  nnc-agent help                 this text
-
-serve options (each also a key of the --config TOML file, with '_' for '-'):
-  --config FILE        TOML file with any of the keys below
-  --data-dir DIR       state, binaries and instances (default ./nnc-data)
-  --listen ADDR        GraphQL address (default 127.0.0.1:8080; port 0 picks one)
-  --catalogue SRC      catalogue JSON file path or http(s) URL (default: built-in)
-  --token-file FILE    API bearer token (default {data-dir}/token, created 0600)
-  --log-level LEVEL    error|warn|info|debug|trace (default info)
-  --board NAME|FILE    board profile for defaults (x86_64-vm, aarch64-vm, mt7621,
-                       ipq40xx, ath79, mikrotik-arm64, or a .toml file)
-  --dev                enable GraphQL introspection
-";
-
-#[derive(Debug)]
-pub(crate) enum Command {
-    Serve(Box<Config>),
-    /// `config schema|render`: the config generators without an agent.
-    Config(ConfigCommand),
-    /// `catalogue keygen|sign|verify`: for feed publishers.
-    Catalogue(CatalogueCommand),
-    Version,
-    Help,
-}
-
-#[derive(Debug)]
-pub(crate) enum CatalogueCommand {
-    Keygen {
-        public: PathBuf,
-        secret: PathBuf,
-        comment: String,
-    },
-    Sign {
-        secret: PathBuf,
-        file: PathBuf,
-        sig: PathBuf,
-    },
-    Verify {
-        public: PathBuf,
-        file: PathBuf,
-        sig: PathBuf,
-    },
-}
-
-fn parse_catalogue_command(args: &[String]) -> Result<Command, ConfigError> {
-    let p = |i: usize| args.get(i).map(PathBuf::from);
-    let sig_of = |f: &PathBuf| PathBuf::from(format!("{}.sig", f.display()));
-    let cmd = match (args.first().map(String::as_str), args.len()) {
-        (Some("keygen"), 3 | 4) => CatalogueCommand::Keygen {
-            public: p(1).unwrap_or_default(),
-            secret: p(2).unwrap_or_default(),
-            comment: args.get(3).cloned().unwrap_or_else(|| "nnc-agent".into()),
-        },
-        (Some("sign"), 3 | 4) => {
-            let file = p(2).unwrap_or_default();
-            CatalogueCommand::Sign {
-                secret: p(1).unwrap_or_default(),
-                sig: p(3).unwrap_or_else(|| sig_of(&file)),
-                file,
-            }
-        }
-        (Some("verify"), 3 | 4) => {
-            let file = p(2).unwrap_or_default();
-            CatalogueCommand::Verify {
-                public: p(1).unwrap_or_default(),
-                sig: p(3).unwrap_or_else(|| sig_of(&file)),
-                file,
-            }
-        }
-        _ => {
-            return err(
-                "usage: nnc-agent catalogue keygen PUB SEC [COMMENT] | sign SEC FILE [SIG] | verify PUB FILE [SIG]",
-            );
-        }
-    };
-    Ok(Command::Catalogue(cmd))
-}
-
-#[derive(Debug)]
-pub(crate) enum ConfigCommand {
-    Schema(String),
-    Render {
-        generator: String,
-        settings: String,
-        listen: std::net::IpAddr,
-        mark: Option<u32>,
-        dir: PathBuf,
-    },
-}
-
-fn parse_config_command(args: &[String]) -> Result<Command, ConfigError> {
-    let generator = args.get(1).cloned().unwrap_or_default();
-    match args.first().map(String::as_str) {
-        Some("schema") if args.len() == 2 => Ok(Command::Config(ConfigCommand::Schema(generator))),
-        Some("render") if args.len() >= 2 => {
-            let mut settings = "{}".to_owned();
-            let mut listen = std::net::IpAddr::from([127, 0, 0, 1]);
-            let mut mark = None;
-            let mut dir = PathBuf::from("/var/lib/nnc/instance");
-            let mut it = args[2..].iter();
-            while let Some(flag) = it.next() {
-                let Some(value) = it.next() else {
-                    return err(format!("{flag} needs a value"));
-                };
-                match flag.as_str() {
-                    "--settings" => settings.clone_from(value),
-                    "--listen" => {
-                        listen = value.parse().map_err(|_| {
-                            ConfigError(format!("--listen {value:?} is not an IP address"))
-                        })?;
-                    }
-                    "--mark" => {
-                        mark = Some(value.parse().map_err(|_| {
-                            ConfigError(format!("--mark {value:?} is not a number"))
-                        })?);
-                    }
-                    "--dir" => dir = PathBuf::from(value),
-                    other => return err(format!("unknown option '{other}' for config render")),
-                }
-            }
-            Ok(Command::Config(ConfigCommand::Render {
-                generator,
-                settings,
-                listen,
-                mark,
-                dir,
-            }))
-        }
-        _ => err(
-            "usage: nnc-agent config schema GEN | config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]",
-        ),
-    }
-}
+use crate::vif::{self, VlanMode};
+use crate::{api, http_client, supervisor};
 
 /// Everything `serve` needs, after flags, file and defaults are merged.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub catalogue: Option<String>,
     pub token_file: PathBuf,
     pub log_level: log::LevelFilter,
     pub dev: bool,
     /// The board profile given with `--board`, if any.
     pub board: Option<Board>,
     /// The local router's interfaces (the Linux backend).
-    pub vlan: VlanConfig,
+    pub vlan: vif::LocalSettings,
     /// RouterOS routers reached through their API.
-    pub routers: Vec<RouterConfig>,
-    pub supervisor: SupervisorConfig,
-    pub download: DownloadConfig,
-    pub trust: TrustConfig,
-    pub api: ApiLimits,
-}
-
-/// How much the API lets one LAN client take: connections, subscriptions, token guesses.
-#[derive(Debug, Clone)]
-pub(crate) struct ApiLimits {
-    /// Open TCP connections (HTTP and WebSocket together); more get a 503.
-    pub max_connections: usize,
-    /// Open connections from one peer address; more get a 503 and take no global slot.
-    pub max_connections_per_address: usize,
-    /// A connection that has made no authenticated request by then is closed.
-    pub unauthenticated_timeout: Duration,
-    /// Live subscriptions on one WebSocket; more are refused with an `error` message.
-    pub max_subscriptions: usize,
-    /// Failed authentications from one address within `auth_window` before it is locked out
-    /// for the rest of that window.
-    pub auth_failures: u32,
-    pub auth_window: Duration,
-}
-
-impl Default for ApiLimits {
-    fn default() -> ApiLimits {
-        ApiLimits {
-            max_connections: 256,
-            max_connections_per_address: 16,
-            unauthenticated_timeout: Duration::from_secs(10),
-            max_subscriptions: 32,
-            auth_failures: 10,
-            auth_window: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Who may sign catalogues and checksums files, and what is required of them.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct TrustConfig {
-    /// Refuse a catalogue without a signature from a trusted key. On by default once
-    /// `trusted_keys` names a key; only an explicit `require_signature = false` turns it off.
-    pub require_signature: bool,
-    /// Public keys (signify / usign format) from files or directories of files.
-    pub trusted_keys: Vec<crate::trust::signify::PublicKey>,
-    /// Accept a catalogue whose `serial` is lower than one already seen.
-    pub allow_downgrade: bool,
-}
-
-/// Download-manager tuning. Defaults suit a home router on a slow uplink.
-#[derive(Debug, Clone)]
-pub(crate) struct DownloadConfig {
-    /// TCP connect (and TLS handshake) budget.
-    pub connect_timeout: Duration,
-    /// A read that brings no byte for this long counts as a stall; the download resumes.
-    pub stall_timeout: Duration,
-    /// Upper bound for any single download and for what an archive unpacks to; a catalogue's
-    /// `size` can only lower it for the download, never raise it.
-    pub max_bytes: u64,
-    /// Failed attempts in a row (without progress) before the install fails.
-    pub retries: u32,
-    /// First pause between attempts; doubles up to 30 s.
-    pub retry_delay: Duration,
-}
-
-impl Default for DownloadConfig {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(15),
-            stall_timeout: Duration::from_secs(30),
-            max_bytes: 256 << 20,
-            retries: 5,
-            retry_delay: Duration::from_secs(1),
-        }
-    }
+    pub routers: Vec<vif::RouterSettings>,
+    pub supervisor: supervisor::Settings,
+    /// The catalogue's source, the trust policy and the HTTP settings of every download.
+    pub feed: Feed,
+    pub api: api::Limits,
 }
 
 #[derive(Debug)]
@@ -261,7 +47,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
@@ -301,12 +87,12 @@ struct FileApi {
     auth_window_secs: Option<f64>,
 }
 
-fn api_limits(f: &FileApi) -> Result<ApiLimits, ConfigError> {
-    let d = ApiLimits::default();
+fn api_limits(f: &FileApi) -> Result<api::Limits, ConfigError> {
+    let d = api::Limits::default();
     let api_secs = |name: &str, v: Option<f64>, default: Duration| {
         secs(name, v, default).map_err(|e| ConfigError(e.0.replace("download.", "api.")))
     };
-    let limits = ApiLimits {
+    let limits = api::Limits {
         max_connections: f.max_connections.unwrap_or(d.max_connections),
         max_connections_per_address: f
             .max_connections_per_address
@@ -344,7 +130,7 @@ struct FileTrust {
 }
 
 /// Reads every trusted key: a file, or each file of a directory (like /etc/opkg/keys).
-fn trust_config(t: &FileTrust) -> Result<TrustConfig, ConfigError> {
+fn trust_config(t: &FileTrust) -> Result<trust::Policy, ConfigError> {
     let mut keys = Vec::new();
     for path in &t.trusted_keys {
         let files: Vec<PathBuf> = if path.is_dir() {
@@ -362,7 +148,7 @@ fn trust_config(t: &FileTrust) -> Result<TrustConfig, ConfigError> {
         for f in files {
             let text = std::fs::read_to_string(&f)
                 .map_err(|e| ConfigError(format!("trust.trusted_keys {}: {e}", f.display())))?;
-            let key = crate::trust::signify::parse_public(&text)
+            let key = trust::signify::parse_public(&text)
                 .map_err(|e| ConfigError(format!("trust.trusted_keys {}: {e}", f.display())))?;
             keys.push(key);
         }
@@ -373,7 +159,7 @@ fn trust_config(t: &FileTrust) -> Result<TrustConfig, ConfigError> {
     if require_signature && keys.is_empty() {
         return err("trust.require_signature is on but trust.trusted_keys names no key");
     }
-    Ok(TrustConfig {
+    Ok(trust::Policy {
         require_signature,
         trusted_keys: keys,
         allow_downgrade: t.allow_downgrade.unwrap_or(false),
@@ -398,21 +184,6 @@ struct FileSupervisor {
     memory_max: Option<u64>,
     pids_max: Option<u32>,
     cpu_max: Option<String>,
-}
-
-/// How services are run, restarted and confined.
-#[derive(Debug, Clone)]
-pub(crate) struct SupervisorConfig {
-    pub cgroup_root: PathBuf,
-    /// Service users are allocated from this uid (= gid) range.
-    pub uid_range: [u32; 2],
-    pub policy: crate::supervisor::Policy,
-    pub probe_interval: Duration,
-    pub probe_timeout: Duration,
-    pub probe_threshold: u32,
-    pub startup_timeout: Duration,
-    /// Default limits of a service's cgroup (a feature or the instance's settings may change them).
-    pub limits: crate::supervisor::Limits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,36 +216,6 @@ struct FileRouter {
     command_timeout_secs: Option<f64>,
 }
 
-/// How the local router makes each instance's segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum VlanMode {
-    /// No interfaces: services listen on loopback (a development machine).
-    Off,
-    /// An 802.1Q VLAN on the parent interface.
-    Vlan,
-    /// A veth pair instead of the VLAN (kernels without 8021q, tests).
-    Veth,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct VlanConfig {
-    pub mode: VlanMode,
-    pub parent: String,
-    pub pool: [u16; 2],
-    /// `a.b.0.0`: instance N gets `a.b.N.0/24`.
-    pub subnet_base: Ipv4Addr,
-    pub netns_dir: PathBuf,
-    pub rt_tables: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct RouterConfig {
-    pub id: String,
-    pub endpoint: Endpoint,
-    pub parent: String,
-    pub pool: [u16; 2],
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDownload {
@@ -487,68 +228,24 @@ struct FileDownload {
 
 /// Flags given on the command line, before merging.
 #[derive(Debug, Default)]
-struct Flags {
-    config: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    catalogue: Option<String>,
-    token_file: Option<PathBuf>,
-    log_level: Option<String>,
-    board: Option<String>,
-    dev: bool,
+pub(crate) struct Flags {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub catalogue: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub board: Option<String>,
+    pub dev: bool,
 }
 
-pub(crate) fn parse_command(args: &[String]) -> Result<Command, ConfigError> {
-    match args.first().map(String::as_str) {
-        None | Some("help" | "--help" | "-h") => Ok(Command::Help),
-        Some("version" | "--version" | "-V") => Ok(Command::Version),
-        Some("serve") => {
-            let flags = parse_flags(&args[1..])?;
-            let file = match &flags.config {
-                Some(path) => read_file_config(path)?,
-                None => FileConfig::default(),
-            };
-            merge(flags, file).map(|c| Command::Serve(Box::new(c)))
-        }
-        Some("config") => parse_config_command(&args[1..]),
-        Some("catalogue") => parse_catalogue_command(&args[1..]),
-        Some(other) => err(format!("unknown command '{other}' (try 'nnc-agent help')")),
-    }
-}
-
-fn parse_flags(args: &[String]) -> Result<Flags, ConfigError> {
-    let mut flags = Flags::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        if name == "--dev" {
-            if inline.is_some() {
-                return err("--dev takes no value");
-            }
-            flags.dev = true;
-            continue;
-        }
-        let mut value = || -> Result<String, ConfigError> {
-            match inline.clone().or_else(|| it.next().cloned()) {
-                Some(v) if !v.is_empty() => Ok(v),
-                _ => err(format!("{name} needs a value")),
-            }
-        };
-        match name {
-            "--config" => flags.config = Some(value()?.into()),
-            "--data-dir" => flags.data_dir = Some(value()?.into()),
-            "--listen" => flags.listen = Some(value()?),
-            "--catalogue" => flags.catalogue = Some(value()?),
-            "--token-file" => flags.token_file = Some(value()?.into()),
-            "--log-level" => flags.log_level = Some(value()?),
-            "--board" => flags.board = Some(value()?),
-            _ => return err(format!("unknown option '{name}' (try 'nnc-agent help')")),
-        }
-    }
-    Ok(flags)
+/// `serve`'s configuration: the flags, the `--config` file they name, and the defaults.
+pub(crate) fn load(flags: Flags) -> Result<Config, ConfigError> {
+    let file = match &flags.config {
+        Some(path) => read_file_config(path)?,
+        None => FileConfig::default(),
+    };
+    merge(flags, file)
 }
 
 fn read_file_config(path: &PathBuf) -> Result<FileConfig, ConfigError> {
@@ -575,7 +272,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
         None => None,
         Some(name) => {
             let b = board::load(&name).map_err(ConfigError)?;
-            let host = crate::catalogue::host_arch();
+            let host = crate::platform::host_arch();
             if b.arch != host {
                 return err(format!(
                     "board {} is for {} ({}); this agent is built for {host}",
@@ -612,8 +309,8 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
         .token_file
         .or(file.token_file)
         .unwrap_or_else(|| data_dir.join("token"));
-    let d = DownloadConfig::default();
-    let download = DownloadConfig {
+    let d = http_client::Settings::default();
+    let download = http_client::Settings {
         connect_timeout: secs(
             "connect_timeout_secs",
             file.download.connect_timeout_secs,
@@ -648,18 +345,20 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
     let api = api_limits(&file.api)?;
     Ok(Config {
         api,
-        trust,
         supervisor,
         vlan,
         routers,
         board,
         data_dir,
         listen,
-        catalogue: flags.catalogue.or(file.catalogue),
+        feed: Feed {
+            source: flags.catalogue.or(file.catalogue),
+            policy: trust,
+            http: download,
+        },
         token_file,
         log_level,
         dev: flags.dev || file.dev.unwrap_or(false),
-        download,
     })
 }
 
@@ -674,7 +373,7 @@ fn check_pool(what: &str, pool: [u16; 2]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn merge_vlan(file: &FileVlan, board: Option<&Board>) -> Result<VlanConfig, ConfigError> {
+fn merge_vlan(file: &FileVlan, board: Option<&Board>) -> Result<vif::LocalSettings, ConfigError> {
     let mode = match file.mode.as_deref() {
         Some("off") => VlanMode::Off,
         Some("vlan") => VlanMode::Vlan,
@@ -701,7 +400,7 @@ fn merge_vlan(file: &FileVlan, board: Option<&Board>) -> Result<VlanConfig, Conf
     if subnet_base.octets()[2..] != [0, 0] {
         return err(format!("vlan.subnet_base {subnet_base} must end in .0.0"));
     }
-    Ok(VlanConfig {
+    Ok(vif::LocalSettings {
         mode,
         parent,
         pool,
@@ -720,8 +419,8 @@ fn merge_vlan(file: &FileVlan, board: Option<&Board>) -> Result<VlanConfig, Conf
 fn merge_supervisor(
     f: &FileSupervisor,
     board: Option<&Board>,
-) -> Result<SupervisorConfig, ConfigError> {
-    let d = crate::supervisor::Policy::default();
+) -> Result<supervisor::Settings, ConfigError> {
+    let d = supervisor::Policy::default();
     let s = |name: &str, v: Option<f64>, def: Duration| {
         secs(name, v, def).map_err(|e| ConfigError(e.0.replace("download.", "supervisor.")))
     };
@@ -737,14 +436,14 @@ fn merge_supervisor(
         .clone()
         .or_else(|| board.map(|b| b.resources.cpu_max.clone()))
         .unwrap_or_else(|| "max 100000".into());
-    Ok(SupervisorConfig {
+    Ok(supervisor::Settings {
         cgroup_root: f
             .cgroup_root
             .clone()
             .or_else(|| board.map(|b| b.cgroup.root.clone()))
             .unwrap_or_else(|| "/sys/fs/cgroup/nnc".into()),
         uid_range,
-        policy: crate::supervisor::Policy {
+        policy: supervisor::Policy {
             backoff_initial: s(
                 "backoff_initial_secs",
                 f.backoff_initial_secs,
@@ -772,7 +471,7 @@ fn merge_supervisor(
             f.startup_timeout_secs,
             Duration::from_secs(60),
         )?,
-        limits: crate::supervisor::Limits {
+        limits: supervisor::Limits {
             memory_max: f
                 .memory_max
                 .or_else(|| board.map(|b| b.resources.memory_max))
@@ -786,9 +485,12 @@ fn merge_supervisor(
     })
 }
 
-fn router_config(r: &FileRouter, vlan: &VlanConfig) -> Result<RouterConfig, ConfigError> {
+fn router_config(
+    r: &FileRouter,
+    vlan: &vif::LocalSettings,
+) -> Result<vif::RouterSettings, ConfigError> {
     let what = format!("router '{}'", r.id);
-    if !crate::catalogue::is_feature_id(&r.id) || r.id == crate::install::LOCAL_ROUTER {
+    if !crate::ids::is_feature_id(&r.id) || r.id == crate::ids::LOCAL_ROUTER {
         return err(format!(
             "{what}: id must match ^[a-z0-9][a-z0-9-]{{0,31}}$ and not be 'local'"
         ));
@@ -830,7 +532,7 @@ fn router_config(r: &FileRouter, vlan: &VlanConfig) -> Result<RouterConfig, Conf
         secs(name, v, default)
             .map_err(|e| ConfigError(e.0.replace("download.", &format!("{what}: "))))
     };
-    Ok(RouterConfig {
+    Ok(vif::RouterSettings {
         id: r.id.clone(),
         endpoint: Endpoint {
             host: r.host.clone(),
@@ -859,8 +561,8 @@ mod tests {
     }
 
     fn serve(s: &str) -> Config {
-        match parse_command(&args(s)).unwrap() {
-            Command::Serve(c) => *c,
+        match crate::cli::parse(&args(s)).unwrap() {
+            crate::cli::Command::Serve(c) => *c,
             other => panic!("expected serve, got {other:?}"),
         }
     }
@@ -871,7 +573,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./nnc-data"));
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.token_file, PathBuf::from("./nnc-data/token"));
-        assert!(c.catalogue.is_none());
+        assert!(c.feed.source.is_none());
         assert!(!c.dev);
     }
 
@@ -882,7 +584,7 @@ mod tests {
         assert_eq!(c.token_file, PathBuf::from("/tmp/x/token"));
         assert_eq!(c.listen.port(), 9);
         assert!(c.dev);
-        assert_eq!(c.catalogue.as_deref(), Some("http://h/c.json"));
+        assert_eq!(c.feed.source.as_deref(), Some("http://h/c.json"));
     }
 
     #[test]
@@ -898,7 +600,7 @@ mod tests {
                 "cannot read config file",
             ),
         ] {
-            let e = parse_command(&args(line)).unwrap_err().0;
+            let e = crate::cli::parse(&args(line)).unwrap_err().0;
             assert!(e.contains(needle), "{line}: {e}");
             assert!(!e.contains('\n'), "{line}: multi-line error {e:?}");
         }
@@ -906,7 +608,7 @@ mod tests {
 
     /// A board for the machine running the tests (they also run under qemu-user).
     fn host_board() -> (&'static str, &'static str, &'static str) {
-        match crate::catalogue::host_arch() {
+        match crate::platform::host_arch() {
             "aarch64" => ("aarch64-vm", "/data/nnc", "ath79"),
             "armv7" => ("ipq40xx", "/opt/nnc", "ath79"),
             "mipsel" => ("mt7621", "/opt/nnc", "ath79"),
@@ -923,7 +625,7 @@ mod tests {
         assert_eq!(c.board.as_ref().unwrap().vlan.pool, [100, 199]);
         let c = serve(&format!("serve --board {board} --data-dir /tmp/d"));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
-        let e = parse_command(&args(&format!("serve --board {foreign}")))
+        let e = crate::cli::parse(&args(&format!("serve --board {foreign}")))
             .unwrap_err()
             .0;
         assert!(e.contains(&format!("board {foreign} is for")), "{e}");
@@ -969,7 +671,7 @@ mod tests {
             ),
         ] {
             write(text);
-            let e = parse_command(&args(&format!("serve --config {}", path.display())))
+            let e = crate::cli::parse(&args(&format!("serve --config {}", path.display())))
                 .unwrap_err()
                 .0;
             assert!(e.contains(needle), "{text}: {e}");
@@ -983,7 +685,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nnc-cfg-trust-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("feed.pub");
-        std::fs::write(&key, crate::trust::signify::keygen("t").unwrap().0).unwrap();
+        std::fs::write(&key, trust::signify::keygen("t").unwrap().0).unwrap();
         let trust = |require: Option<bool>, keys: Vec<PathBuf>| {
             trust_config(&FileTrust {
                 require_signature: require,
@@ -1049,7 +751,7 @@ mod tests {
             ),
         ] {
             std::fs::write(&path, &text).unwrap();
-            let e = parse_command(&args(&format!("serve --config {}", path.display())))
+            let e = crate::cli::parse(&args(&format!("serve --config {}", path.display())))
                 .unwrap_err()
                 .0;
             assert!(e.contains(needle), "{text}: {e}");
@@ -1073,11 +775,11 @@ mod tests {
         ));
         assert_eq!(c.data_dir, PathBuf::from("/srv/nnc"));
         assert_eq!(c.listen.port(), 7001);
-        assert_eq!(c.download.stall_timeout, Duration::from_millis(2500));
-        assert_eq!(c.download.retries, 9);
+        assert_eq!(c.feed.http.stall_timeout, Duration::from_millis(2500));
+        assert_eq!(c.feed.http.retries, 9);
 
         std::fs::write(&path, "data_dri = \"/x\"\n").unwrap();
-        let e = parse_command(&args(&format!("serve --config {}", path.display())))
+        let e = crate::cli::parse(&args(&format!("serve --config {}", path.display())))
             .unwrap_err()
             .0;
         assert!(e.contains("unknown field `data_dri`"), "{e}");

@@ -10,8 +10,33 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::store::{InterfaceRecord, Status};
-use crate::supervisor::ProcState;
 use crate::util;
+
+/// State of a managed process (separate from the instance's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum ProcState {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Crashed,
+    Backoff,
+}
+
+impl ProcState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ProcState::Starting => "STARTING",
+            ProcState::Running => "RUNNING",
+            ProcState::Stopping => "STOPPING",
+            ProcState::Stopped => "STOPPED",
+            ProcState::Crashed => "CRASHED",
+            ProcState::Backoff => "BACKOFF",
+        }
+    }
+}
 
 /// What `service.install.progress` reports, also the `installProgress` subscription item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, async_graphql::Enum)]

@@ -88,7 +88,7 @@ pub fn graphql(data: &[u8]) {
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
-        let Ok(crate::config::Command::Serve(cfg)) = crate::config::parse_command(&args) else {
+        let Ok(crate::cli::Command::Serve(cfg)) = crate::cli::parse(&args) else {
             panic!("fuzz agent config");
         };
         let _ = std::fs::create_dir_all(&dir);

@@ -6,8 +6,35 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::DownloadConfig;
+/// HTTP client and download-manager tuning (`[download]`). Defaults suit a home router on a slow uplink.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// TCP connect (and TLS handshake) budget.
+    pub connect_timeout: Duration,
+    /// A read that brings no byte for this long counts as a stall; the download resumes.
+    pub stall_timeout: Duration,
+    /// Upper bound for any single download and for what an archive unpacks to; a catalogue's
+    /// `size` can only lower it for the download, never raise it.
+    pub max_bytes: u64,
+    /// Failed attempts in a row (without progress) before the install fails.
+    pub retries: u32,
+    /// First pause between attempts; doubles up to 30 s.
+    pub retry_delay: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(15),
+            stall_timeout: Duration::from_secs(30),
+            max_bytes: 256 << 20,
+            retries: 5,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
 
 /// Where routers and Debian keep the PEM bundle of trusted roots.
 const CA_BUNDLES: [&str; 3] = [
@@ -40,7 +67,7 @@ fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
     Vec::new()
 }
 
-pub(crate) fn agent(cfg: &DownloadConfig) -> ureq::Agent {
+pub(crate) fn agent(cfg: &Settings) -> ureq::Agent {
     let tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
         .root_certs(ureq::tls::RootCerts::Specific(Arc::new(system_roots())))

@@ -7,6 +7,7 @@
 mod api;
 mod board;
 mod catalogue;
+mod cli;
 mod config;
 mod configgen;
 mod events;
@@ -14,8 +15,10 @@ mod failpoint;
 #[doc(hidden)]
 pub mod fuzz;
 mod http_client;
+mod ids;
 mod install;
 mod logger;
+mod platform;
 mod store;
 mod supervisor;
 mod trust;
@@ -28,7 +31,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use config::{Command, Config};
+use cli::Command;
+use config::Config;
 
 /// Exit code for configuration and start-up errors (bad flags, unreadable catalogue ...).
 const EXIT_CONFIG: u8 = 2;
@@ -36,7 +40,7 @@ const EXIT_CONFIG: u8 = 2;
 /// The whole program: parses the command line and runs the command.
 pub fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match config::parse_command(&args) {
+    let command = match cli::parse(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nnc-agent: {e}");
@@ -45,14 +49,14 @@ pub fn run() -> ExitCode {
     };
     match command {
         Command::Help => {
-            print!("{}", config::USAGE);
+            print!("{}", cli::USAGE);
             ExitCode::SUCCESS
         }
         Command::Version => {
             println!(
                 "nnc-agent {} ({})",
                 env!("CARGO_PKG_VERSION"),
-                catalogue::host_arch()
+                platform::host_arch()
             );
             ExitCode::SUCCESS
         }
@@ -103,7 +107,7 @@ fn serve(cfg: Config) -> Result<(), String> {
     let store = store::Store::open(&layout.state_db()).map_err(|e| e.to_string())?;
     // Before any thread is started: what services can be confined with here.
     let support = supervisor::Support::probe();
-    let catalogue = trust::load_catalogue(&cfg, &store, &data_dir)?;
+    let catalogue = trust::load_catalogue(&cfg.feed, &store, &data_dir)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -169,7 +173,11 @@ fn assemble(
     let interfaces = Arc::new(vif::InterfaceFactory::new(
         store.clone(),
         bus.clone(),
-        routers(cfg, support.user),
+        vif::routers(
+            &cfg.vlan,
+            &cfg.routers,
+            support.user.then_some(cfg.supervisor.uid_range),
+        ),
     ));
     let cgroups = supervisor::Cgroups::new(&cfg.supervisor.cgroup_root);
     let supervisor = Arc::new(supervisor::Supervisor::new(
@@ -179,60 +187,19 @@ fn assemble(
         support,
     ));
     let installer = Arc::new(install::Installer::new(
-        store, bus, catalogue, layout, cfg, interfaces, supervisor,
+        store,
+        bus,
+        catalogue,
+        layout,
+        install::Settings {
+            feed: cfg.feed.clone(),
+            supervisor: cfg.supervisor.clone(),
+        },
+        interfaces,
+        supervisor,
     ));
     installer.attach_supervisor();
     installer
-}
-
-/// The routers interfaces can be made on: the local one (unless its VLAN mode is off) and
-/// every configured RouterOS router. With user namespaces, each instance's network namespace
-/// is made in a user namespace of its own mapping the service uid range.
-fn routers(cfg: &Config, userns: bool) -> Vec<vif::Router> {
-    use config::VlanMode;
-    let mut out = Vec::new();
-    let segment = match cfg.vlan.mode {
-        VlanMode::Off => None,
-        VlanMode::Vlan => Some(vif::netlink::Segment::Vlan {
-            parent: cfg.vlan.parent.clone(),
-        }),
-        VlanMode::Veth => Some(vif::netlink::Segment::Veth),
-    };
-    if let Some(segment) = segment {
-        out.push(vif::Router {
-            id: install::LOCAL_ROUTER.to_owned(),
-            pool: cfg.vlan.pool,
-            subnet_base: cfg.vlan.subnet_base,
-            backend: vif::Backend::Linux(vif::netlink::Linux {
-                cfg: vif::netlink::LinuxConfig {
-                    segment,
-                    netns_dir: cfg.vlan.netns_dir.clone(),
-                    rt_tables: cfg.vlan.rt_tables.clone(),
-                    userns_ids: userns.then_some(cfg.supervisor.uid_range),
-                },
-            }),
-        });
-    }
-    for r in &cfg.routers {
-        if r.endpoint.tls.is_none() {
-            log::warn!(
-                target: "interface-factory",
-                "router {}: the RouterOS API password for user {} goes to {}:{} in plain text; in its [[routers]] entry set tls = true and tls_fingerprint = \"<SHA-256 of the router's certificate>\" (API-SSL, port 8729)",
-                r.id, r.endpoint.user, r.endpoint.host, r.endpoint.port
-            );
-        }
-        out.push(vif::Router {
-            id: r.id.clone(),
-            pool: r.pool,
-            subnet_base: cfg.vlan.subnet_base,
-            backend: vif::Backend::RouterOs(vif::routeros::RouterOs::new(
-                r.id.clone(),
-                r.endpoint.clone(),
-                r.parent.clone(),
-            )),
-        });
-    }
-    out
 }
 
 /// Reads the API token, creating a random one (mode 0600) on first start.

@@ -25,7 +25,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::ApiLimits;
 use crate::install::Installer;
 use crate::util;
 
@@ -41,6 +40,36 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The API token, kept only as its SHA-256 so comparisons take constant time whatever the
 /// length of what a client presents.
+/// How much the API lets one LAN client take: connections, subscriptions, token guesses.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// Open TCP connections (HTTP and WebSocket together); more get a 503.
+    pub max_connections: usize,
+    /// Open connections from one peer address; more get a 503 and take no global slot.
+    pub max_connections_per_address: usize,
+    /// A connection that has made no authenticated request by then is closed.
+    pub unauthenticated_timeout: Duration,
+    /// Live subscriptions on one WebSocket; more are refused with an `error` message.
+    pub max_subscriptions: usize,
+    /// Failed authentications from one address within `auth_window` before it is locked out
+    /// for the rest of that window.
+    pub auth_failures: u32,
+    pub auth_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            max_connections_per_address: 16,
+            unauthenticated_timeout: Duration::from_secs(10),
+            max_subscriptions: 32,
+            auth_failures: 10,
+            auth_window: Duration::from_secs(60),
+        }
+    }
+}
+
 pub(crate) struct Token([u8; 32]);
 
 impl Token {
@@ -57,7 +86,7 @@ impl Token {
 pub(crate) struct Api {
     schema: AppSchema,
     token: Token,
-    limits: ApiLimits,
+    limits: Limits,
     guard: guard::AuthGuard,
 }
 
@@ -67,7 +96,7 @@ impl Api {
         board: Option<crate::board::Board>,
         token: Token,
         dev: bool,
-        limits: ApiLimits,
+        limits: Limits,
     ) -> Api {
         Api {
             schema: schema::build(installer, board, dev),

@@ -13,11 +13,12 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::board::Board;
-use crate::catalogue::{self, Feature};
+use crate::catalogue::Feature;
+use crate::events::ProcState;
 use crate::events::{Event, EventKind, Progress, ProgressStatus};
-use crate::install::{self, InstallRequest, Installer, RequestError};
+use crate::install::{InstallRequest, Installer, RequestError};
 use crate::store::{self, IfStatus, InterfaceRecord, Status};
-use crate::supervisor::{Isolation, LogLine, ProcState, ProcessInfo};
+use crate::supervisor::{Isolation, LogLine, ProcessInfo};
 use crate::util;
 
 pub(crate) type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -58,7 +59,7 @@ fn installer<'a>(ctx: &Context<'a>) -> &'a Arc<Installer> {
 }
 
 fn checked_id(id: &ID) -> async_graphql::Result<&str> {
-    if install::is_instance_id(id) {
+    if crate::ids::is_instance_id(id) {
         Ok(id.as_str())
     } else {
         Err(error(
@@ -113,9 +114,9 @@ impl QueryRoot {
         let factory = std::sync::Arc::clone(&installer(ctx).interfaces);
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            if factory.router(install::LOCAL_ROUTER).is_none() {
+            if factory.router(crate::ids::LOCAL_ROUTER).is_none() {
                 out.push(RouterObject {
-                    id: ID(install::LOCAL_ROUTER.into()),
+                    id: ID(crate::ids::LOCAL_ROUTER.into()),
                     kind: "linux".into(),
                     tls: false,
                     reachable: true,
@@ -177,7 +178,7 @@ fn agent_object(ctx: &Context<'_>) -> AgentObject {
     let current = installer(ctx).catalogue();
     AgentObject {
         version: env!("CARGO_PKG_VERSION").into(),
-        arch: catalogue::host_arch().into(),
+        arch: crate::platform::host_arch().into(),
         catalogue: current.source.clone(),
         catalogue_serial: current.serial,
         catalogue_signed_by: current.signed_by.clone(),
@@ -271,7 +272,7 @@ impl MutationRoot {
                 "version must be a plain version string",
             ));
         }
-        if !crate::catalogue::is_feature_id(&feature_id) {
+        if !crate::ids::is_feature_id(&feature_id) {
             return Err(error(
                 "INVALID_ID",
                 format!("{:?} is not a feature id", feature_id.as_str()),
@@ -597,7 +598,7 @@ impl FeatureObject {
     }
     /// Whether this machine's architecture has an asset: `installFeature` needs one.
     async fn supported(&self) -> bool {
-        self.0.asset(catalogue::host_arch()).is_some()
+        self.0.asset(crate::platform::host_arch()).is_some()
     }
     /// JSON Schema of the settings `installFeature` accepts for it: its config generator's
     /// own when it has one (the catalogue's `settingsSchema` may narrow that further: settings

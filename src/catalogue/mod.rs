@@ -12,31 +12,13 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::ids::is_feature_id;
+use crate::platform::ARCH_KEYS;
 use crate::util;
 
 /// The built-in default: upstream release URLs, versions pinned. See ARCHITECTURE.md for where
 /// each entry's verification data comes from.
 const BUILTIN: &str = include_str!("builtin.json");
-
-/// Architecture keys a catalogue may use, in the order `features` lists them.
-pub(crate) const ARCH_KEYS: [&str; 5] = ["x86_64", "aarch64", "armv7", "mipsel", "mips"];
-
-/// The catalogue key of the CPU this agent was built for.
-pub(crate) fn host_arch() -> &'static str {
-    if cfg!(target_arch = "x86_64") {
-        "x86_64"
-    } else if cfg!(target_arch = "aarch64") {
-        "aarch64"
-    } else if cfg!(target_arch = "arm") {
-        "armv7"
-    } else if cfg!(all(target_arch = "mips", target_endian = "little")) {
-        "mipsel"
-    } else if cfg!(target_arch = "mips") {
-        "mips"
-    } else {
-        "unsupported"
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub(crate) enum ArchiveKind {
@@ -368,16 +350,6 @@ fn validate_asset(a: &Asset) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `^[a-z0-9][a-z0-9-]{0,31}$`: feature ids become directory names.
-pub(crate) fn is_feature_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// One path component made of a conservative character set, never `.`-leading.

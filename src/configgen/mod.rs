@@ -139,22 +139,34 @@ pub(crate) fn expand(template: &[String], config: &Path) -> Vec<String> {
     template.iter().map(|a| a.replace("{config}", &c)).collect()
 }
 
+/// `nnc-agent config schema|render`.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Schema(String),
+    Render {
+        generator: String,
+        settings: String,
+        listen: std::net::IpAddr,
+        mark: Option<u32>,
+        dir: PathBuf,
+    },
+}
+
 /// `nnc-agent config schema|render`: what a generator publishes or writes, for people and
 /// for tests that feed the output to the real checkers.
-pub(crate) fn command(c: crate::config::ConfigCommand) -> Result<String, String> {
-    use crate::config::ConfigCommand;
+pub(crate) fn command(c: Command) -> Result<String, String> {
     let find = |name: &str| {
         Generator::by_name(name)
             .ok_or_else(|| format!("no config generator {name:?} (tor, sing-box, xray)"))
     };
     match c {
-        ConfigCommand::Schema(name) => {
+        Command::Schema(name) => {
             let schema = find(&name)?.schema();
             serde_json::to_string_pretty(&schema)
                 .map(|s| s + "\n")
                 .map_err(|e| e.to_string())
         }
-        ConfigCommand::Render {
+        Command::Render {
             generator,
             settings,
             listen,

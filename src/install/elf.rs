@@ -8,10 +8,8 @@
 use std::io::Read;
 use std::path::Path;
 
-const EM_MIPS: u16 = 8;
-const EM_ARM: u16 = 40;
-const EM_X86_64: u16 = 62;
-const EM_AARCH64: u16 = 183;
+use crate::platform::{self, EM_AARCH64, EM_ARM, EM_MIPS, EM_X86_64};
+
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
 const PT_INTERP: u32 = 3;
@@ -34,19 +32,10 @@ pub(crate) struct Machine {
 impl Machine {
     /// The machine this agent was built for (and therefore runs on).
     pub(crate) fn host() -> Machine {
-        let machine = if cfg!(target_arch = "x86_64") {
-            EM_X86_64
-        } else if cfg!(target_arch = "aarch64") {
-            EM_AARCH64
-        } else if cfg!(target_arch = "arm") {
-            EM_ARM
-        } else {
-            EM_MIPS
-        };
         Machine {
             class64: cfg!(target_pointer_width = "64"),
             little_endian: cfg!(target_endian = "little"),
-            machine,
+            machine: platform::elf_machine(platform::host_arch()).unwrap_or(0),
             arm_hard_float: cfg!(target_abi = "eabihf"),
         }
     }

@@ -22,7 +22,7 @@ use super::checksums;
 use super::elf::{self, Machine};
 use super::{Layout, StepError, archive};
 use crate::catalogue::{ArchiveKind, Asset};
-use crate::config::DownloadConfig;
+use crate::http_client::Settings as HttpSettings;
 use crate::store::{Artifact, DownloadState, Step, Store};
 use crate::util::{self, human_bytes};
 
@@ -74,20 +74,20 @@ pub(crate) struct FetchRequest {
 pub(crate) struct Downloads {
     store: Store,
     layout: Layout,
-    cfg: DownloadConfig,
+    cfg: HttpSettings,
     agent: ureq::Agent,
     machine: Machine,
     jobs: Mutex<HashMap<String, watch::Receiver<FetchState>>>,
     /// Keys that may sign checksums files.
-    trust: crate::config::TrustConfig,
+    trust: crate::trust::Policy,
 }
 
 impl Downloads {
     pub(crate) fn new(
         store: Store,
         layout: Layout,
-        cfg: DownloadConfig,
-        trust: crate::config::TrustConfig,
+        cfg: HttpSettings,
+        trust: crate::trust::Policy,
     ) -> Downloads {
         Downloads {
             trust,

@@ -19,16 +19,15 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::catalogue::{self, Catalogue, Feature};
+use crate::catalogue::{Catalogue, Feature};
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
+use crate::ids::{self, LOCAL_ROUTER};
+use crate::platform;
 use crate::store::{Artifact, Instance, Status, Step, Store, StoreError};
 use crate::supervisor::{Outcome, Supervisor};
 use crate::util;
 use crate::vif::{self, InterfaceFactory};
 use fetch::{ArtifactDirs, ArtifactKey, Downloads, FetchRequest, FetchState, Phase};
-
-/// The one router this agent knows until RouterOS routers can be configured.
-pub(crate) const LOCAL_ROUTER: &str = "local";
 
 /// A stage of the install flow. Later features (interfaces, configs, processes) add stages
 /// here; the runner and the recovery logic stay as they are.
@@ -190,21 +189,12 @@ impl Layout {
     }
 }
 
-/// `^[a-z0-9][a-z0-9-]{0,15}$`
-pub(crate) fn is_instance_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 16
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
-/// Instance ids are 16 lowercase hex digits.
-pub(crate) fn is_instance_id(s: &str) -> bool {
-    s.len() == 16
-        && s.bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+/// What the installer is told: where the catalogue comes from (it reloads it), how downloads
+/// are made and trusted, and how services are run.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub feed: crate::trust::Feed,
+    pub supervisor: crate::supervisor::Settings,
 }
 
 pub(crate) struct InstallRequest {
@@ -221,9 +211,8 @@ pub(crate) struct Installer {
     catalogue: std::sync::RwLock<Arc<Catalogue>>,
     /// One reload at a time, so an older read never replaces a newer one.
     reloading: tokio::sync::Mutex<()>,
-    /// The agent's configuration: the supervisor's defaults, and what the catalogue is
-    /// (re)loaded with (source, trust policy, data dir).
-    config: crate::config::Config,
+    /// What the catalogue is (re)loaded with, and how services are run.
+    config: Settings,
     layout: Layout,
     downloads: Arc<Downloads>,
     pub interfaces: Arc<InterfaceFactory>,
@@ -244,7 +233,7 @@ impl Installer {
         bus: Bus,
         catalogue: Catalogue,
         layout: Layout,
-        cfg: &crate::config::Config,
+        cfg: Settings,
         interfaces: Arc<InterfaceFactory>,
         supervisor: Arc<Supervisor>,
     ) -> Installer {
@@ -255,14 +244,14 @@ impl Installer {
             downloads: Arc::new(Downloads::new(
                 store.clone(),
                 layout.clone(),
-                cfg.download.clone(),
-                cfg.trust.clone(),
+                cfg.feed.http.clone(),
+                cfg.feed.policy.clone(),
             )),
             store,
             bus,
             catalogue: std::sync::RwLock::new(Arc::new(catalogue)),
             reloading: tokio::sync::Mutex::new(()),
-            config: cfg.clone(),
+            config: cfg,
             layout,
             progress: Mutex::new(HashMap::new()),
             artifacts_gate: tokio::sync::Mutex::new(()),
@@ -289,8 +278,12 @@ impl Installer {
     /// already under way finish with the feature they started with.
     pub(crate) async fn reload_catalogue(&self) -> Result<Arc<Catalogue>, String> {
         let _one_at_a_time = self.reloading.lock().await;
-        let (cfg, store) = (self.config.clone(), self.store.clone());
-        let fresh = blocking(move || crate::trust::fresh_catalogue(&cfg, &store, &cfg.data_dir))
+        let (feed, store, base) = (
+            self.config.feed.clone(),
+            self.store.clone(),
+            self.layout.base.clone(),
+        );
+        let fresh = blocking(move || crate::trust::fresh_catalogue(&feed, &store, &base))
             .await
             .map(Arc::new)
             .inspect_err(|e| {
@@ -316,7 +309,7 @@ impl Installer {
         self: &Arc<Self>,
         req: InstallRequest,
     ) -> Result<Instance, RequestError> {
-        if !is_instance_name(&req.name) {
+        if !ids::is_instance_name(&req.name) {
             return Err(refuse(
                 "INVALID_NAME",
                 format!(
@@ -369,7 +362,7 @@ impl Installer {
                 )
             })?;
         }
-        let arch = catalogue::host_arch();
+        let arch = platform::host_arch();
         if feature.asset(arch).is_none() {
             return Err(refuse(
                 "UNSUPPORTED_ARCH",
@@ -886,37 +879,5 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instance_names_follow_the_contract() {
-        for ok in ["a", "tor-1", "0abc", "abcdefghijklmnop"] {
-            assert!(is_instance_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "../x",
-            "UPPER",
-            "abcdefghijklmnopq",
-            "-a",
-            "a_b",
-            "a b",
-            "é",
-        ] {
-            assert!(!is_instance_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn instance_ids_are_16_hex() {
-        assert!(is_instance_id("0123456789abcdef"));
-        assert!(!is_instance_id("0123456789ABCDEF"));
-        assert!(!is_instance_id("../../etc/passwd"));
-        assert!(!is_instance_id(""));
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Installer, RequestError, StepError, blocking, refuse};
-use crate::catalogue::{self, Feature};
+use crate::catalogue::Feature;
 use crate::configgen;
 use crate::events::{EventKind, ProgressStatus};
 use crate::failpoint;
@@ -462,7 +462,7 @@ impl Installer {
                         continue;
                     }
                     log::info!(target: "download-manager", "removing {feature} {version}: no instance uses it");
-                    for arch in catalogue::ARCH_KEYS {
+                    for arch in crate::platform::ARCH_KEYS {
                         let key = super::fetch::ArtifactKey {
                             feature: feature.clone(),
                             version: version.clone(),

@@ -35,33 +35,22 @@ pub(crate) use health::{HealthCheck, Probe};
 pub(crate) use sandbox::{Isolation, Support, View, resolve_program, root_fs};
 pub(crate) use spawn::{Holder, SpawnSpec, kill_uid, run as run_confined};
 
-use crate::events::{Bus, EventKind};
+use crate::events::{Bus, EventKind, ProcState};
 use crate::util;
 
-/// State of a managed process (separate from the instance's status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, async_graphql::Enum)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
-pub(crate) enum ProcState {
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Crashed,
-    Backoff,
-}
-
-impl ProcState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ProcState::Starting => "STARTING",
-            ProcState::Running => "RUNNING",
-            ProcState::Stopping => "STOPPING",
-            ProcState::Stopped => "STOPPED",
-            ProcState::Crashed => "CRASHED",
-            ProcState::Backoff => "BACKOFF",
-        }
-    }
+/// How services are run (`[supervisor]`), restarted and confined.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub cgroup_root: PathBuf,
+    /// Service users are allocated from this uid (= gid) range.
+    pub uid_range: [u32; 2],
+    pub policy: Policy,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub probe_threshold: u32,
+    pub startup_timeout: Duration,
+    /// Default limits of a service's cgroup (a feature or the instance's settings may change them).
+    pub limits: Limits,
 }
 
 /// What the API shows of a process.

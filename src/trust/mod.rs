@@ -24,18 +24,63 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::catalogue::Catalogue;
-use crate::config::{Config, TrustConfig};
 use crate::http_client::GetError;
 use crate::store::Store;
+
+/// Who may sign catalogues and checksums files, and what is required of them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Policy {
+    /// Refuse a catalogue without a signature from a trusted key. On by default once
+    /// `trusted_keys` names a key; only an explicit `require_signature = false` turns it off.
+    pub require_signature: bool,
+    /// Public keys (signify / usign format) from files or directories of files.
+    pub trusted_keys: Vec<signify::PublicKey>,
+    /// Accept a catalogue whose `serial` is lower than one already seen.
+    pub allow_downgrade: bool,
+}
+
+/// Where the catalogue comes from and what it must be to be used: `--catalogue` (none: the
+/// built-in one), the trust policy, and the HTTP settings it is fetched with.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Feed {
+    pub source: Option<String>,
+    pub policy: Policy,
+    pub http: crate::http_client::Settings,
+}
+
+/// `nnc-agent catalogue keygen|sign|verify`, for feed publishers.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Keygen {
+        public: PathBuf,
+        secret: PathBuf,
+        comment: String,
+    },
+    Sign {
+        secret: PathBuf,
+        file: PathBuf,
+        sig: PathBuf,
+    },
+    Verify {
+        public: PathBuf,
+        file: PathBuf,
+        sig: PathBuf,
+    },
+}
 
 const SERIAL_KEY: &str = "catalogue/serial";
 const CATALOGUE_CAP: u64 = 4 << 20;
 const SIGNATURE_CAP: u64 = 4096;
 
 /// Reads `what` (for messages) from a URL or a file, at most `cap` bytes.
-fn read_source(what: &str, src: &str, cfg: &Config, cap: u64) -> Result<Vec<u8>, GetError> {
+fn read_source(
+    what: &str,
+    src: &str,
+    http: &crate::http_client::Settings,
+    cap: u64,
+) -> Result<Vec<u8>, GetError> {
     let (absent, message) = if src.starts_with("http://") || src.starts_with("https://") {
-        let agent = crate::http_client::agent(&cfg.download);
+        let agent = crate::http_client::agent(http);
         match crate::http_client::get_small(&agent, src, cap) {
             Ok(body) => return Ok(body),
             Err(e) => (
@@ -63,10 +108,13 @@ fn read_source(what: &str, src: &str, cfg: &Config, cap: u64) -> Result<Vec<u8>,
 /// read (I/O or server error, timeout, over its cap, not text) refuses the catalogue instead
 /// of making it "unsigned", and a bad `.sig` never falls back to the `.minisig`: otherwise
 /// whoever can break the signature's download could strip it.
-fn read_signature(src: &str, cfg: &Config) -> Result<Option<String>, String> {
+fn read_signature(
+    src: &str,
+    http: &crate::http_client::Settings,
+) -> Result<Option<String>, String> {
     for ext in ["sig", "minisig"] {
         let path = format!("{src}.{ext}");
-        match read_source("catalogue signature", &path, cfg, SIGNATURE_CAP) {
+        match read_source("catalogue signature", &path, http, SIGNATURE_CAP) {
             Ok(bytes) => {
                 return String::from_utf8(bytes).map(Some).map_err(|_| {
                     format!("catalogue {src}: signature {path} is not text (not UTF-8); the catalogue is refused")
@@ -102,7 +150,7 @@ pub(crate) fn check_signature(
     what: &str,
     bytes: &[u8],
     sig: Option<&str>,
-    trust: &TrustConfig,
+    trust: &Policy,
     required: bool,
 ) -> Result<Option<String>, String> {
     match sig {
@@ -121,15 +169,15 @@ fn judge(
     src: &str,
     bytes: &[u8],
     sig: Option<&str>,
-    cfg: &Config,
+    policy: &Policy,
     store: &Store,
 ) -> Result<Catalogue, String> {
     let signed_by = check_signature(
         &format!("catalogue {src}"),
         bytes,
         sig,
-        &cfg.trust,
-        cfg.trust.require_signature,
+        policy,
+        policy.require_signature,
     )?;
     let mut catalogue = Catalogue::parse(bytes, src).map_err(|e| e.to_string())?;
     catalogue.signed_by = signed_by;
@@ -138,7 +186,7 @@ fn judge(
         .map_err(|e| e.to_string())?
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
-    if catalogue.serial < seen && !cfg.trust.allow_downgrade {
+    if catalogue.serial < seen && !policy.allow_downgrade {
         return Err(format!(
             "catalogue {src}: serial {} is older than serial {seen} already in use (a replayed or rolled-back feed?); set trust.allow_downgrade to accept it",
             catalogue.serial
@@ -160,25 +208,26 @@ fn last_trusted(data_dir: &Path) -> (PathBuf, PathBuf) {
 /// (then the source itself is what is trusted). An unsigned one accepted only because
 /// `require_signature = false` must not, or it could lock the real signed feed out as a
 /// "downgrade".
-fn raises_serial(catalogue: &Catalogue, trust: &TrustConfig) -> bool {
+fn raises_serial(catalogue: &Catalogue, trust: &Policy) -> bool {
     catalogue.signed_by.is_some() || trust.trusted_keys.is_empty()
 }
 
 /// Reads the configured catalogue from its source and judges it under the trust policy; a
 /// trusted one (`raises_serial`) raises the stored serial and becomes the last trusted copy.
 pub(crate) fn fresh_catalogue(
-    cfg: &Config,
+    feed: &Feed,
     store: &Store,
     data_dir: &Path,
 ) -> Result<Catalogue, String> {
-    let Some(src) = cfg.catalogue.as_deref() else {
+    let Some(src) = feed.source.as_deref() else {
         return Catalogue::builtin().map_err(|e| e.to_string());
     };
-    let bytes = read_source("catalogue", src, cfg, CATALOGUE_CAP).map_err(|e| e.to_string())?;
-    let sig = read_signature(src, cfg)?;
-    let catalogue = judge(src, &bytes, sig.as_deref(), cfg, store)?;
+    let bytes =
+        read_source("catalogue", src, &feed.http, CATALOGUE_CAP).map_err(|e| e.to_string())?;
+    let sig = read_signature(src, &feed.http)?;
+    let catalogue = judge(src, &bytes, sig.as_deref(), &feed.policy, store)?;
     let serial = catalogue.serial;
-    if !raises_serial(&catalogue, &cfg.trust) {
+    if !raises_serial(&catalogue, &feed.policy) {
         log::warn!(target: "api", "catalogue {src} (serial {serial}) is unsigned and accepted only because trust.require_signature = false; it does not raise the stored serial nor replace the last trusted copy");
         return Ok(catalogue);
     }
@@ -205,17 +254,17 @@ pub(crate) fn fresh_catalogue(
 /// trusted copy (with a warning saying why) when the fresh one is refused or unreachable. The
 /// copy is judged by the same rules (its signature read the same way).
 pub(crate) fn load_catalogue(
-    cfg: &Config,
+    feed: &Feed,
     store: &Store,
     data_dir: &Path,
 ) -> Result<Catalogue, String> {
-    if !cfg.trust.require_signature && !cfg.trust.trusted_keys.is_empty() {
+    if !feed.policy.require_signature && !feed.policy.trusted_keys.is_empty() {
         log::warn!(target: "api", "trust.require_signature = false: unsigned catalogues are accepted although trust.trusted_keys are configured (they never raise the stored serial)");
     }
-    match fresh_catalogue(cfg, store, data_dir) {
+    match fresh_catalogue(feed, store, data_dir) {
         Ok(catalogue) => Ok(catalogue),
         Err(why) => {
-            let Some(src) = cfg.catalogue.as_deref() else {
+            let Some(src) = feed.source.as_deref() else {
                 return Err(why);
             };
             let (copy, _) = last_trusted(data_dir);
@@ -223,8 +272,8 @@ pub(crate) fn load_catalogue(
                 return Err(why);
             };
             let source = format!("last trusted copy of {src}");
-            let catalogue = read_signature(&copy.display().to_string(), cfg)
-                .and_then(|sig| judge(&source, &bytes, sig.as_deref(), cfg, store))
+            let catalogue = read_signature(&copy.display().to_string(), &feed.http)
+                .and_then(|sig| judge(&source, &bytes, sig.as_deref(), &feed.policy, store))
                 .map_err(|e| {
                     format!("{why}; and the last trusted copy is no longer acceptable: {e}")
                 })?;
@@ -268,12 +317,11 @@ pub(crate) fn unpin(store: &Store, feature: &str, version: Option<&str>) -> Resu
 }
 
 /// `nnc-agent catalogue keygen|sign|verify`.
-pub(crate) fn command(c: crate::config::CatalogueCommand) -> Result<String, String> {
-    use crate::config::CatalogueCommand;
+pub(crate) fn command(c: Command) -> Result<String, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let text = |p: &Path| read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
     match c {
-        CatalogueCommand::Keygen {
+        Command::Keygen {
             public,
             secret,
             comment,
@@ -298,7 +346,7 @@ pub(crate) fn command(c: crate::config::CatalogueCommand) -> Result<String, Stri
                 secret.display()
             ))
         }
-        CatalogueCommand::Sign { secret, file, sig } => {
+        Command::Sign { secret, file, sig } => {
             let name = secret
                 .file_name()
                 .map(|n| n.to_string_lossy().replace(".sec", ".pub"))
@@ -307,7 +355,7 @@ pub(crate) fn command(c: crate::config::CatalogueCommand) -> Result<String, Stri
             std::fs::write(&sig, s).map_err(|e| format!("{}: {e}", sig.display()))?;
             Ok(format!("signature written to {}\n", sig.display()))
         }
-        CatalogueCommand::Verify { public, file, sig } => {
+        Command::Verify { public, file, sig } => {
             let key = signify::parse_public(&text(&public)?)?;
             let id = verify_detached(&read(&file)?, &text(&sig)?, &[key])?;
             Ok(format!("Signature Verified (key {id})\n"))

@@ -14,6 +14,7 @@
 pub(crate) mod netlink;
 pub(crate) mod routeros;
 mod rtnl;
+mod settings;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -21,6 +22,7 @@ use std::net::Ipv4Addr;
 use crate::events::{Bus, EventKind};
 use crate::store::{IfStatus, InterfaceRecord, Store, StoreError};
 use crate::util;
+pub(crate) use settings::{LocalSettings, RouterSettings, VlanMode, routers};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum VifError {
@@ -151,7 +153,7 @@ impl Plan {
 pub(crate) fn tag_in(s: &str) -> Option<&str> {
     let at = s.find("nnc:")?;
     let id = s.get(at + 4..at + 20)?;
-    crate::install::is_instance_id(id).then_some(id)
+    crate::ids::is_instance_id(id).then_some(id)
 }
 
 pub(crate) enum Backend {

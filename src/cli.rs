@@ -1,0 +1,175 @@
+//! The command line: its grammar and its usage text. `serve`'s options are turned into a
+//! `Config` by `config`; the other commands are handed to the module that does them.
+
+use std::path::PathBuf;
+
+use crate::config::{self, Config, ConfigError, Flags, err};
+use crate::{configgen, trust};
+
+pub(crate) const USAGE: &str = "\
+nnc-agent: installs, isolates and supervises network services on this router
+
+usage:
+  nnc-agent serve [options]      run the agent (GraphQL on --listen)
+  nnc-agent config schema GEN    the JSON Schema of a generator's settings (tor, sing-box, xray)
+  nnc-agent config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]
+                                 print the config the agent would write (settings checked
+                                 against the schema first, as installFeature does)
+  nnc-agent catalogue keygen PUB SEC [COMMENT]   a signify-compatible key pair (unencrypted)
+  nnc-agent catalogue sign SEC FILE [SIG]        detached signature (default FILE.sig)
+  nnc-agent catalogue verify PUB FILE [SIG]      check one: signify/usign or minisign (.minisig)
+  nnc-agent version              print the version
+  nnc-agent help                 this text
+
+serve options (each also a key of the --config TOML file, with '_' for '-'):
+  --config FILE        TOML file with any of the keys below
+  --data-dir DIR       state, binaries and instances (default ./nnc-data)
+  --listen ADDR        GraphQL address (default 127.0.0.1:8080; port 0 picks one)
+  --catalogue SRC      catalogue JSON file path or http(s) URL (default: built-in)
+  --token-file FILE    API bearer token (default {data-dir}/token, created 0600)
+  --log-level LEVEL    error|warn|info|debug|trace (default info)
+  --board NAME|FILE    board profile for defaults (x86_64-vm, aarch64-vm, mt7621,
+                       ipq40xx, ath79, mikrotik-arm64, or a .toml file)
+  --dev                enable GraphQL introspection
+";
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Serve(Box<Config>),
+    /// `config schema|render`: the config generators without an agent.
+    Config(configgen::Command),
+    /// `catalogue keygen|sign|verify`: for feed publishers.
+    Catalogue(trust::Command),
+    Version,
+    Help,
+}
+
+fn parse_catalogue_command(args: &[String]) -> Result<Command, ConfigError> {
+    let p = |i: usize| args.get(i).map(PathBuf::from);
+    let sig_of = |f: &PathBuf| PathBuf::from(format!("{}.sig", f.display()));
+    let cmd = match (args.first().map(String::as_str), args.len()) {
+        (Some("keygen"), 3 | 4) => trust::Command::Keygen {
+            public: p(1).unwrap_or_default(),
+            secret: p(2).unwrap_or_default(),
+            comment: args.get(3).cloned().unwrap_or_else(|| "nnc-agent".into()),
+        },
+        (Some("sign"), 3 | 4) => {
+            let file = p(2).unwrap_or_default();
+            trust::Command::Sign {
+                secret: p(1).unwrap_or_default(),
+                sig: p(3).unwrap_or_else(|| sig_of(&file)),
+                file,
+            }
+        }
+        (Some("verify"), 3 | 4) => {
+            let file = p(2).unwrap_or_default();
+            trust::Command::Verify {
+                public: p(1).unwrap_or_default(),
+                sig: p(3).unwrap_or_else(|| sig_of(&file)),
+                file,
+            }
+        }
+        _ => {
+            return err(
+                "usage: nnc-agent catalogue keygen PUB SEC [COMMENT] | sign SEC FILE [SIG] | verify PUB FILE [SIG]",
+            );
+        }
+    };
+    Ok(Command::Catalogue(cmd))
+}
+
+fn parse_config_command(args: &[String]) -> Result<Command, ConfigError> {
+    let generator = args.get(1).cloned().unwrap_or_default();
+    match args.first().map(String::as_str) {
+        Some("schema") if args.len() == 2 => {
+            Ok(Command::Config(configgen::Command::Schema(generator)))
+        }
+        Some("render") if args.len() >= 2 => {
+            let mut settings = "{}".to_owned();
+            let mut listen = std::net::IpAddr::from([127, 0, 0, 1]);
+            let mut mark = None;
+            let mut dir = PathBuf::from("/var/lib/nnc/instance");
+            let mut it = args[2..].iter();
+            while let Some(flag) = it.next() {
+                let Some(value) = it.next() else {
+                    return err(format!("{flag} needs a value"));
+                };
+                match flag.as_str() {
+                    "--settings" => settings.clone_from(value),
+                    "--listen" => {
+                        listen = value.parse().map_err(|_| {
+                            ConfigError(format!("--listen {value:?} is not an IP address"))
+                        })?;
+                    }
+                    "--mark" => {
+                        mark = Some(value.parse().map_err(|_| {
+                            ConfigError(format!("--mark {value:?} is not a number"))
+                        })?);
+                    }
+                    "--dir" => dir = PathBuf::from(value),
+                    other => return err(format!("unknown option '{other}' for config render")),
+                }
+            }
+            Ok(Command::Config(configgen::Command::Render {
+                generator,
+                settings,
+                listen,
+                mark,
+                dir,
+            }))
+        }
+        _ => err(
+            "usage: nnc-agent config schema GEN | config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]",
+        ),
+    }
+}
+
+/// The command a command line asks for; a bad one is one line for people.
+pub(crate) fn parse(args: &[String]) -> Result<Command, ConfigError> {
+    match args.first().map(String::as_str) {
+        None | Some("help" | "--help" | "-h") => Ok(Command::Help),
+        Some("version" | "--version" | "-V") => Ok(Command::Version),
+        Some("serve") => {
+            let flags = parse_flags(&args[1..])?;
+            config::load(flags).map(|c| Command::Serve(Box::new(c)))
+        }
+        Some("config") => parse_config_command(&args[1..]),
+        Some("catalogue") => parse_catalogue_command(&args[1..]),
+        Some(other) => err(format!("unknown command '{other}' (try 'nnc-agent help')")),
+    }
+}
+
+fn parse_flags(args: &[String]) -> Result<Flags, ConfigError> {
+    let mut flags = Flags::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        if name == "--dev" {
+            if inline.is_some() {
+                return err("--dev takes no value");
+            }
+            flags.dev = true;
+            continue;
+        }
+        let mut value = || -> Result<String, ConfigError> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => err(format!("{name} needs a value")),
+            }
+        };
+        match name {
+            "--config" => flags.config = Some(value()?.into()),
+            "--data-dir" => flags.data_dir = Some(value()?.into()),
+            "--listen" => flags.listen = Some(value()?),
+            "--catalogue" => flags.catalogue = Some(value()?),
+            "--token-file" => flags.token_file = Some(value()?.into()),
+            "--log-level" => flags.log_level = Some(value()?),
+            "--board" => flags.board = Some(value()?),
+            _ => return err(format!("unknown option '{name}' (try 'nnc-agent help')")),
+        }
+    }
+    Ok(flags)
+}
