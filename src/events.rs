@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::store::{InterfaceRecord, Status};
 use crate::util;
+use crate::util::Locked;
 
 /// State of a managed process (separate from the instance's status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, async_graphql::Enum)]
@@ -254,10 +255,7 @@ impl Bus {
     }
 
     pub(crate) fn publish(&self, instance_id: Option<&str>, kind: EventKind) {
-        let mut seq = self
-            .seq
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seq = self.seq.locked();
         *seq += 1;
         let event = Event {
             seq: *seq,

@@ -8,6 +8,7 @@ mod api;
 mod board;
 mod catalogue;
 mod cli;
+mod code;
 mod config;
 mod configgen;
 mod events;

@@ -2,7 +2,39 @@
 //! randomness. Kept here so that no module grows its own copy.
 
 use std::io::Read;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Locks that survive a panic elsewhere: the data a panicking thread left is still the best
+/// there is (every writer keeps it consistent between statements), and the agent must not
+/// stop serving because one task panicked.
+pub(crate) trait Locked<T> {
+    fn locked(&self) -> MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for Mutex<T> {
+    fn locked(&self) -> MutexGuard<'_, T> {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// `Locked` for readers-writer locks.
+pub(crate) trait RwLocked<T> {
+    fn read_locked(&self) -> RwLockReadGuard<'_, T>;
+    fn write_locked(&self) -> RwLockWriteGuard<'_, T>;
+}
+
+impl<T> RwLocked<T> for RwLock<T> {
+    fn read_locked(&self) -> RwLockReadGuard<'_, T> {
+        self.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn write_locked(&self) -> RwLockWriteGuard<'_, T> {
+        self.write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Milliseconds since the Unix epoch (the unit every record stores).
 pub(crate) fn now_ms() -> u64 {

@@ -1,6 +1,7 @@
 //! Gives the errors async-graphql raises itself (parse, validation, limits) a stable
 //! `extensions.code`, like the ones resolvers return, so clients can branch on codes alone.
 
+use crate::code::Code;
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
 };
@@ -16,10 +17,10 @@ impl ExtensionFactory for ErrorCodes {
     }
 }
 
-fn with_code(mut e: ServerError, code: &'static str) -> ServerError {
+fn with_code(mut e: ServerError, code: Code) -> ServerError {
     let ext = e.extensions.get_or_insert_with(Default::default);
     if ext.get("code").is_none() {
-        ext.set("code", code);
+        ext.set("code", code.as_str());
     }
     e
 }
@@ -35,9 +36,9 @@ impl Extension for ErrorCodes {
     ) -> ServerResult<ExecutableDocument> {
         next.run(ctx, query, variables).await.map_err(|e| {
             let code = if e.message.contains("ecursion") {
-                "QUERY_TOO_DEEP"
+                Code::QueryTooDeep
             } else {
-                "GRAPHQL_PARSE_FAILED"
+                Code::GraphqlParseFailed
             };
             with_code(e, code)
         })
@@ -53,11 +54,11 @@ impl Extension for ErrorCodes {
                 .into_iter()
                 .map(|e| {
                     let code = if e.message.contains("nested too deep") {
-                        "QUERY_TOO_DEEP"
+                        Code::QueryTooDeep
                     } else if e.message.contains("too complex") {
-                        "QUERY_TOO_COMPLEX"
+                        Code::QueryTooComplex
                     } else {
-                        "GRAPHQL_VALIDATION_FAILED"
+                        Code::GraphqlValidationFailed
                     };
                     with_code(e, code)
                 })

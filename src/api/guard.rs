@@ -4,6 +4,7 @@
 //! `limit` tries per window. A success clears the address's count. `/health` is never
 //! locked.
 
+use crate::util::Locked;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -34,7 +35,7 @@ impl AuthGuard {
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Strikes>> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+        self.peers.locked()
     }
 
     /// How long `ip` must still wait, when it is locked out.

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::code::Code;
 use crate::install::Installer;
 use crate::util;
 
@@ -112,7 +113,7 @@ impl Api {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut r = error_reply(
             StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
+            Code::RateLimited,
             &format!("too many failed authentications from this address; retry in {secs} s"),
         );
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -154,7 +155,8 @@ fn busy_reply(refused: &Refused) -> Vec<u8> {
         }
     };
     let body = format!(
-        r#"{{"errors":[{{"message":"{message}","extensions":{{"code":"TOO_MANY_CONNECTIONS"}}}}]}}"#
+        r#"{{"errors":[{{"message":"{message}","extensions":{{"code":"{}"}}}}]}}"#,
+        Code::TooManyConnections
     );
     format!(
         "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
@@ -263,10 +265,10 @@ fn json_reply(status: StatusCode, body: &serde_json::Value) -> Reply {
 }
 
 /// A GraphQL-shaped error document for failures outside GraphQL execution.
-fn error_reply(status: StatusCode, code: &str, message: &str) -> Reply {
+fn error_reply(status: StatusCode, code: Code, message: &str) -> Reply {
     json_reply(
         status,
-        &json!({ "errors": [ { "message": message, "extensions": { "code": code } } ] }),
+        &json!({ "errors": [ { "message": message, "extensions": { "code": code.as_str() } } ] }),
     )
 }
 
@@ -281,7 +283,7 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: 
         (_, "/graphql") => {
             let mut r = error_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
+                Code::MethodNotAllowed,
                 "use POST for queries and mutations, a graphql-transport-ws WebSocket for subscriptions",
             );
             r.headers_mut()
@@ -290,7 +292,7 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: 
         }
         _ => error_reply(
             StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            Code::NotFound,
             "no such path; the API is at /graphql",
         ),
     }
@@ -309,7 +311,7 @@ async fn graphql_post(
         log::warn!(target: "api", "unauthenticated request from {peer}");
         let mut r = error_reply(
             StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
+            Code::Unauthenticated,
             "missing or wrong bearer token (Authorization: Bearer <token from the agent's token file>)",
         );
         r.headers_mut()
@@ -325,7 +327,7 @@ async fn graphql_post(
     let too_large = || {
         error_reply(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "BODY_TOO_LARGE",
+            Code::BodyTooLarge,
             &format!("request body exceeds {MAX_BODY} bytes"),
         )
     };
@@ -343,7 +345,7 @@ async fn graphql_post(
         Err(e) => {
             return error_reply(
                 StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
+                Code::BadRequest,
                 &format!("cannot read body: {e}"),
             );
         }
@@ -358,7 +360,7 @@ pub(crate) async fn answer(schema: &AppSchema, body: &[u8]) -> Reply {
         Err(e) => {
             return error_reply(
                 StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
+                Code::BadRequest,
                 &format!("body is not a GraphQL request ({{\"query\": ...}}): {e}"),
             );
         }
@@ -368,7 +370,7 @@ pub(crate) async fn answer(schema: &AppSchema, body: &[u8]) -> Reply {
         Ok(v) => json_reply(StatusCode::OK, &v),
         Err(e) => error_reply(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
+            Code::Internal,
             &e.to_string(),
         ),
     }

@@ -14,6 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::board::Board;
 use crate::catalogue::Feature;
+use crate::code::Code;
 use crate::events::ProcState;
 use crate::events::{Event, EventKind, Progress, ProgressStatus};
 use crate::install::{InstallRequest, Installer, RequestError};
@@ -44,8 +45,8 @@ pub(crate) fn build(installer: Arc<Installer>, board: Option<Board>, dev: bool) 
     }
 }
 
-pub(crate) fn error(code: &'static str, message: impl Into<String>) -> async_graphql::Error {
-    async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
+pub(crate) fn error(code: Code, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code.as_str()))
 }
 
 impl From<RequestError> for async_graphql::Error {
@@ -63,7 +64,7 @@ fn checked_id(id: &ID) -> async_graphql::Result<&str> {
         Ok(id.as_str())
     } else {
         Err(error(
-            "INVALID_ID",
+            Code::InvalidId,
             format!("{:?} is not an instance id (16 hex digits)", id.as_str()),
         ))
     }
@@ -104,7 +105,7 @@ impl QueryRoot {
         let id = checked_id(&id)?;
         match installer(ctx).store.instance(id).map_err(state_error)? {
             Some(i) => Ok(InstanceObject(i)),
-            None => Err(error("NOT_FOUND", format!("no instance {id}"))),
+            None => Err(error(Code::NotFound, format!("no instance {id}"))),
         }
     }
 
@@ -158,14 +159,14 @@ impl QueryRoot {
         let id = checked_id(&id)?;
         let inst = installer(ctx);
         if inst.store.instance(id).map_err(state_error)?.is_none() {
-            return Err(error("NOT_FOUND", format!("no instance {id}")));
+            return Err(error(Code::NotFound, format!("no instance {id}")));
         }
         let n = usize::try_from(tail.unwrap_or(100).clamp(1, 5000)).unwrap_or(100);
         let dir = inst.instance_paths(id).logs;
         inst.supervisor
             .log_tail(dir, n)
             .await
-            .map_err(|e| error("IO_ERROR", e))
+            .map_err(|e| error(Code::IoError, e))
     }
 
     /// The agent's own identity: version and the catalogue architecture key of this machine.
@@ -251,7 +252,7 @@ impl MutationRoot {
         installer(ctx)
             .reload_catalogue()
             .await
-            .map_err(|e| error("CATALOGUE_REFUSED", e))?;
+            .map_err(|e| error(Code::CatalogueRefused, e))?;
         Ok(agent_object(ctx))
     }
 
@@ -268,13 +269,13 @@ impl MutationRoot {
             .is_some_and(|v| v.is_empty() || v.contains('/'))
         {
             return Err(error(
-                "INVALID_VERSION",
+                Code::InvalidVersion,
                 "version must be a plain version string",
             ));
         }
         if !crate::ids::is_feature_id(&feature_id) {
             return Err(error(
-                "INVALID_ID",
+                Code::InvalidId,
                 format!("{:?} is not a feature id", feature_id.as_str()),
             ));
         }
@@ -328,7 +329,7 @@ impl SubscriptionRoot {
         let mut rx = installer.bus.subscribe();
         let current = installer
             .progress_of(&id)
-            .ok_or_else(|| error("NOT_FOUND", format!("no instance {id}")))?;
+            .ok_or_else(|| error(Code::NotFound, format!("no instance {id}")))?;
         Ok(async_stream::stream! {
             let done = current.status.is_terminal();
             yield ProgressObject(current);

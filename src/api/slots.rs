@@ -10,19 +10,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
+use crate::util::Locked;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// (address, connections open from it).
 type Table = Arc<Mutex<Vec<(IpAddr, usize)>>>;
-
-fn lock(table: &Table) -> MutexGuard<'_, Vec<(IpAddr, usize)>> {
-    table
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Which limit refused a connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,7 +44,7 @@ impl Slots {
     /// A slot for a connection from `ip` that must authenticate before `deadline`.
     pub(super) fn take(&self, ip: IpAddr, deadline: Instant) -> Result<Slot, Refused> {
         {
-            let mut table = lock(&self.per_address);
+            let mut table = self.per_address.locked();
             match table.iter_mut().find(|(a, _)| *a == ip) {
                 Some((_, open)) if *open >= self.per_address_max => {
                     return Err(Refused::PerAddress);
@@ -76,7 +71,7 @@ impl Slots {
 
     #[cfg(test)]
     fn addresses(&self) -> usize {
-        lock(&self.per_address).len()
+        self.per_address.locked().len()
     }
 }
 
@@ -88,7 +83,7 @@ struct AddressPlace {
 
 impl Drop for AddressPlace {
     fn drop(&mut self) {
-        let mut table = lock(&self.table);
+        let mut table = self.table.locked();
         if let Some(i) = table.iter().position(|(a, _)| *a == self.ip) {
             table[i].1 -= 1;
             if table[i].1 == 0 {

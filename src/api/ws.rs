@@ -5,6 +5,7 @@
 //! handing the stream to async-graphql. Unauthenticated sockets are closed with 4403, silent
 //! ones with 4408, as the graphql-transport-ws protocol specifies.
 
+use crate::code::Code;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -61,7 +62,7 @@ pub(super) fn upgrade(
     let (Some(key), true) = (key, version_ok) else {
         let mut r = error_reply(
             StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
+            Code::BadRequest,
             "not a WebSocket version 13 handshake",
         );
         r.headers_mut().insert(
@@ -73,7 +74,7 @@ pub(super) fn upgrade(
     let Some(protocol) = pick_protocol(&req) else {
         return error_reply(
             StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
+            Code::BadRequest,
             "Sec-WebSocket-Protocol must offer graphql-transport-ws (or graphql-ws)",
         );
     };
@@ -86,7 +87,7 @@ pub(super) fn upgrade(
             log::warn!(target: "api", "WebSocket from {peer} with a wrong bearer token");
             return error_reply(
                 StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
+                Code::Unauthenticated,
                 "wrong bearer token",
             );
         }
@@ -314,7 +315,7 @@ fn refusal(protocol: Protocols, id: &str, max: usize) -> String {
         "message": format!(
             "too many subscriptions on this connection (limit {max}, api.max_subscriptions_per_connection); complete one or open another connection"
         ),
-        "extensions": { "code": "TOO_MANY_SUBSCRIPTIONS" },
+        "extensions": { "code": Code::TooManySubscriptions.as_str() },
     });
     let payload = match protocol {
         Protocols::GraphQLWS => Value::Array(vec![error]),
@@ -357,7 +358,7 @@ mod tests {
         assert_eq!(v["id"], "7");
         assert_eq!(
             v["payload"][0]["extensions"]["code"],
-            "TOO_MANY_SUBSCRIPTIONS"
+            Code::TooManySubscriptions.as_str()
         );
         let v: Value =
             serde_json::from_str(&refusal(Protocols::SubscriptionsTransportWS, "7", 3)).unwrap();

@@ -16,6 +16,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::catalogue::{ArchiveKind, is_safe_member};
+use crate::code::Code;
 use crate::util::human_bytes;
 
 #[derive(Debug)]
@@ -34,14 +35,14 @@ pub(crate) enum ArchiveError {
 }
 
 impl ArchiveError {
-    pub(crate) fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> Code {
         match self {
-            ArchiveError::Unsafe(_) => "UNSAFE_ARCHIVE",
-            ArchiveError::TooLarge(_) => "ARCHIVE_TOO_LARGE",
-            ArchiveError::Invalid(_) => "ARCHIVE_INVALID",
-            ArchiveError::Missing(_) => "BINARY_NOT_IN_ARCHIVE",
-            ArchiveError::DiskFull(_) => "DISK_FULL",
-            ArchiveError::Io(_) => "IO_ERROR",
+            ArchiveError::Unsafe(_) => Code::UnsafeArchive,
+            ArchiveError::TooLarge(_) => Code::ArchiveTooLarge,
+            ArchiveError::Invalid(_) => Code::ArchiveInvalid,
+            ArchiveError::Missing(_) => Code::BinaryNotInArchive,
+            ArchiveError::DiskFull(_) => Code::DiskFull,
+            ArchiveError::Io(_) => Code::IoError,
         }
     }
 }
@@ -621,7 +622,7 @@ mod tests {
             matches!(e, ArchiveError::DiskFull(ref m) if m.contains("/d/bin/.x.new")),
             "{e}"
         );
-        assert_eq!(e.code(), "DISK_FULL");
+        assert_eq!(e.code(), Code::DiskFull);
     }
 
     #[test]

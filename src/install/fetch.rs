@@ -22,8 +22,10 @@ use super::checksums;
 use super::elf::{self, Machine};
 use super::{Layout, StepError, archive};
 use crate::catalogue::{ArchiveKind, Asset};
+use crate::code::Code;
 use crate::http_client::Settings as HttpSettings;
 use crate::store::{Artifact, DownloadState, Step, Store};
+use crate::util::Locked;
 use crate::util::{self, human_bytes};
 
 /// Progress reports are sent at most this often (plus at every phase change).
@@ -103,10 +105,7 @@ impl Downloads {
     /// Joins the running job for this artifact, or starts one.
     pub(crate) fn fetch(self: &Arc<Self>, req: FetchRequest) -> watch::Receiver<FetchState> {
         let id = req.key.id();
-        let mut jobs = self
-            .jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut jobs = self.jobs.locked();
         if let Some(rx) = jobs.get(&id) {
             log::info!(target: "download-manager", "{id}: joining the running download");
             return rx.clone();
@@ -125,11 +124,7 @@ impl Downloads {
             struct Done<'a>(&'a Downloads, String);
             impl Drop for Done<'_> {
                 fn drop(&mut self) {
-                    let mut jobs = self
-                        .0
-                        .jobs
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut jobs = self.0.jobs.locked();
                     jobs.remove(&self.1);
                 }
             }
@@ -152,12 +147,12 @@ impl Downloads {
         }
         let (expected, mut verified_by) = self.expected_digest(&req.asset)?;
         let first = crate::trust::pinned(&self.store, &id)
-            .map_err(|e| StepError::new(Step::Verifying, "STATE_ERROR", e))?;
+            .map_err(|e| StepError::new(Step::Verifying, Code::StateError, e))?;
         if let Some(p) = &first {
             if *p != util::hex(&expected) {
                 return Err(StepError::new(
                     Step::Verifying,
-                    "PIN_MISMATCH",
+                    Code::PinMismatch,
                     format!(
                         "{id} was first verified as sha256 {p}; {verified_by} now says {}: refused until an operator clears the pin (unpinFeature)",
                         util::hex(&expected)
@@ -195,7 +190,7 @@ impl Downloads {
             }
             return Err(StepError::new(
                 Step::Verifying,
-                "CHECKSUM_MISMATCH",
+                Code::ChecksumMismatch,
                 format!(
                     "sha256 of {} is {}, expected {} (from {verified_by}); the download was deleted",
                     req.asset.file_name(),
@@ -213,7 +208,7 @@ impl Downloads {
             .and_then(|sha| {
                 elf::check_file(&staged, self.machine)
                     .map(|()| sha)
-                    .map_err(|m| StepError::new(Step::Installing, "WRONG_ARCH", m))
+                    .map_err(|m| StepError::new(Step::Installing, Code::WrongArch, m))
             });
         let binary_sha256 = match placed {
             Ok(sha) => sha,
@@ -242,7 +237,7 @@ impl Downloads {
             .map_err(|e| store_step(Step::Installing, &e))?;
         if first.is_none() {
             crate::trust::pin(&self.store, &id, &artifact.sha256)
-                .map_err(|e| StepError::new(Step::Installing, "STATE_ERROR", e))?;
+                .map_err(|e| StepError::new(Step::Installing, Code::StateError, e))?;
         }
         self.clear_state(&id)?;
         log::info!(target: "download-manager", "{id}: {} verified ({}) and installed at {}", req.asset.file_name(), artifact.verified_by, artifact.binary_path);
@@ -276,8 +271,9 @@ impl Downloads {
         let Some(sig_url) = &asset.checksums_sig else {
             return Ok(String::new());
         };
-        let sig = crate::http_client::get_small(&self.agent, sig_url, 4096)
-            .map_err(|e| StepError::new(Step::Verifying, "SIGNATURE_UNAVAILABLE", e.to_string()))?;
+        let sig = crate::http_client::get_small(&self.agent, sig_url, 4096).map_err(|e| {
+            StepError::new(Step::Verifying, Code::SignatureUnavailable, e.to_string())
+        })?;
         let key = crate::trust::check_signature(
             &format!("checksums file {url}"),
             text.as_bytes(),
@@ -285,7 +281,7 @@ impl Downloads {
             &self.trust,
             true,
         )
-        .map_err(|m| StepError::new(Step::Verifying, "BAD_SIGNATURE", m))?;
+        .map_err(|m| StepError::new(Step::Verifying, Code::BadSignature, m))?;
         Ok(key.map(|k| format!("+signature:{k}")).unwrap_or_default())
     }
 
@@ -296,19 +292,19 @@ impl Downloads {
             None => None,
             Some(url) => {
                 let body = crate::http_client::get_small(&self.agent, url, CHECKSUMS_CAP).map_err(
-                    |e| StepError::new(Step::Verifying, "CHECKSUMS_UNAVAILABLE", e.to_string()),
+                    |e| StepError::new(Step::Verifying, Code::ChecksumsUnavailable, e.to_string()),
                 )?;
                 let text = String::from_utf8(body).map_err(|_| {
                     StepError::new(
                         Step::Verifying,
-                        "CHECKSUMS_INVALID",
+                        Code::ChecksumsInvalid,
                         format!("checksums file {url} is not text"),
                     )
                 })?;
                 let digest = checksums::lookup(&text, asset.file_name()).map_err(|e| {
                     let code = match e {
-                        checksums::ChecksumsError::NotListed { .. } => "CHECKSUM_NOT_LISTED",
-                        _ => "CHECKSUMS_INVALID",
+                        checksums::ChecksumsError::NotListed { .. } => Code::ChecksumNotListed,
+                        _ => Code::ChecksumsInvalid,
                     };
                     StepError::new(Step::Verifying, code, format!("{e} ({url})"))
                 })?;
@@ -319,7 +315,7 @@ impl Downloads {
         match (pinned, listed) {
             (Some(p), Some(l)) if p != l => Err(StepError::new(
                 Step::Verifying,
-                "CHECKSUM_MISMATCH",
+                Code::ChecksumMismatch,
                 format!(
                     "the catalogue pins {} for {} but the checksums file lists {}",
                     util::hex(&p),
@@ -332,7 +328,7 @@ impl Downloads {
             (None, Some(l)) => Ok((l, format!("checksums{sig}"))),
             (None, None) => Err(StepError::new(
                 Step::Verifying,
-                "CHECKSUM_MISSING",
+                Code::ChecksumMissing,
                 "the catalogue gives no way to verify this asset".into(),
             )),
         }
@@ -360,7 +356,7 @@ impl Downloads {
             }
             (_, None) => Err(StepError::new(
                 Step::Installing,
-                "ARCHIVE_INVALID",
+                Code::ArchiveInvalid,
                 "catalogue names no path inside the archive".into(),
             )),
         }
@@ -421,7 +417,7 @@ impl Downloads {
                     });
                 }
                 Err(Attempt::Fatal(e)) => {
-                    if matches!(e.code, "TOO_LARGE") {
+                    if matches!(e.code, Code::TooLarge) {
                         let _ = fs::remove_file(part);
                         self.clear_state(id)?;
                     }
@@ -432,7 +428,7 @@ impl Downloads {
                     if failures > self.cfg.retries {
                         return Err(StepError::new(
                             Step::Downloading,
-                            "DOWNLOAD_FAILED",
+                            Code::DownloadFailed,
                             format!(
                                 "download of {} gave up after {failures} failed attempts at {} of {}: {why}",
                                 asset.url,
@@ -567,7 +563,7 @@ impl Downloads {
             _ => {
                 return Err(Attempt::Fatal(StepError::new(
                     Step::Downloading,
-                    "DOWNLOAD_FAILED",
+                    Code::DownloadFailed,
                     format!("server answered {status} for {}", asset.url),
                 )));
             }
@@ -596,7 +592,7 @@ impl Downloads {
         let too_large = |n: u64| {
             Attempt::Fatal(StepError::new(
                 Step::Downloading,
-                "TOO_LARGE",
+                Code::TooLarge,
                 format!(
                     "download of {id} is {} but at most {} is allowed ({by})",
                     human_bytes(n),
@@ -659,7 +655,7 @@ impl Downloads {
             None => Ok(()),
             Some(free) => Err(Attempt::Fatal(StepError::new(
                 Step::Downloading,
-                "DISK_FULL",
+                Code::DiskFull,
                 format!(
                     "not enough free space in {}: the download needs {} more, {} is free",
                     dir.display(),
@@ -833,15 +829,15 @@ fn describe_read_error(
 
 fn io_step(step: Step, path: &Path, e: &std::io::Error) -> StepError {
     let code = if e.raw_os_error() == Some(nix::libc::ENOSPC) {
-        "DISK_FULL"
+        Code::DiskFull
     } else {
-        "IO_ERROR"
+        Code::IoError
     };
     StepError::new(step, code, format!("{}: {e}", path.display()))
 }
 
 fn store_step(step: Step, e: &crate::store::StoreError) -> StepError {
-    StepError::new(step, "STATE_ERROR", e.to_string())
+    StepError::new(step, Code::StateError, e.to_string())
 }
 
 /// Directories of one artifact.

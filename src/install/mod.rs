@@ -1,5 +1,5 @@
-//! The install flow: from `installFeature` to a verified binary in place (and, as later
-//! stages land, a provisioned interface, a checked config and a supervised process).
+//! The install flow: from `installFeature` to a verified binary in place, a provisioned
+//! interface, a checked config and a supervised, healthy process.
 //!
 //! The flow is a list of stages (`PIPELINE`) run in order by one task per instance. Every
 //! status change goes through `Installer::transition`, which persists first and publishes
@@ -20,17 +20,19 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::catalogue::{Catalogue, Feature};
+use crate::code::Code;
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
 use crate::ids::{self, LOCAL_ROUTER};
 use crate::platform;
 use crate::store::{Artifact, Instance, Status, Step, Store, StoreError};
 use crate::supervisor::{Outcome, Supervisor};
 use crate::util;
+use crate::util::{Locked, RwLocked};
 use crate::vif::{self, InterfaceFactory};
 use fetch::{ArtifactDirs, ArtifactKey, Downloads, FetchRequest, FetchState, Phase};
 
-/// A stage of the install flow. Later features (interfaces, configs, processes) add stages
-/// here; the runner and the recovery logic stay as they are.
+/// A stage of the install flow. A new stage is added here; the runner and the recovery logic
+/// stay as they are.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
     /// Download, verify and put the binary in place (statuses DOWNLOADING, VERIFYING,
@@ -78,12 +80,12 @@ const PIPELINE: &[Stage] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StepError {
     pub step: Step,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
 }
 
 impl StepError {
-    pub(crate) fn new(step: Step, code: &'static str, message: String) -> StepError {
+    pub(crate) fn new(step: Step, code: Code, message: String) -> StepError {
         StepError {
             step,
             code,
@@ -93,29 +95,37 @@ impl StepError {
 
     /// The instance's record disappeared under a running step (it cannot: a store failure).
     pub(crate) fn vanished(step: Step) -> StepError {
-        StepError::new(step, "STATE_ERROR", "instance record vanished".into())
+        StepError::new(step, Code::StateError, "instance record vanished".into())
     }
 }
 
 /// A refused request, reported to the API client with `code` in `extensions.code`.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestError {
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
 }
 
-fn refuse(code: &'static str, message: impl Into<String>) -> RequestError {
+fn refuse(code: Code, message: impl Into<String>) -> RequestError {
     RequestError {
         code,
         message: message.into(),
     }
 }
 
+/// `INVALID_STATE`: what the instance is, and `hint` (what it must be instead).
+fn wrong_state(inst: &Instance, hint: &str) -> RequestError {
+    refuse(
+        Code::InvalidState,
+        format!("instance {} is {}{hint}", inst.id, inst.status.as_str()),
+    )
+}
+
 impl From<StoreError> for RequestError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound => refuse("NOT_FOUND", "no such instance"),
-            other => refuse("STATE_ERROR", other.to_string()),
+            StoreError::NotFound => refuse(Code::NotFound, "no such instance"),
+            other => refuse(Code::StateError, other.to_string()),
         }
     }
 }
@@ -267,9 +277,16 @@ impl Installer {
             .or_else(|| inst.feature.clone().filter(|f| f.version == version))
     }
 
+    /// The instance `id`, or `NOT_FOUND`.
+    pub(crate) fn existing(&self, id: &str) -> Result<Instance, RequestError> {
+        self.store
+            .instance(id)?
+            .ok_or_else(|| refuse(Code::NotFound, format!("no instance {id}")))
+    }
+
     /// The catalogue in use now.
     pub(crate) fn catalogue(&self) -> Arc<Catalogue> {
-        Arc::clone(&self.catalogue.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.catalogue.read_locked())
     }
 
     /// Reads the catalogue again from its source under the trust policy. A catalogue that is
@@ -289,7 +306,7 @@ impl Installer {
             .inspect_err(|e| {
                 log::error!(target: "api", "catalogue reload refused, keeping the one in use: {e}");
             })?;
-        *self.catalogue.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+        *self.catalogue.write_locked() = Arc::clone(&fresh);
         log::info!(target: "api", "catalogue reloaded: {} (serial {}, {} features)", fresh.source, fresh.serial, fresh.features.len());
         self.bus.publish(
             None,
@@ -311,7 +328,7 @@ impl Installer {
     ) -> Result<Instance, RequestError> {
         if !ids::is_instance_name(&req.name) {
             return Err(refuse(
-                "INVALID_NAME",
+                Code::InvalidName,
                 format!(
                     "name {:?} must be 1-16 characters of a-z, 0-9 and '-', starting with a letter or digit",
                     req.name
@@ -321,7 +338,7 @@ impl Installer {
         let catalogue = self.catalogue();
         let feature = catalogue.feature(&req.feature_id).ok_or_else(|| {
             refuse(
-                "UNKNOWN_FEATURE",
+                Code::UnknownFeature,
                 format!(
                     "feature {:?} is not in the catalogue ({})",
                     req.feature_id, catalogue.source
@@ -339,7 +356,7 @@ impl Installer {
                     )
                     .collect();
                 return Err(refuse(
-                    "UNKNOWN_ROUTER",
+                    Code::UnknownRouter,
                     format!(
                         "router {:?} is not configured (known: {})",
                         req.router_id,
@@ -357,7 +374,7 @@ impl Installer {
             .await
             .map_err(|e| {
                 refuse(
-                    "UNREACHABLE_ROUTER",
+                    Code::UnreachableRouter,
                     format!("router {}: {e}", req.router_id),
                 )
             })?;
@@ -365,7 +382,7 @@ impl Installer {
         let arch = platform::host_arch();
         if feature.asset(arch).is_none() {
             return Err(refuse(
-                "UNSUPPORTED_ARCH",
+                Code::UnsupportedArch,
                 format!(
                     "{} {} has no verified asset for {arch} in the catalogue ({})",
                     feature.id, feature.version, catalogue.source
@@ -375,37 +392,26 @@ impl Installer {
         let settings = match req.settings {
             None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
             Some(v @ Value::Object(_)) => v,
-            Some(_) => return Err(refuse("INVALID_SETTINGS", "settings must be a JSON object")),
+            Some(_) => {
+                return Err(refuse(
+                    Code::InvalidSettings,
+                    "settings must be a JSON object",
+                ));
+            }
         };
         feature.check_settings(&settings).map_err(|e| {
             refuse(
-                "INVALID_SETTINGS",
+                Code::InvalidSettings,
                 format!("{e} (see features {{ settingsSchema }})"),
             )
         })?;
-        let now = util::now_ms();
+        let id = util::random_hex(8).map_err(|e| refuse(Code::Internal, e.to_string()))?;
         let inst = Instance {
-            id: util::random_hex(8).map_err(|e| refuse("INTERNAL", e.to_string()))?,
-            feature_id: feature.id.clone(),
-            router_id: req.router_id,
-            name: req.name,
             version: feature.version.clone(),
             feature: Some(feature.for_arch(arch)),
             arch: arch.to_owned(),
             settings,
-            status: Status::Queued,
-            failed_step: None,
-            error: None,
-            error_code: None,
-            sha256: None,
-            binary_path: None,
-            verified_by: None,
-            desired_running: false,
-            uid: None,
-            pid: None,
-            previous: None,
-            created_at: now,
-            updated_at: now,
+            ..Instance::queued(id, feature.id.clone(), req.router_id, req.name)
         };
         let store = self.store.clone();
         let record = inst.clone();
@@ -414,7 +420,7 @@ impl Installer {
         drop(gate);
         inserted.map_err(|e| match e {
             StoreError::NameTaken => refuse(
-                "NAME_TAKEN",
+                Code::NameTaken,
                 format!(
                     "{} already has an instance named {:?}",
                     inst.feature_id, inst.name
@@ -451,7 +457,7 @@ impl Installer {
         let Some(feature) = self.feature_for(&inst, &inst.version) else {
             let e = StepError::new(
                 Step::Downloading,
-                "CATALOGUE_CHANGED",
+                Code::CatalogueChanged,
                 format!(
                     "the catalogue no longer offers {} {}; install again",
                     inst.feature_id, inst.version
@@ -462,7 +468,7 @@ impl Installer {
         };
         for stage in PIPELINE {
             if let Err(m) = crate::failpoint::hit(&format!("install.{}", stage.name())) {
-                self.fail(&inst, &StepError::new(stage.step(), "INJECTED", m))
+                self.fail(&inst, &StepError::new(stage.step(), Code::Injected, m))
                     .await;
                 return;
             }
@@ -482,7 +488,7 @@ impl Installer {
             }
         }
         if let Err(m) = crate::failpoint::hit("install.finish") {
-            self.fail(&inst, &StepError::new(Step::Starting, "INJECTED", m))
+            self.fail(&inst, &StepError::new(Step::Starting, Code::Injected, m))
                 .await;
             return;
         }
@@ -527,7 +533,7 @@ impl Installer {
         let asset = feature.asset(&inst.arch).cloned().ok_or_else(|| {
             StepError::new(
                 Step::Downloading,
-                "UNSUPPORTED_ARCH",
+                Code::UnsupportedArch,
                 format!(
                     "the catalogue has no {} asset for {}",
                     inst.arch, feature.id
@@ -568,7 +574,7 @@ impl Installer {
             if rx.changed().await.is_err() {
                 return Err(StepError::new(
                     Step::Downloading,
-                    "INTERNAL",
+                    Code::Internal,
                     "the download job ended without a result".into(),
                 ));
             }
@@ -668,7 +674,7 @@ impl Installer {
         let Some(failed) = self
             .transition(&inst.id, Status::Failed, Some(&e.message), move |i| {
                 i.failed_step = Some(step);
-                i.error_code = Some(code.to_owned());
+                i.error_code = Some(code.to_string());
                 i.error = Some(message);
             })
             .await
@@ -678,7 +684,7 @@ impl Installer {
         let (bytes, total) = self
             .progress_of(&inst.id)
             .map_or((0, None), |p| (p.bytes_downloaded, p.total_bytes));
-        let status = if e.code == "CHECKSUM_MISMATCH" {
+        let status = if e.code == Code::ChecksumMismatch {
             ProgressStatus::VerificationFailed
         } else {
             ProgressStatus::Failed
@@ -688,7 +694,7 @@ impl Installer {
             Some(&inst.id),
             EventKind::InstallFailed {
                 step: e.step.as_str(),
-                code: e.code.to_owned(),
+                code: e.code.to_string(),
                 error: e.message.clone(),
             },
         );
@@ -711,10 +717,7 @@ impl Installer {
             total_bytes: total,
         };
         {
-            let mut map = self
-                .progress
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut map = self.progress.locked();
             if map.get(&inst.id) == Some(&p) {
                 return;
             }
@@ -726,12 +729,7 @@ impl Installer {
 
     /// The latest progress of an instance: what was last reported, else what its status says.
     pub(crate) fn progress_of(&self, id: &str) -> Option<Progress> {
-        if let Some(p) = self
-            .progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-        {
+        if let Some(p) = self.progress.locked().get(id) {
             return Some(p.clone());
         }
         let inst = self.store.instance(id).ok()??;
@@ -740,7 +738,9 @@ impl Installer {
             Status::Downloading => ProgressStatus::Downloading,
             Status::Verifying => ProgressStatus::Verifying,
             Status::Installing => ProgressStatus::Extracting,
-            Status::Failed if inst.error_code.as_deref() == Some("CHECKSUM_MISMATCH") => {
+            Status::Failed
+                if inst.error_code.as_deref() == Some(Code::ChecksumMismatch.as_str()) =>
+            {
                 ProgressStatus::VerificationFailed
             }
             Status::Failed => ProgressStatus::Failed,
@@ -768,7 +768,7 @@ impl Installer {
         version: Option<&str>,
     ) -> Result<usize, RequestError> {
         let n = crate::trust::unpin(&self.store, feature, version)
-            .map_err(|e| refuse("STATE_ERROR", e))?;
+            .map_err(|e| refuse(Code::StateError, e))?;
         log::warn!(target: "api", "pins of {feature} {} cleared on request ({n} removed)", version.unwrap_or("(all versions)"));
         Ok(n)
     }
@@ -776,20 +776,14 @@ impl Installer {
     /// Removes an instance that is not mid-install: its record, its directory, and the
     /// feature version's files when no other instance uses them.
     pub(crate) async fn uninstall(&self, id: &str) -> Result<(), RequestError> {
-        let inst = self
-            .store
-            .instance(id)?
-            .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
+        let inst = self.existing(id)?;
         if !matches!(
             inst.status,
             Status::Installed | Status::Failed | Status::Running | Status::Stopped
         ) {
-            return Err(refuse(
-                "INVALID_STATE",
-                format!(
-                    "instance {id} is {}; it can be uninstalled once it is INSTALLED, RUNNING, STOPPED or FAILED",
-                    inst.status.as_str()
-                ),
+            return Err(wrong_state(
+                &inst,
+                "; it can be uninstalled once it is INSTALLED, RUNNING, STOPPED or FAILED",
             ));
         }
         self.transition(id, Status::Uninstalling, Some("uninstall requested"), |i| {
@@ -821,7 +815,7 @@ impl Installer {
         // The process first (SIGTERM, grace, SIGKILL, cgroup), then the network, then files.
         self.supervisor.remove(id).await;
         self.kill_leftover(&inst);
-        crate::failpoint::hit("uninstall.stopped").map_err(|m| refuse("INJECTED", m))?;
+        crate::failpoint::hit("uninstall.stopped").map_err(|m| refuse(Code::Injected, m))?;
         let factory = Arc::clone(&self.interfaces);
         let owner = inst.id.clone();
         blocking(move || factory.remove(&owner))
@@ -832,7 +826,7 @@ impl Installer {
                     format!("cannot remove the interface of {id}: {e}"),
                 )
             })?;
-        crate::failpoint::hit("uninstall.unprovisioned").map_err(|m| refuse("INJECTED", m))?;
+        crate::failpoint::hit("uninstall.unprovisioned").map_err(|m| refuse(Code::Injected, m))?;
         let store = self.store.clone();
         let layout = self.layout.clone();
         let record = inst.clone();
@@ -850,10 +844,7 @@ impl Installer {
         let shared = !removed
             .iter()
             .any(|(f, v)| *f == inst.feature_id && *v == inst.version);
-        self.progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+        self.progress.locked().remove(id);
         log::info!(target: "api", "instance {id} ({} {:?}) uninstalled{}", inst.feature_id, inst.name, if shared { "; binary kept for other instances" } else { "" });
         self.bus.publish(
             Some(id),

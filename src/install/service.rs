@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Installer, RequestError, StepError, blocking, refuse};
+use super::{Installer, RequestError, StepError, blocking, refuse, wrong_state};
 use crate::catalogue::{self, Feature, HealthSpec};
+use crate::code::Code;
 use crate::configgen::{self, Context};
 use crate::events::EventKind;
 use crate::store::{Instance, Status, Step};
 use crate::supervisor::{self, HealthCheck, Limits, Outcome, Probe, ServiceDef, SpawnSpec};
+use crate::util::Locked;
 
 /// The capability TUN devices need (granted only inside the service's own user namespace).
 const CAP_NET_ADMIN: u32 = 12;
@@ -56,11 +58,7 @@ impl Installer {
                 this.record_pid(id, pid);
                 return;
             }
-            let pending = this
-                .pending_starts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(id);
+            let pending = this.pending_starts.locked().remove(id);
             if let Some(tx) = pending {
                 let _ = tx.send(outcome);
                 return;
@@ -86,7 +84,7 @@ impl Installer {
             }
             Outcome::Failed(reason) => {
                 if let Ok(Some(inst)) = self.store.instance(id) {
-                    let e = StepError::new(Step::Running, "SERVICE_FAILED", reason);
+                    let e = StepError::new(Step::Running, Code::ServiceFailed, reason);
                     self.fail(&inst, &e).await;
                 }
             }
@@ -111,7 +109,7 @@ impl Installer {
             .map_err(|e| {
                 StepError::new(
                     Step::Configuring,
-                    "STATE_ERROR",
+                    Code::StateError,
                     format!("no service user: {e}"),
                 )
             })?;
@@ -126,7 +124,7 @@ impl Installer {
             };
             let rendered = generator
                 .render(&ctx, &record.settings)
-                .map_err(|e| StepError::new(Step::Configuring, "CONFIG_INVALID", e))?;
+                .map_err(|e| StepError::new(Step::Configuring, Code::ConfigInvalid, e))?;
             let file = paths.config.join(generator.file_name());
             write_config(&file, &rendered.text, uid)?;
             Ok(Some(file))
@@ -239,7 +237,7 @@ impl Installer {
         inst: &Instance,
         feature: &Feature,
     ) -> Result<ServiceDef, StepError> {
-        let err = |m: String| StepError::new(Step::Starting, "START_FAILED", m);
+        let err = |m: String| StepError::new(Step::Starting, Code::StartFailed, m);
         let paths = self.instance_paths(&inst.id);
         let (ctx, _) = self.context(inst, &paths);
         let binary = PathBuf::from(
@@ -333,7 +331,7 @@ impl Installer {
         binary: PathBuf,
         args: Vec<String>,
     ) -> Result<(), StepError> {
-        let fail = |m: String| StepError::new(Step::Configuring, "CONFIG_REJECTED", m);
+        let fail = |m: String| StepError::new(Step::Configuring, Code::ConfigRejected, m);
         let mut spec = self
             .confinement(inst, binary.clone(), args, Vec::new())
             .map_err(fail)?;
@@ -404,19 +402,16 @@ impl Installer {
         let mut def = self.service_def(inst, feature)?;
         def.start_attempts = attempts;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending_starts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(inst.id.clone(), tx);
+        self.pending_starts.locked().insert(inst.id.clone(), tx);
         self.supervisor.start(def);
         match rx.await {
             Ok(Outcome::Healthy) => Ok(()),
             Ok(Outcome::Failed(reason)) => {
-                Err(StepError::new(Step::Starting, "START_FAILED", reason))
+                Err(StepError::new(Step::Starting, Code::StartFailed, reason))
             }
             Ok(Outcome::Stopped | Outcome::Started(_)) | Err(_) => Err(StepError::new(
                 Step::Starting,
-                "START_FAILED",
+                Code::StartFailed,
                 "stopped before it became healthy".into(),
             )),
         }
@@ -435,7 +430,7 @@ impl Installer {
             Some(g) => Some((
                 paths.config.join(g.file_name()),
                 g.render(&ctx, &inst.settings)
-                    .map_err(|e| StepError::new(Step::Starting, "CONFIG_INVALID", e))?
+                    .map_err(|e| StepError::new(Step::Starting, Code::ConfigInvalid, e))?
                     .text,
                 g,
             )),
@@ -534,7 +529,7 @@ impl Installer {
                     let reason = why.clone();
                     this.transition(&id, Status::Failed, Some(&reason), move |i| {
                         i.failed_step = Some(crate::store::Step::Starting);
-                        i.error_code = Some(e.code.to_owned());
+                        i.error_code = Some(e.code.to_string());
                         i.error = Some(why);
                     })
                     .await;
@@ -546,13 +541,10 @@ impl Installer {
 
     /// `startInstance`: wants the service running and starts it.
     pub(crate) async fn start(&self, id: &str) -> Result<Instance, RequestError> {
-        let inst = self
-            .store
-            .instance(id)?
-            .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
+        let inst = self.existing(id)?;
         let feature = self.feature_for(&inst, &inst.version).ok_or_else(|| {
             refuse(
-                "UNKNOWN_FEATURE",
+                Code::UnknownFeature,
                 format!(
                     "{} {} is not in the catalogue, and the instance has no record of it",
                     inst.feature_id, inst.version
@@ -561,7 +553,7 @@ impl Installer {
         })?;
         if !feature.runs() {
             return Err(refuse(
-                "NOT_A_SERVICE",
+                Code::NotAService,
                 format!("{} is not a service", feature.id),
             ));
         }
@@ -571,12 +563,9 @@ impl Installer {
         ) || (inst.status == Status::Failed
             && matches!(inst.failed_step, Some(Step::Running | Step::Starting)));
         if !startable {
-            return Err(refuse(
-                "INVALID_STATE",
-                format!(
-                    "instance {id} is {}; only a STOPPED, RUNNING or crashed instance can be started",
-                    inst.status.as_str()
-                ),
+            return Err(wrong_state(
+                &inst,
+                "; only a STOPPED, RUNNING or crashed instance can be started",
             ));
         }
         if self.supervisor.info(id).is_some_and(|p| p.pid.is_some()) {
@@ -589,23 +578,17 @@ impl Installer {
             clear_failure(i);
         })
         .await
-        .ok_or_else(|| refuse("STATE_ERROR", "instance record vanished"))
+        .ok_or_else(|| refuse(Code::StateError, "instance record vanished"))
     }
 
     /// `stopInstance`: stops the service and remembers that the user wants it stopped.
     pub(crate) async fn stop(&self, id: &str) -> Result<Instance, RequestError> {
-        let inst = self
-            .store
-            .instance(id)?
-            .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
+        let inst = self.existing(id)?;
         if !matches!(
             inst.status,
             Status::Running | Status::Starting | Status::Stopped | Status::Failed
         ) {
-            return Err(refuse(
-                "INVALID_STATE",
-                format!("instance {id} is {}", inst.status.as_str()),
-            ));
+            return Err(wrong_state(&inst, ""));
         }
         self.supervisor.stop(id).await;
         let status = if inst.status == Status::Failed {
@@ -618,16 +601,13 @@ impl Installer {
             i.pid = None;
         })
         .await
-        .ok_or_else(|| refuse("STATE_ERROR", "instance record vanished"))
+        .ok_or_else(|| refuse(Code::StateError, "instance record vanished"))
     }
 
     /// `restartInstance`: a new process (no crash counted), or a start if none runs.
     pub(crate) async fn restart(&self, id: &str) -> Result<Instance, RequestError> {
         if self.supervisor.restart(id) {
-            return self
-                .store
-                .instance(id)?
-                .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")));
+            return self.existing(id);
         }
         self.start(id).await
     }
@@ -685,7 +665,7 @@ pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
 }
 
 fn io_step(step: Step, path: &Path, e: &std::io::Error) -> StepError {
-    StepError::new(step, "IO_ERROR", format!("{}: {e}", path.display()))
+    StepError::new(step, Code::IoError, format!("{}: {e}", path.display()))
 }
 
 /// The instance's directories, so that other services cannot reach them even where they

@@ -15,8 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Installer, RequestError, StepError, blocking, refuse};
+use super::{Installer, RequestError, StepError, blocking, refuse, wrong_state};
 use crate::catalogue::Feature;
+use crate::code::Code;
 use crate::configgen;
 use crate::events::{EventKind, ProgressStatus};
 use crate::failpoint;
@@ -38,14 +39,14 @@ fn rename(from: &Path, to: &Path) -> Result<(), StepError> {
     std::fs::rename(from, to).map_err(|e| {
         StepError::new(
             Step::Updating,
-            "IO_ERROR",
+            Code::IoError,
             format!("{} -> {}: {e}", from.display(), to.display()),
         )
     })
 }
 
 fn injected(name: &str) -> Result<(), StepError> {
-    failpoint::hit(name).map_err(|m| StepError::new(Step::Updating, "INJECTED", m))
+    failpoint::hit(name).map_err(|m| StepError::new(Step::Updating, Code::Injected, m))
 }
 
 impl Installer {
@@ -56,10 +57,7 @@ impl Installer {
         id: &str,
         version: &str,
     ) -> Result<Instance, RequestError> {
-        let inst = self
-            .store
-            .instance(id)?
-            .ok_or_else(|| refuse("NOT_FOUND", format!("no instance {id}")))?;
+        let inst = self.existing(id)?;
         let updatable = matches!(
             inst.status,
             Status::Running | Status::Stopped | Status::Installed
@@ -69,17 +67,14 @@ impl Installer {
                 Some(Step::Running | Step::Starting | Step::Updating)
             ));
         if !updatable {
-            return Err(refuse(
-                "INVALID_STATE",
-                format!(
-                    "instance {id} is {}; only a RUNNING, STOPPED, INSTALLED or crashed instance can be updated",
-                    inst.status.as_str()
-                ),
+            return Err(wrong_state(
+                &inst,
+                "; only a RUNNING, STOPPED, INSTALLED or crashed instance can be updated",
             ));
         }
         if inst.version == version {
             return Err(refuse(
-                "ALREADY_AT_VERSION",
+                Code::AlreadyAtVersion,
                 format!("instance {id} already runs {} {version}", inst.feature_id),
             ));
         }
@@ -88,7 +83,7 @@ impl Installer {
             .feature_version(&inst.feature_id, version)
             .ok_or_else(|| {
                 refuse(
-                    "UNKNOWN_VERSION",
+                    Code::UnknownVersion,
                     format!(
                         "the catalogue offers {} in {}; not {version:?}",
                         inst.feature_id,
@@ -98,13 +93,13 @@ impl Installer {
             })?;
         if feature.asset(&inst.arch).is_none() {
             return Err(refuse(
-                "UNSUPPORTED_ARCH",
+                Code::UnsupportedArch,
                 format!("{} {version} has no asset for {}", feature.id, inst.arch),
             ));
         }
         feature.check_settings(&inst.settings).map_err(|e| {
             refuse(
-                "INVALID_SETTINGS",
+                Code::InvalidSettings,
                 format!(
                     "the instance's settings do not fit {} {version}: {e}",
                     feature.id
@@ -127,7 +122,8 @@ impl Installer {
             })
             .await;
         drop(gate);
-        let updating = updating.ok_or_else(|| refuse("STATE_ERROR", "cannot record the update"))?;
+        let updating =
+            updating.ok_or_else(|| refuse(Code::StateError, "cannot record the update"))?;
         log::info!(target: "api", "instance {id}: {reason}");
         let this = Arc::clone(self);
         let (record, target) = (updating.clone(), feature.clone());
@@ -194,7 +190,7 @@ impl Installer {
         let prev = inst.previous.clone().ok_or_else(|| {
             StepError::new(
                 Step::Updating,
-                "STATE_ERROR",
+                Code::StateError,
                 "no previous version recorded".into(),
             )
         })?;
@@ -214,14 +210,14 @@ impl Installer {
             let (ctx, _) = self.context(inst, &paths);
             let rendered = generator
                 .render(&ctx, &inst.settings)
-                .map_err(|e| StepError::new(Step::Configuring, "CONFIG_INVALID", e))?;
+                .map_err(|e| StepError::new(Step::Configuring, Code::ConfigInvalid, e))?;
             let next = staged(config, "next");
             let text = rendered.text;
             let file = next.clone();
             let uid = inst.uid.ok_or_else(|| {
                 StepError::new(
                     Step::Configuring,
-                    "STATE_ERROR",
+                    Code::StateError,
                     "the instance has no service user".into(),
                 )
             })?;
@@ -341,7 +337,7 @@ impl Installer {
                 Some(f) => self.launch(&back, f, None).await,
                 None => Err(StepError::new(
                     Step::Updating,
-                    "CATALOGUE_CHANGED",
+                    Code::CatalogueChanged,
                     format!(
                         "the catalogue no longer offers {} {}",
                         inst.feature_id, prev.version
@@ -356,12 +352,12 @@ impl Installer {
                 );
             }
         }
-        let (code, text) = (e.code.to_owned(), message.clone());
+        let (code, text) = (e.code.to_string(), message.clone());
         self.transition(&inst.id, status, Some(&message), move |i| {
             i.previous = None;
             i.failed_step = Some(Step::Updating);
             i.error_code = Some(if status == Status::Failed {
-                "UPDATE_FAILED".into()
+                Code::UpdateFailed.to_string()
             } else {
                 code
             });
@@ -411,7 +407,7 @@ impl Installer {
                 i.previous = None;
                 i.pid = None;
                 i.failed_step = Some(Step::Updating);
-                i.error_code = Some("UPDATE_INTERRUPTED".into());
+                i.error_code = Some(Code::UpdateInterrupted.to_string());
                 i.error = Some(message.clone());
             })?;
             self.bus.publish(

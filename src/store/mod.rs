@@ -411,27 +411,11 @@ mod tests {
 
     fn instance(id: &str, feature: &str, name: &str) -> Instance {
         Instance {
-            id: id.into(),
-            feature_id: feature.into(),
-            router_id: "local".into(),
-            name: name.into(),
             version: "1".into(),
             arch: "x86_64".into(),
-            settings: serde_json::Value::Null,
-            status: Status::Queued,
-            failed_step: None,
-            error: None,
-            error_code: None,
-            sha256: None,
-            binary_path: None,
-            verified_by: None,
-            desired_running: false,
-            uid: None,
-            pid: None,
-            previous: None,
-            feature: None,
             created_at: 1,
             updated_at: 1,
+            ..Instance::queued(id.into(), feature.into(), "local".into(), name.into())
         }
     }
 

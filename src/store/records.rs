@@ -141,6 +141,42 @@ pub(crate) struct Instance {
     pub updated_at: u64,
 }
 
+impl Instance {
+    /// A new instance as `installFeature` records it: QUEUED, nothing done yet, created now.
+    /// Callers fill in the version, arch, settings and definition with struct update syntax.
+    pub(crate) fn queued(
+        id: String,
+        feature_id: String,
+        router_id: String,
+        name: String,
+    ) -> Instance {
+        let now = crate::util::now_ms();
+        Instance {
+            id,
+            feature_id,
+            router_id,
+            name,
+            version: String::new(),
+            arch: String::new(),
+            settings: serde_json::Value::Null,
+            status: Status::Queued,
+            failed_step: None,
+            error: None,
+            error_code: None,
+            sha256: None,
+            binary_path: None,
+            verified_by: None,
+            desired_running: false,
+            uid: None,
+            pid: None,
+            previous: None,
+            feature: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// The version an update is replacing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Previous {

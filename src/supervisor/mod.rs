@@ -37,6 +37,7 @@ pub(crate) use spawn::{Holder, SpawnSpec, kill_uid, run as run_confined};
 
 use crate::events::{Bus, EventKind, ProcState};
 use crate::util;
+use crate::util::Locked;
 
 /// How services are run (`[supervisor]`), restarted and confined.
 #[derive(Debug, Clone)]
@@ -154,10 +155,6 @@ pub(crate) struct Supervisor {
     listener: Mutex<Option<Listener>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Supervisor {
     pub(crate) fn new(bus: Bus, cgroups: Cgroups, policy: Policy, support: Support) -> Supervisor {
         Supervisor {
@@ -173,11 +170,11 @@ impl Supervisor {
 
     /// Who hears about instances becoming healthy, failing or stopping (the installer).
     pub(crate) fn set_listener(&self, f: impl Fn(&str, Outcome) + Send + Sync + 'static) {
-        *lock(&self.listener) = Some(Arc::new(f));
+        *self.listener.locked() = Some(Arc::new(f));
     }
 
     fn notify(&self, instance: &str, outcome: Outcome) {
-        let listener = lock(&self.listener).clone();
+        let listener = self.listener.locked().clone();
         if let Some(l) = listener {
             l(instance, outcome);
         }
@@ -188,9 +185,10 @@ impl Supervisor {
     }
 
     pub(crate) fn info(&self, instance: &str) -> Option<ProcessInfo> {
-        lock(&self.procs)
+        self.procs
+            .locked()
             .get(instance)
-            .map(|h| lock(&h.info).clone())
+            .map(|h| h.info.locked().clone())
     }
 
     /// The last `n` lines of a log directory, read off the runtime thread (the files are
@@ -268,7 +266,7 @@ impl Supervisor {
 
     /// Starts supervising `def` (replacing nothing: a running instance is left alone).
     pub(crate) fn start(self: &Arc<Self>, def: ServiceDef) {
-        let mut procs = lock(&self.procs);
+        let mut procs = self.procs.locked();
         if let Some(h) = procs.get(&def.instance_id)
             && !h.control.is_closed()
         {
@@ -299,7 +297,7 @@ impl Supervisor {
 
     /// Stops an instance's process and waits until it is gone.
     pub(crate) async fn stop(&self, instance: &str) {
-        let control = lock(&self.procs).get(instance).map(|h| h.control.clone());
+        let control = self.procs.locked().get(instance).map(|h| h.control.clone());
         if let Some(c) = control {
             let (tx, rx) = oneshot::channel();
             if c.send(Control::Stop(tx)).is_ok() {
@@ -311,12 +309,13 @@ impl Supervisor {
     /// Forgets an instance (uninstall); its last process info goes with it.
     pub(crate) async fn remove(&self, instance: &str) {
         self.stop(instance).await;
-        lock(&self.procs).remove(instance);
+        self.procs.locked().remove(instance);
     }
 
     /// Restarts a running instance's process (no crash counted).
     pub(crate) fn restart(&self, instance: &str) -> bool {
-        lock(&self.procs)
+        self.procs
+            .locked()
             .get(instance)
             .is_some_and(|h| h.control.send(Control::Restart).is_ok())
     }
@@ -329,7 +328,7 @@ impl Supervisor {
         reason: Option<String>,
     ) {
         let from = {
-            let mut i = lock(info);
+            let mut i = info.locked();
             std::mem::replace(&mut i.state, to)
         };
         if from != to {
@@ -396,7 +395,7 @@ impl Supervisor {
                 }
             };
             {
-                let mut i = lock(&info);
+                let mut i = info.locked();
                 i.pid = None;
                 i.last_exit_code = code;
                 i.last_signal = signal;
@@ -408,7 +407,7 @@ impl Supervisor {
                 crashes_in_a_row = 0;
             }
             crashes_in_a_row += 1;
-            let restart_count = lock(&info).restart_count;
+            let restart_count = info.locked().restart_count;
             let limit = match def.start_attempts {
                 Some(n) if !ever_healthy => n,
                 _ => self.policy.crash_limit,
@@ -444,7 +443,7 @@ impl Supervisor {
             let wait = backoff;
             backoff = (backoff * 2).min(self.policy.backoff_max);
             let next = util::now_ms() + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-            lock(&info).next_restart_at = Some(next);
+            info.locked().next_restart_at = Some(next);
             self.bus.publish(
                 Some(&id),
                 EventKind::ServiceCrashed {
@@ -465,7 +464,7 @@ impl Supervisor {
                 msg = control.recv() => match msg {
                     Some(Control::Restart) => {}
                     other => {
-                        lock(&info).next_restart_at = None;
+                        info.locked().next_restart_at = None;
                         self.set_state(&id, &info, ProcState::Stopped, Some("stopped on request".into()));
                         self.notify(&id, Outcome::Stopped);
                         if let Some(Control::Stop(reply)) = other {
@@ -475,7 +474,7 @@ impl Supervisor {
                     }
                 },
             }
-            lock(&info).next_restart_at = None;
+            info.locked().next_restart_at = None;
         }
     }
 
@@ -500,7 +499,7 @@ impl Supervisor {
             Err(e) => return crashed(e),
         }
         spec.rlimits = rlimits(spec.cgroup.is_some(), &def.limits);
-        lock(info).isolation = Some(self.isolation_of(&spec));
+        info.locked().isolation = Some(self.isolation_of(&spec));
         // An exec probe is the service's code too: it runs in the service's cgroup, under
         // the same limits.
         let mut health = def.health.clone();
@@ -524,7 +523,7 @@ impl Supervisor {
             };
         let pid = child.pid;
         {
-            let mut i = lock(info);
+            let mut i = info.locked();
             i.pid = Some(pid);
             i.started_at = Some(util::now_ms());
         }
@@ -633,7 +632,7 @@ impl Supervisor {
         spawn::kill_group(pid);
         let (code, signal) = spawn::reap(pid);
         {
-            let mut i = lock(info);
+            let mut i = info.locked();
             i.pid = None;
             i.last_exit_code = code;
             i.last_signal = signal;
@@ -655,7 +654,7 @@ impl Supervisor {
         stream: &'static str,
         line: &str,
     ) {
-        if let Err(e) = lock(log).write_line(line) {
+        if let Err(e) = log.locked().write_line(line) {
             log::warn!(target: "supervisor", "instance {id}: cannot write its log: {e}");
         }
         let _ = self.logs.send(LogLine {
@@ -695,7 +694,7 @@ impl Supervisor {
                             "[nnc-agent: dropped {dropped} lines over {LINES_PER_SEC} a second]"
                         );
                         dropped = 0;
-                        let _ = lock(&log).write_line(&note);
+                        let _ = log.locked().write_line(&note);
                     }
                 }
                 in_second += 1;
@@ -703,7 +702,7 @@ impl Supervisor {
                     dropped += 1;
                     return;
                 }
-                if let Err(e) = lock(&log).write_line(&line) {
+                if let Err(e) = log.locked().write_line(&line) {
                     log::warn!(target: "supervisor", "instance {id}: cannot write its log: {e}");
                 }
                 let _ = logs.send(LogLine {

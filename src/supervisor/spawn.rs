@@ -328,6 +328,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 }
 
 // The 32-bit-id credential calls (32-bit ARM also has 16-bit ones under the plain names).
+use crate::util::Locked;
 #[cfg(not(target_arch = "arm"))]
 use libc::{
     SYS_setgroups as SYS_SETGROUPS, SYS_setresgid as SYS_SETRESGID, SYS_setresuid as SYS_SETRESUID,
@@ -814,8 +815,7 @@ pub(crate) fn spawn(
         Mutex::new(tx)
     });
     let (reply_tx, reply_rx) = mpsc::channel();
-    tx.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    tx.locked()
         .send((spec, stdout, stderr, reply_tx))
         .map_err(|_| SpawnError("the spawner thread is gone".into()))?;
     reply_rx

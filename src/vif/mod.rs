@@ -19,6 +19,7 @@ mod settings;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use crate::code::Code;
 use crate::events::{Bus, EventKind};
 use crate::store::{IfStatus, InterfaceRecord, Store, StoreError};
 use crate::util;
@@ -39,12 +40,12 @@ pub(crate) enum VifError {
 }
 
 impl VifError {
-    pub(crate) fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> Code {
         match self {
-            VifError::PoolExhausted { .. } => "VLAN_POOL_EXHAUSTED",
-            VifError::Unreachable(_) => "UNREACHABLE_ROUTER",
-            VifError::Backend(_) | VifError::Injected(_) => "PROVISIONING_FAILED",
-            VifError::State(_) => "STATE_ERROR",
+            VifError::PoolExhausted { .. } => Code::VlanPoolExhausted,
+            VifError::Unreachable(_) => Code::UnreachableRouter,
+            VifError::Backend(_) | VifError::Injected(_) => Code::ProvisioningFailed,
+            VifError::State(_) => Code::StateError,
         }
     }
 }

@@ -34,6 +34,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::rtnl::{self, Msg, Reply};
 use super::{Plan, Rollback, VifError};
+use crate::util::Locked;
 
 const RT_TABLE_BASE: u32 = 1000;
 
@@ -466,9 +467,7 @@ fn set_table_name(file: &Path, table: u32, name: Option<&str>) -> Result<(), Vif
     // Read, change, write back through one temp file: two instances provisioned at once
     // must take turns, or one's rename finds the other's temp file gone.
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = TURN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = TURN.locked();
     let fail = |e: std::io::Error| VifError::Backend(format!("{}: {e}", file.display()));
     let mut entries: BTreeMap<u32, String> = std::fs::read_to_string(file)
         .unwrap_or_default()

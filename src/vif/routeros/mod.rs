@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use api::{ApiError, Client, Endpoint};
 
 use super::{Plan, Rollback, VifError};
+use crate::util::Locked;
 
 /// The menus we add to, in creation order; removal walks them backwards.
 const MENUS: [&str; 4] = [
@@ -63,10 +64,7 @@ impl RouterOs {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let mut guard = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.client.locked();
         if guard.is_none() {
             *guard = Some(Client::connect(&self.endpoint)?);
         }
