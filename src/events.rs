@@ -10,8 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::store::{InterfaceRecord, Status};
-use crate::util;
-use crate::util::Locked;
+use crate::util::{self, Locked};
 
 /// State of a managed process (separate from the instance's status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, async_graphql::Enum)]

@@ -221,7 +221,7 @@ impl Installer {
                     "the instance has no service user".into(),
                 )
             })?;
-            blocking(move || super::service::write_config(&file, &text, uid)).await?;
+            blocking(move || super::lifecycle::write_config(&file, &text, uid)).await?;
             let check = target.service.as_ref().and_then(|s| s.check.clone());
             let args = match check {
                 Some(t) => configgen::expand(&t, &next),
@@ -467,7 +467,7 @@ impl Installer {
                         let _ = store.remove_artifact(&key.id());
                         let _ = store.clear_download_state(&key.id());
                     }
-                    super::remove_dir(&v.path());
+                    super::uninstall::remove_dir(&v.path());
                     removed.push((feature.clone(), version));
                 }
             }

@@ -36,8 +36,7 @@ pub(crate) use sandbox::{Isolation, Support, View, resolve_program, root_fs};
 pub(crate) use spawn::{Holder, SpawnSpec, kill_uid, run as run_confined};
 
 use crate::events::{Bus, EventKind, ProcState};
-use crate::util;
-use crate::util::Locked;
+use crate::util::{self, Locked};
 
 /// How services are run (`[supervisor]`), restarted and confined.
 #[derive(Debug, Clone)]

@@ -1,0 +1,433 @@
+//! The transfer: one download streamed to its `.part` file, hashed as it is written, resumed
+//! with `Range` + `If-Range` after a dropped connection, a stall or an agent restart, and
+//! retried with backoff; bounded by the operator's cap and the disk's free space.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::catalogue::Asset;
+use crate::code::Code;
+use crate::store::{DownloadState, Step};
+use crate::util::{self, human_bytes};
+
+use super::verify::HashWriter;
+use super::{Downloads, MAX_RETRY_DELAY, Reporter, StepError, io_step, store_step};
+
+impl Downloads {
+    /// Streams the asset into `part` until it is complete, resuming and retrying as needed.
+    pub(super) fn download(
+        &self,
+        id: &str,
+        asset: &Asset,
+        part: &Path,
+        rep: &mut Reporter<'_>,
+    ) -> Result<Downloaded, StepError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(part)
+            .map_err(|e| io_step(Step::Downloading, part, &e))?;
+        let mut t = Transfer {
+            id,
+            url: &asset.url,
+            part,
+            have: file.metadata().map(|m| m.len()).unwrap_or(0),
+            file,
+            hasher: Sha256::new(),
+            hashed: 0,
+            resumed: false,
+            state: self
+                .store
+                .download_state(id)
+                .map_err(|e| store_step(Step::Downloading, &e))?
+                .filter(|s| s.url == asset.url),
+            // The operator's cap is a ceiling: a catalogue's size can only lower it.
+            limit: asset
+                .size
+                .map_or(self.cfg.max_bytes, |s| s.min(self.cfg.max_bytes)),
+        };
+        if t.have > 0
+            && t.state
+                .as_ref()
+                .and_then(DownloadState::validator)
+                .is_none()
+        {
+            // Bytes without a validator cannot be resumed safely.
+            t.truncate()?;
+        }
+        let mut failures = 0u32;
+        loop {
+            let before = t.have;
+            match self.attempt(&mut t, rep) {
+                Ok(()) => {
+                    t.file
+                        .sync_all()
+                        .map_err(|e| io_step(Step::Downloading, part, &e))?;
+                    return Ok(Downloaded {
+                        digest: t.hasher.finalize().into(),
+                        len: t.have,
+                        resumed: t.resumed,
+                    });
+                }
+                Err(Attempt::Fatal(e)) => {
+                    if matches!(e.code, Code::TooLarge) {
+                        let _ = fs::remove_file(part);
+                        self.clear_state(id)?;
+                    }
+                    return Err(e);
+                }
+                Err(Attempt::Retry(why)) => {
+                    failures = if t.have > before { 1 } else { failures + 1 };
+                    if failures > self.cfg.retries {
+                        return Err(StepError::new(
+                            Step::Downloading,
+                            Code::DownloadFailed,
+                            format!(
+                                "download of {} gave up after {failures} failed attempts at {} of {}: {why}",
+                                asset.url,
+                                human_bytes(t.have),
+                                rep.total.map_or_else(|| "unknown size".into(), human_bytes)
+                            ),
+                        ));
+                    }
+                    let delay = self
+                        .cfg
+                        .retry_delay
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(MAX_RETRY_DELAY);
+                    log::warn!(target: "download-manager", "{id}: {why}; resuming from byte {} in {:.1} s (attempt {}/{})", t.have, delay.as_secs_f64(), failures + 1, self.cfg.retries + 1);
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+
+    /// One HTTP request. Returns Ok when the file is complete.
+    fn attempt(&self, t: &mut Transfer<'_>, rep: &mut Reporter<'_>) -> Result<(), Attempt> {
+        let id = t.id;
+        let validator = t
+            .state
+            .as_ref()
+            .and_then(DownloadState::validator)
+            .map(str::to_owned);
+        let resume_from = if t.have > 0 {
+            validator.as_ref().map(|_| t.have)
+        } else {
+            None
+        };
+        if resume_from.is_some() && t.hashed != t.have {
+            t.rehash().map_err(Attempt::Fatal)?;
+        }
+        let mut request = self.agent.get(t.url);
+        if let (Some(from), Some(v)) = (resume_from, &validator) {
+            request = request
+                .header("Range", format!("bytes={from}-"))
+                .header("If-Range", v.as_str());
+        }
+        let response = request
+            .call()
+            .map_err(|e| Attempt::Retry(describe_ureq(&e)))?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let etag = header("etag");
+        let total = match (status, resume_from) {
+            (206, Some(from)) => {
+                let known = t.state.as_ref().and_then(|s| s.total);
+                let range = header("content-range");
+                let parsed = parse_content_range(range.as_deref());
+                let shown = range.as_deref().unwrap_or("(none)");
+                let etag_changed = etag.is_some()
+                    && t.state.as_ref().and_then(|s| s.etag.as_ref()) != etag.as_ref();
+                let problem = match parsed {
+                    None => Some(format!("unparseable Content-Range {shown}")),
+                    Some((start, _, _)) if start != from => Some(format!(
+                        "Content-Range {shown} does not start at the requested byte {from}"
+                    )),
+                    Some((_, end, t)) if end + 1 != t || known.is_some_and(|k| k != t) => {
+                        Some(format!(
+                            "Content-Range {shown} does not match the file's {} bytes",
+                            known.map_or_else(|| "?".into(), |k| k.to_string())
+                        ))
+                    }
+                    Some(_) if etag_changed => {
+                        Some("the ETag changed but the server still sent a partial body".into())
+                    }
+                    Some(_) => None,
+                };
+                if let Some(problem) = problem {
+                    log::warn!(target: "download-manager", "{id}: {problem}; starting again from byte 0");
+                    t.truncate().map_err(Attempt::Fatal)?;
+                    t.state = None;
+                    self.clear_state(id).map_err(Attempt::Fatal)?;
+                    return Err(Attempt::Retry(problem));
+                }
+                t.resumed = true;
+                let total = parsed.map(|(_, _, t)| t);
+                log::info!(target: "download-manager", "{id}: resuming at byte {from} of {}", total.unwrap_or(0));
+                total
+            }
+            (200, _) => {
+                if t.have > 0 {
+                    log::warn!(target: "download-manager", "{id}: server sent the whole file instead of a range (validator changed or Range ignored); starting again from byte 0");
+                    t.truncate().map_err(Attempt::Fatal)?;
+                }
+                let total = header("content-length").and_then(|v| v.parse::<u64>().ok());
+                let new_state = DownloadState {
+                    url: t.url.to_owned(),
+                    etag: etag.clone(),
+                    last_modified: header("last-modified"),
+                    total,
+                };
+                self.store
+                    .put_download_state(id, &new_state)
+                    .map_err(|e| Attempt::Fatal(store_step(Step::Downloading, &e)))?;
+                t.state = Some(new_state);
+                total
+            }
+            (416, _) => {
+                t.truncate().map_err(Attempt::Fatal)?;
+                t.state = None;
+                self.clear_state(id).map_err(Attempt::Fatal)?;
+                return Err(Attempt::Retry("server refused the range (416)".into()));
+            }
+            (206, None) => {
+                return Err(Attempt::Retry(
+                    "server answered 206 to a request without Range".into(),
+                ));
+            }
+            (408 | 429 | 500..=599, _) => {
+                return Err(Attempt::Retry(format!("server answered {status}")));
+            }
+            _ => {
+                return Err(Attempt::Fatal(StepError::new(
+                    Step::Downloading,
+                    Code::DownloadFailed,
+                    format!("server answered {status} for {}", t.url),
+                )));
+            }
+        };
+        self.stream(t, response, total, rep)
+    }
+
+    /// Copies a response body onto the end of the part file, hashing as it goes.
+    fn stream(
+        &self,
+        t: &mut Transfer<'_>,
+        response: ureq::http::Response<ureq::Body>,
+        total: Option<u64>,
+        rep: &mut Reporter<'_>,
+    ) -> Result<(), Attempt> {
+        let (id, limit, part) = (t.id, t.limit, t.part);
+        let by = if limit < self.cfg.max_bytes {
+            "the catalogue's size for it"
+        } else {
+            "download.max_bytes; raise it if the asset is genuine"
+        };
+        let too_large = |n: u64| {
+            Attempt::Fatal(StepError::new(
+                Step::Downloading,
+                Code::TooLarge,
+                format!(
+                    "download of {id} is {} but at most {} is allowed ({by})",
+                    human_bytes(n),
+                    human_bytes(limit)
+                ),
+            ))
+        };
+        if let Some(all) = total {
+            if all > limit {
+                return Err(too_large(all));
+            }
+            self.check_space(part, all.saturating_sub(t.have))?;
+        }
+        t.file
+            .seek(SeekFrom::Start(t.have))
+            .map_err(|e| Attempt::Fatal(io_step(Step::Downloading, part, &e)))?;
+        rep.bytes(t.have, total, true);
+        let mut body = response.into_body().into_reader();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Attempt::Retry(describe_read_error(
+                        &e,
+                        self.cfg.stall_timeout,
+                        t.have,
+                        total,
+                    )));
+                }
+            };
+            if t.have + n as u64 > limit {
+                return Err(too_large(t.have + n as u64));
+            }
+            t.file
+                .write_all(&buf[..n])
+                .map_err(|e| Attempt::Fatal(io_step(Step::Downloading, part, &e)))?;
+            t.hasher.update(&buf[..n]);
+            t.have += n as u64;
+            t.hashed = t.have;
+            rep.bytes(t.have, total, false);
+        }
+        rep.bytes(t.have, total, true);
+        match total {
+            Some(all) if t.have < all => Err(Attempt::Retry(format!(
+                "connection closed after {} of {all} bytes",
+                t.have
+            ))),
+            Some(all) if t.have > all => {
+                log::warn!(target: "download-manager", "{id}: received {} bytes, more than the announced {all}", t.have);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_space(&self, part: &Path, need: u64) -> Result<(), Attempt> {
+        let dir = part.parent().unwrap_or(part);
+        match util::short_of_space(dir, need) {
+            None => Ok(()),
+            Some(free) => Err(Attempt::Fatal(StepError::new(
+                Step::Downloading,
+                Code::DiskFull,
+                format!(
+                    "not enough free space in {}: the download needs {} more, {} is free",
+                    dir.display(),
+                    human_bytes(need.saturating_add(util::SPACE_MARGIN)),
+                    human_bytes(free)
+                ),
+            ))),
+        }
+    }
+}
+
+pub(super) struct Downloaded {
+    pub digest: [u8; 32],
+    pub len: u64,
+    pub resumed: bool,
+}
+
+/// One download in progress: the part file, how much of it there is and is hashed, the
+/// server's validator for resuming, and the most it may grow to.
+struct Transfer<'a> {
+    id: &'a str,
+    url: &'a str,
+    part: &'a Path,
+    file: File,
+    have: u64,
+    /// A hash of the part file's first `hashed` bytes.
+    hasher: Sha256,
+    hashed: u64,
+    /// Whether the bytes came in more than one response (a resumed download).
+    resumed: bool,
+    /// ETag / Last-Modified and total of the first full response, kept in redb.
+    state: Option<DownloadState>,
+    limit: u64,
+}
+
+impl Transfer<'_> {
+    fn truncate(&mut self) -> Result<(), StepError> {
+        self.file
+            .set_len(0)
+            .map_err(|e| io_step(Step::Downloading, self.part, &e))?;
+        self.have = 0;
+        self.hasher = Sha256::new();
+        self.hashed = 0;
+        Ok(())
+    }
+
+    /// Hashes the bytes already on disk: needed once after an agent restart, never otherwise.
+    fn rehash(&mut self) -> Result<(), StepError> {
+        let part = self.part;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| io_step(Step::Downloading, part, &e))?;
+        let mut hasher = Sha256::new();
+        let copied = std::io::copy(
+            &mut (&mut self.file).take(self.have),
+            &mut HashWriter(&mut hasher),
+        )
+        .map_err(|e| io_step(Step::Downloading, part, &e))?;
+        self.have = copied;
+        self.hasher = hasher;
+        self.hashed = copied;
+        Ok(())
+    }
+}
+
+enum Attempt {
+    /// Worth another attempt (resuming from the bytes on disk).
+    Retry(String),
+    Fatal(StepError),
+}
+
+/// `bytes START-END/TOTAL` → (start, end, total).
+fn parse_content_range(v: Option<&str>) -> Option<(u64, u64, u64)> {
+    let rest = v?.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end, total) = (start.parse().ok()?, end.parse().ok()?, total.parse().ok()?);
+    (start <= end && end < total).then_some((start, end, total))
+}
+
+fn describe_ureq(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        ureq::Error::HostNotFound => "host not found".into(),
+        other => other.to_string(),
+    }
+}
+
+fn describe_read_error(
+    e: &std::io::Error,
+    stall: Duration,
+    have: u64,
+    total: Option<u64>,
+) -> String {
+    let at = match total {
+        Some(t) if t > 0 => format!("{} %", have * 100 / t),
+        _ => format!("byte {have}"),
+    };
+    let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+    if timed_out {
+        format!("stalled: no data for {:.0} s at {at}", stall.as_secs_f64())
+    } else {
+        format!("connection lost at {at}: {e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range(Some("bytes 10-99/100")),
+            Some((10, 99, 100))
+        );
+        assert_eq!(parse_content_range(Some("bytes 10-99/*")), None);
+        assert_eq!(parse_content_range(Some("bytes 50-10/100")), None);
+        assert_eq!(parse_content_range(Some("bytes 0-100/100")), None);
+        assert_eq!(parse_content_range(Some("items 0-1/2")), None);
+        assert_eq!(parse_content_range(None), None);
+    }
+}
