@@ -108,7 +108,8 @@ fn serve(cfg: Config) -> Result<(), String> {
     let store = store::Store::open(&layout.state_db()).map_err(|e| e.to_string())?;
     // Before any thread is started: what services can be confined with here.
     let support = supervisor::Support::probe();
-    let catalogue = trust::load_catalogue(&cfg.feed, &store, &data_dir)?;
+    let catalogue =
+        trust::load_catalogue(&cfg.feed, &store, &data_dir).map_err(|e| e.to_string())?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

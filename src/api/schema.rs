@@ -252,7 +252,7 @@ impl MutationRoot {
         installer(ctx)
             .reload_catalogue()
             .await
-            .map_err(|e| error(Code::CatalogueRefused, e))?;
+            .map_err(|e| error(Code::CatalogueRefused, e.to_string()))?;
         Ok(agent_object(ctx))
     }
 

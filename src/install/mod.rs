@@ -31,6 +31,7 @@ use crate::code::Code;
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
 use crate::store::{Instance, Status, Step, Store, StoreError};
 use crate::supervisor::{Outcome, Supervisor};
+use crate::trust::TrustError;
 use crate::util::{Locked, RwLocked};
 use crate::vif::InterfaceFactory;
 use fetch::Downloads;
@@ -178,7 +179,7 @@ impl Installer {
     /// refused (signature, serial, content) or unreachable changes nothing: the one in use
     /// stays and the error says why. Running instances are not touched; installs and updates
     /// already under way finish with the feature they started with.
-    pub(crate) async fn reload_catalogue(&self) -> Result<Arc<Catalogue>, String> {
+    pub(crate) async fn reload_catalogue(&self) -> Result<Arc<Catalogue>, TrustError> {
         let _one_at_a_time = self.reloading.lock().await;
         let (feed, store, base) = (
             self.config.feed.clone(),
@@ -367,7 +368,7 @@ impl Installer {
         version: Option<&str>,
     ) -> Result<usize, RequestError> {
         let n = crate::trust::unpin(&self.store, feature, version)
-            .map_err(|e| refuse(Code::StateError, e))?;
+            .map_err(|e| refuse(e.code(), e.to_string()))?;
         log::warn!(target: "api", "pins of {feature} {} cleared on request ({n} removed)", version.unwrap_or("(all versions)"));
         Ok(n)
     }

@@ -13,6 +13,7 @@
 
 use blake2::{Blake2b512, Digest};
 
+use super::TrustError;
 use super::signify::{self, PublicKey};
 
 const TRUSTED: &str = "trusted comment: ";
@@ -22,36 +23,41 @@ pub(crate) fn is_minisig(text: &str) -> bool {
     text.lines().nth(2).is_some_and(|l| l.starts_with(TRUSTED))
 }
 
-fn decode(line: Option<&str>, what: &str, len: usize) -> Result<Vec<u8>, String> {
-    let line = line.ok_or_else(|| format!("minisign signature: no {what} line"))?;
+fn decode(line: Option<&str>, what: &str, len: usize) -> Result<Vec<u8>, TrustError> {
+    let bad = |m: String| TrustError::Format(format!("minisign signature: {m}"));
+    let line = line.ok_or_else(|| bad(format!("no {what} line")))?;
     let raw = signify::base64_decode(line.trim())
-        .ok_or_else(|| format!("minisign signature: the {what} is not base64"))?;
+        .ok_or_else(|| bad(format!("the {what} is not base64")))?;
     if raw.len() != len {
-        return Err(format!(
-            "minisign signature: the {what} has {} bytes, expected {len}",
+        return Err(bad(format!(
+            "the {what} has {} bytes, expected {len}",
             raw.len()
-        ));
+        )));
     }
     Ok(raw)
 }
 
 /// Checks a `.minisig` over `message` against `keys`, the trusted comment included; returns
 /// the id of the key that signed.
-pub(crate) fn verify(message: &[u8], text: &str, keys: &[PublicKey]) -> Result<String, String> {
+pub(crate) fn verify(message: &[u8], text: &str, keys: &[PublicKey]) -> Result<String, TrustError> {
     let mut lines = text.lines();
     if !lines
         .next()
         .is_some_and(|l| l.starts_with("untrusted comment: "))
     {
-        return Err(
+        return Err(TrustError::Format(
             "minisign signature: the first line must start with 'untrusted comment: '".into(),
-        );
+        ));
     }
     let raw = decode(lines.next(), "signature", 74)?;
     let trusted = lines
         .next()
         .and_then(|l| l.strip_prefix(TRUSTED))
-        .ok_or_else(|| format!("minisign signature: the third line must start with '{TRUSTED}'"))?;
+        .ok_or_else(|| {
+            TrustError::Format(format!(
+                "minisign signature: the third line must start with '{TRUSTED}'"
+            ))
+        })?;
     let global = decode(lines.next(), "global signature", 64)?;
 
     let mut keynum = [0u8; 8];
@@ -62,14 +68,22 @@ pub(crate) fn verify(message: &[u8], text: &str, keys: &[PublicKey]) -> Result<S
     match &raw[..2] {
         b"ED" => signify::check(key, &Blake2b512::digest(message), &sig)?,
         b"Ed" => signify::check(key, message, &sig)?,
-        _ => return Err("minisign signature: unknown algorithm (neither ED nor Ed)".into()),
+        _ => {
+            return Err(TrustError::Format(
+                "minisign signature: unknown algorithm (neither ED nor Ed)".into(),
+            ));
+        }
     }
     let mut covered = sig.to_vec();
     covered.extend_from_slice(trusted.as_bytes());
     let mut global_sig = [0u8; 64];
     global_sig.copy_from_slice(&global);
-    signify::check(key, &covered, &global_sig)
-        .map_err(|_| format!("the trusted comment signed by key {} was altered", key.id()))?;
+    signify::check(key, &covered, &global_sig).map_err(|_| {
+        TrustError::Mismatch(format!(
+            "the trusted comment signed by key {} was altered",
+            key.id()
+        ))
+    })?;
     Ok(key.id())
 }
 

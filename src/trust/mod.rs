@@ -15,6 +15,7 @@
 //! catalogue or checksums file that names another digest for the same version is refused
 //! (`PIN_MISMATCH`) until `unpinFeature` clears it.
 
+mod error;
 pub(crate) mod minisign;
 pub(crate) mod signify;
 
@@ -26,6 +27,7 @@ use serde_json::json;
 use crate::catalogue::Catalogue;
 use crate::http_client::GetError;
 use crate::store::Store;
+pub(crate) use error::TrustError;
 
 /// Who may sign catalogues and checksums files, and what is required of them.
 #[derive(Debug, Clone, Default)]
@@ -111,20 +113,20 @@ fn read_source(
 fn read_signature(
     src: &str,
     http: &crate::http_client::Settings,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, TrustError> {
     for ext in ["sig", "minisig"] {
         let path = format!("{src}.{ext}");
         match read_source("catalogue signature", &path, http, SIGNATURE_CAP) {
             Ok(bytes) => {
                 return String::from_utf8(bytes).map(Some).map_err(|_| {
-                    format!("catalogue {src}: signature {path} is not text (not UTF-8); the catalogue is refused")
+                    TrustError::Format(format!("catalogue {src}: signature {path} is not text (not UTF-8); the catalogue is refused"))
                 });
             }
             Err(GetError::NotFound(_)) => {}
             Err(GetError::Failed(e)) => {
-                return Err(format!(
+                return Err(TrustError::Unavailable(format!(
                     "catalogue {src}: {e}; a signature that is there but unreadable refuses the catalogue (only a missing one counts as unsigned): fix the signature or its server"
-                ));
+                )));
             }
         }
     }
@@ -137,7 +139,7 @@ pub(crate) fn verify_detached(
     bytes: &[u8],
     sig: &str,
     keys: &[signify::PublicKey],
-) -> Result<String, String> {
+) -> Result<String, TrustError> {
     if minisign::is_minisig(sig) {
         minisign::verify(bytes, sig, keys)
     } else {
@@ -152,14 +154,12 @@ pub(crate) fn check_signature(
     sig: Option<&str>,
     trust: &Policy,
     required: bool,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, TrustError> {
     match sig {
         Some(sig) => verify_detached(bytes, sig, &trust.trusted_keys)
             .map(Some)
-            .map_err(|e| format!("{what}: bad signature: {e}")),
-        None if required => Err(format!(
-            "{what}: no signature, and trust.require_signature is on (the default when trust.trusted_keys are set): sign it with a trusted key"
-        )),
+            .map_err(|e| e.within(format!("{what}: bad signature"))),
+        None if required => Err(TrustError::Unsigned(what.to_owned())),
         None => Ok(None),
     }
 }
@@ -171,7 +171,7 @@ fn judge(
     sig: Option<&str>,
     policy: &Policy,
     store: &Store,
-) -> Result<Catalogue, String> {
+) -> Result<Catalogue, TrustError> {
     let signed_by = check_signature(
         &format!("catalogue {src}"),
         bytes,
@@ -179,18 +179,18 @@ fn judge(
         policy,
         policy.require_signature,
     )?;
-    let mut catalogue = Catalogue::parse(bytes, src).map_err(|e| e.to_string())?;
+    let mut catalogue =
+        Catalogue::parse(bytes, src).map_err(|e| TrustError::Refused(e.to_string()))?;
     catalogue.signed_by = signed_by;
     let seen = store
-        .trust_value(SERIAL_KEY)
-        .map_err(|e| e.to_string())?
+        .trust_value(SERIAL_KEY)?
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
     if catalogue.serial < seen && !policy.allow_downgrade {
-        return Err(format!(
+        return Err(TrustError::Refused(format!(
             "catalogue {src}: serial {} is older than serial {seen} already in use (a replayed or rolled-back feed?); set trust.allow_downgrade to accept it",
             catalogue.serial
-        ));
+        )));
     }
     Ok(catalogue)
 }
@@ -218,12 +218,12 @@ pub(crate) fn fresh_catalogue(
     feed: &Feed,
     store: &Store,
     data_dir: &Path,
-) -> Result<Catalogue, String> {
+) -> Result<Catalogue, TrustError> {
     let Some(src) = feed.source.as_deref() else {
-        return Catalogue::builtin().map_err(|e| e.to_string());
+        return Catalogue::builtin().map_err(|e| TrustError::Refused(e.to_string()));
     };
-    let bytes =
-        read_source("catalogue", src, &feed.http, CATALOGUE_CAP).map_err(|e| e.to_string())?;
+    let bytes = read_source("catalogue", src, &feed.http, CATALOGUE_CAP)
+        .map_err(|e| TrustError::Unavailable(e.to_string()))?;
     let sig = read_signature(src, &feed.http)?;
     let catalogue = judge(src, &bytes, sig.as_deref(), &feed.policy, store)?;
     let serial = catalogue.serial;
@@ -231,9 +231,7 @@ pub(crate) fn fresh_catalogue(
         log::warn!(target: "api", "catalogue {src} (serial {serial}) is unsigned and accepted only because trust.require_signature = false; it does not raise the stored serial nor replace the last trusted copy");
         return Ok(catalogue);
     }
-    store
-        .put_trust_value(SERIAL_KEY, &json!(serial))
-        .map_err(|e| e.to_string())?;
+    store.put_trust_value(SERIAL_KEY, &json!(serial))?;
     let (copy, copy_sig) = last_trusted(data_dir);
     let saved = std::fs::create_dir_all(copy.parent().unwrap_or(data_dir))
         .and_then(|()| crate::util::write_atomic(&copy, &bytes))
@@ -257,7 +255,7 @@ pub(crate) fn load_catalogue(
     feed: &Feed,
     store: &Store,
     data_dir: &Path,
-) -> Result<Catalogue, String> {
+) -> Result<Catalogue, TrustError> {
     if !feed.policy.require_signature && !feed.policy.trusted_keys.is_empty() {
         log::warn!(target: "api", "trust.require_signature = false: unsigned catalogues are accepted although trust.trusted_keys are configured (they never raise the stored serial)");
     }
@@ -275,7 +273,9 @@ pub(crate) fn load_catalogue(
             let catalogue = read_signature(&copy.display().to_string(), &feed.http)
                 .and_then(|sig| judge(&source, &bytes, sig.as_deref(), &feed.policy, store))
                 .map_err(|e| {
-                    format!("{why}; and the last trusted copy is no longer acceptable: {e}")
+                    TrustError::Refused(format!(
+                        "{why}; and the last trusted copy is no longer acceptable: {e}"
+                    ))
                 })?;
             log::error!(target: "api", "{why}; keeping the last trusted catalogue (serial {})", catalogue.serial);
             Ok(catalogue)
@@ -289,36 +289,39 @@ fn pin_key(artifact: &str) -> String {
 }
 
 /// The digest first verified for this artifact, if any.
-pub(crate) fn pinned(store: &Store, artifact: &str) -> Result<Option<String>, String> {
+pub(crate) fn pinned(store: &Store, artifact: &str) -> Result<Option<String>, TrustError> {
     Ok(store
-        .trust_value(&pin_key(artifact))
-        .map_err(|e| e.to_string())?
+        .trust_value(&pin_key(artifact))?
         .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(str::to_owned)))
 }
 
-pub(crate) fn pin(store: &Store, artifact: &str, sha256: &str) -> Result<(), String> {
-    store
-        .put_trust_value(
-            &pin_key(artifact),
-            &json!({ "sha256": sha256, "at": crate::util::now_ms() }),
-        )
-        .map_err(|e| e.to_string())
+pub(crate) fn pin(store: &Store, artifact: &str, sha256: &str) -> Result<(), TrustError> {
+    Ok(store.put_trust_value(
+        &pin_key(artifact),
+        &json!({ "sha256": sha256, "at": crate::util::now_ms() }),
+    )?)
 }
 
 /// Clears the pins of a feature (one version, or all); returns how many went.
-pub(crate) fn unpin(store: &Store, feature: &str, version: Option<&str>) -> Result<usize, String> {
+pub(crate) fn unpin(
+    store: &Store,
+    feature: &str,
+    version: Option<&str>,
+) -> Result<usize, TrustError> {
     let prefix = match version {
         Some(v) => format!("tofu/{feature}/{v}/"),
         None => format!("tofu/{feature}/"),
     };
-    store
-        .remove_trust_prefix(&prefix)
-        .map_err(|e| e.to_string())
+    Ok(store.remove_trust_prefix(&prefix)?)
 }
 
 /// `nnc-agent catalogue keygen|sign|verify`.
-pub(crate) fn command(c: Command) -> Result<String, String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+pub(crate) fn command(c: Command) -> Result<String, TrustError> {
+    let io = |p: &Path| {
+        let path = p.to_owned();
+        move |source| TrustError::Io { path, source }
+    };
+    let read = |p: &Path| std::fs::read(p).map_err(io(p));
     let text = |p: &Path| read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
     match c {
         Command::Keygen {
@@ -334,10 +337,9 @@ pub(crate) fn command(c: Command) -> Result<String, String> {
                 .create_new(true)
                 .mode(0o600)
                 .open(&secret)
-                .map_err(|e| format!("{}: {e}", secret.display()))?;
-            f.write_all(sk.as_bytes())
-                .map_err(|e| format!("{}: {e}", secret.display()))?;
-            std::fs::write(&public, pk).map_err(|e| format!("{}: {e}", public.display()))?;
+                .map_err(io(&secret))?;
+            f.write_all(sk.as_bytes()).map_err(io(&secret))?;
+            std::fs::write(&public, pk).map_err(io(&public))?;
             let key = signify::parse_public(&text(&public)?)?;
             Ok(format!(
                 "key {} written to {} and {}\n",
@@ -352,7 +354,7 @@ pub(crate) fn command(c: Command) -> Result<String, String> {
                 .map(|n| n.to_string_lossy().replace(".sec", ".pub"))
                 .unwrap_or_default();
             let s = signify::sign(&read(&file)?, &text(&secret)?, &name)?;
-            std::fs::write(&sig, s).map_err(|e| format!("{}: {e}", sig.display()))?;
+            std::fs::write(&sig, s).map_err(io(&sig))?;
             Ok(format!("signature written to {}\n", sig.display()))
         }
         Command::Verify { public, file, sig } => {

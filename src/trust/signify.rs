@@ -15,6 +15,8 @@
 use ed25519_compact::{KeyPair, PublicKey as EdPublic, SecretKey, Seed, Signature};
 use sha2::{Digest, Sha512};
 
+use super::TrustError;
+
 const COMMENT: &str = "untrusted comment: ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,26 +33,34 @@ impl PublicKey {
 
 /// Splits a signify file into its comment and decoded body, checking the body's size and
 /// algorithm tag.
-fn body(text: &str, what: &str, len: usize) -> Result<(String, Vec<u8>), String> {
+fn body(text: &str, what: &str, len: usize) -> Result<(String, Vec<u8>), TrustError> {
     let mut lines = text.lines();
     let comment = lines
         .next()
         .and_then(|l| l.strip_prefix(COMMENT))
-        .ok_or_else(|| format!("{what}: the first line must start with '{COMMENT}'"))?;
+        .ok_or_else(|| {
+            TrustError::Format(format!(
+                "{what}: the first line must start with '{COMMENT}'"
+            ))
+        })?;
     let b64 = lines
         .next()
-        .ok_or_else(|| format!("{what}: no base64 line after the comment"))?;
-    let raw = base64_decode(b64.trim()).ok_or_else(|| format!("{what}: not base64"))?;
+        .ok_or_else(|| TrustError::Format(format!("{what}: no base64 line after the comment")))?;
+    let raw = base64_decode(b64.trim())
+        .ok_or_else(|| TrustError::Format(format!("{what}: not base64")))?;
     if raw.len() != len {
-        return Err(format!("{what}: {} bytes, expected {len}", raw.len()));
+        return Err(TrustError::Format(format!(
+            "{what}: {} bytes, expected {len}",
+            raw.len()
+        )));
     }
     if &raw[..2] != b"Ed" {
-        return Err(format!("{what}: not an Ed25519 {what}"));
+        return Err(TrustError::Format(format!("{what}: not an Ed25519 {what}")));
     }
     Ok((comment.to_owned(), raw))
 }
 
-pub(crate) fn parse_public(text: &str) -> Result<PublicKey, String> {
+pub(crate) fn parse_public(text: &str) -> Result<PublicKey, TrustError> {
     let (_, raw) = body(text, "public key", 42)?;
     let mut keynum = [0u8; 8];
     keynum.copy_from_slice(&raw[2..10]);
@@ -60,7 +70,7 @@ pub(crate) fn parse_public(text: &str) -> Result<PublicKey, String> {
 }
 
 /// A detached signature: the key it names and the signature bytes.
-pub(crate) fn parse_signature(text: &str) -> Result<([u8; 8], [u8; 64]), String> {
+pub(crate) fn parse_signature(text: &str) -> Result<([u8; 8], [u8; 64]), TrustError> {
     let (_, raw) = body(text, "signature", 74)?;
     let mut keynum = [0u8; 8];
     keynum.copy_from_slice(&raw[2..10]);
@@ -70,7 +80,11 @@ pub(crate) fn parse_signature(text: &str) -> Result<([u8; 8], [u8; 64]), String>
 }
 
 /// Checks `sig_text` over `message` against `keys`; returns the id of the key that signed.
-pub(crate) fn verify(message: &[u8], sig_text: &str, keys: &[PublicKey]) -> Result<String, String> {
+pub(crate) fn verify(
+    message: &[u8],
+    sig_text: &str,
+    keys: &[PublicKey],
+) -> Result<String, TrustError> {
     let (keynum, sig) = parse_signature(sig_text)?;
     let key = trusted_key(&keynum, keys)?;
     check(key, message, &sig)?;
@@ -81,39 +95,36 @@ pub(crate) fn verify(message: &[u8], sig_text: &str, keys: &[PublicKey]) -> Resu
 pub(crate) fn trusted_key<'k>(
     keynum: &[u8; 8],
     keys: &'k [PublicKey],
-) -> Result<&'k PublicKey, String> {
-    keys.iter().find(|k| k.keynum == *keynum).ok_or_else(|| {
-        format!(
-            "signed by key {}, which is not a trusted key ({})",
-            crate::util::hex(keynum),
-            if keys.is_empty() {
-                "none configured".to_owned()
-            } else {
-                keys.iter()
-                    .map(PublicKey::id)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        )
-    })
+) -> Result<&'k PublicKey, TrustError> {
+    keys.iter()
+        .find(|k| k.keynum == *keynum)
+        .ok_or_else(|| TrustError::UntrustedKey {
+            key: crate::util::hex(keynum),
+            trusted: keys.iter().map(PublicKey::id).collect(),
+        })
 }
 
 /// One ed25519 signature by `key` over `message`.
-pub(crate) fn check(key: &PublicKey, message: &[u8], sig: &[u8; 64]) -> Result<(), String> {
-    let public = EdPublic::from_slice(&key.key).map_err(|e| format!("key {}: {e}", key.id()))?;
-    let signature = Signature::from_slice(sig).map_err(|e| format!("signature: {e}"))?;
-    public
-        .verify(message, &signature)
-        .map_err(|_| format!("the signature by key {} does not match the data", key.id()))
+pub(crate) fn check(key: &PublicKey, message: &[u8], sig: &[u8; 64]) -> Result<(), TrustError> {
+    let public = EdPublic::from_slice(&key.key)
+        .map_err(|e| TrustError::Format(format!("key {}: {e}", key.id())))?;
+    let signature =
+        Signature::from_slice(sig).map_err(|e| TrustError::Format(format!("signature: {e}")))?;
+    public.verify(message, &signature).map_err(|_| {
+        TrustError::Mismatch(format!(
+            "the signature by key {} does not match the data",
+            key.id()
+        ))
+    })
 }
 
 /// A new key pair: (public key file, secret key file), unencrypted like `signify -G -n`.
-pub(crate) fn keygen(comment: &str) -> Result<(String, String), String> {
+pub(crate) fn keygen(comment: &str) -> Result<(String, String), TrustError> {
     let mut seed = [0u8; 32];
     let mut keynum = [0u8; 8];
     let mut salt = [0u8; 16];
     for buf in [&mut seed[..], &mut keynum[..], &mut salt[..]] {
-        let hex = crate::util::random_hex(buf.len()).map_err(|e| format!("no randomness: {e}"))?;
+        let hex = crate::util::random_hex(buf.len()).map_err(TrustError::Random)?;
         for (i, b) in buf.iter_mut().enumerate() {
             *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
         }
@@ -142,19 +153,28 @@ pub(crate) fn keygen(comment: &str) -> Result<(String, String), String> {
 
 /// Signs `message` with an unencrypted secret key file; returns the signature file, whose
 /// comment names the public key file the way signify does.
-pub(crate) fn sign(message: &[u8], secret_text: &str, pubkey_name: &str) -> Result<String, String> {
+pub(crate) fn sign(
+    message: &[u8],
+    secret_text: &str,
+    pubkey_name: &str,
+) -> Result<String, TrustError> {
     let (_, raw) = body(secret_text, "secret key", 104)?;
     if &raw[2..4] != b"BK" {
-        return Err("secret key: unknown key derivation".into());
+        return Err(TrustError::Format(
+            "secret key: unknown key derivation".into(),
+        ));
     }
     if raw[4..8] != [0, 0, 0, 0] {
-        return Err("secret key: it is passphrase-protected; the agent reads only keys made with 'keygen' or 'signify -G -n'".into());
+        return Err(TrustError::Format("secret key: it is passphrase-protected; the agent reads only keys made with 'keygen' or 'signify -G -n'".into()));
     }
     let key = &raw[40..104];
     if Sha512::digest(key)[..8] != raw[24..32] {
-        return Err("secret key: checksum mismatch (corrupt key file)".into());
+        return Err(TrustError::Format(
+            "secret key: checksum mismatch (corrupt key file)".into(),
+        ));
     }
-    let sk = SecretKey::from_slice(key).map_err(|e| format!("secret key: {e}"))?;
+    let sk =
+        SecretKey::from_slice(key).map_err(|e| TrustError::Format(format!("secret key: {e}")))?;
     let sig = sk.sign(message, None);
     let mut out = b"Ed".to_vec();
     out.extend_from_slice(&raw[32..40]);
@@ -242,19 +262,24 @@ mod tests {
         assert!(
             verify(b"catalogue!", &sig, std::slice::from_ref(&key))
                 .unwrap_err()
+                .to_string()
                 .contains("does not match")
         );
         let (other, _) = keygen("other").unwrap();
-        let e = verify(b"catalogue", &sig, &[parse_public(&other).unwrap()]).unwrap_err();
+        let e = verify(b"catalogue", &sig, &[parse_public(&other).unwrap()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a trusted key"), "{e}");
         assert!(
             parse_public("RWQ=\n")
                 .unwrap_err()
+                .to_string()
                 .contains("untrusted comment")
         );
         assert!(
             parse_signature(&public)
                 .unwrap_err()
+                .to_string()
                 .contains("expected 74")
         );
     }

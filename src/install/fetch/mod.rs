@@ -217,7 +217,7 @@ impl Downloads {
             .map_err(|e| store_step(Step::Installing, &e))?;
         if !pinned {
             crate::trust::pin(&self.store, &id, &artifact.sha256)
-                .map_err(|e| StepError::new(Step::Installing, Code::StateError, e))?;
+                .map_err(|e| StepError::new(Step::Installing, e.code(), e.to_string()))?;
         }
         self.clear_state(&id)?;
         log::info!(target: "download-manager", "{id}: {} verified ({}) and installed at {}", req.asset.file_name(), artifact.verified_by, artifact.binary_path);

@@ -32,7 +32,7 @@ impl Downloads {
             &self.trust,
             true,
         )
-        .map_err(|m| StepError::new(Step::Verifying, Code::BadSignature, m))?;
+        .map_err(|e| StepError::new(Step::Verifying, e.code(), e.to_string()))?;
         Ok(key.map(|k| format!("+signature:{k}")).unwrap_or_default())
     }
 
@@ -94,7 +94,7 @@ impl Downloads {
         verified_by: &mut String,
     ) -> Result<bool, StepError> {
         let first = crate::trust::pinned(&self.store, id)
-            .map_err(|e| StepError::new(Step::Verifying, Code::StateError, e))?;
+            .map_err(|e| StepError::new(Step::Verifying, e.code(), e.to_string()))?;
         let Some(p) = first else {
             return Ok(false);
         };
