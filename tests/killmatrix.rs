@@ -10,50 +10,43 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Agent, Nginx, TempDir, TestNetns, sha256_file, write_catalogue};
+use common::feed::Feed;
+use common::{Agent, TestNetns, sha256_file};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const PORT: u16 = 8000;
 
 struct Rig {
-    root: TempDir,
     ns: TestNetns,
-    _nginx: Nginx,
-    catalogue: PathBuf,
+    feed: Feed,
     busybox_sha: String,
 }
 
 fn rig(tag: &str) -> Rig {
-    let root = TempDir::new(tag);
     let ns = TestNetns::new(tag);
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::copy("/bin/busybox", www.join("busybox")).unwrap();
-    let nginx = Nginx::start_in(&www, "", Some(&ns));
-    let busybox_sha = sha256_file(&www.join("busybox"));
+    let feed = Feed::serve(tag, Some(&ns), &[("busybox", "/bin/busybox")]);
+    let busybox_sha = feed.sha256("busybox");
     let entry = |version: &str| {
         json!({ "id": "web", "name": "web", "version": version, "binary": "busybox",
                 "service": { "args": ["httpd", "-f", "-p", PORT.to_string()], "health": { "tcp": PORT } },
-                "assets": { "x86_64": { "url": nginx.url("busybox"), "sha256": busybox_sha } } })
+                "assets": { "x86_64": feed.asset("busybox") } })
     };
-    let catalogue = write_catalogue(root.path(), &[entry("1"), entry("2")]);
+    let catalogue = [entry("1"), entry("2")];
     Rig {
-        root,
         ns,
-        _nginx: nginx,
-        catalogue,
+        feed: feed.with_catalogue(&catalogue),
         busybox_sha,
     }
 }
 
 impl Rig {
     fn netns_dir(&self) -> PathBuf {
-        self.root.path().join("netns")
+        self.feed.path().join("netns")
     }
 
     fn rt_tables(&self) -> PathBuf {
-        self.root.path().join("rt_tables.d/nnc.conf")
+        self.feed.path().join("rt_tables.d/nnc.conf")
     }
 
     fn agent(&self, failpoint: Option<&str>) -> Agent {
@@ -62,18 +55,8 @@ impl Rig {
             self.rt_tables().display().to_string(),
             self.netns_dir().display().to_string()
         );
-        let spec = failpoint.map(|f| format!("{f}=abort"));
-        let env: Vec<(&str, &str)> = spec
-            .iter()
-            .map(|s| ("NNC_FAILPOINTS", s.as_str()))
-            .collect();
-        Agent::start_in(
-            &self.root.path().join("agent"),
-            &self.catalogue,
-            &toml,
-            Some(&self.ns),
-            &env,
-        )
+        let spec = failpoint.map(|f| format!("{f}=abort")).unwrap_or_default();
+        self.feed.agent("agent", &toml, Some(&self.ns), &spec)
     }
 
     /// Restarts a running agent so that it aborts at `failpoint`.

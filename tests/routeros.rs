@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Agent, Nginx, TempDir, feature, sha256_file, write_catalogue};
+use common::feed::Feed;
+use common::{Agent, sha256_file};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,34 +88,15 @@ impl Drop for Sim {
 }
 
 struct Setup {
-    root: TempDir,
-    _nginx: Nginx,
-    catalogue: PathBuf,
+    feed: Feed,
     password: PathBuf,
 }
 
 fn setup(tag: &str) -> Setup {
-    let root = TempDir::new(tag);
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::copy("/usr/bin/true", www.join("tool")).unwrap();
-    let nginx = Nginx::start(&www, "");
-    let catalogue = write_catalogue(
-        root.path(),
-        &[feature(
-            "tool",
-            "tool",
-            json!({ "url": nginx.url("tool"), "sha256": sha256_file(&www.join("tool")) }),
-        )],
-    );
-    let password = root.path().join("router.password");
+    let feed = Feed::tool(tag, None);
+    let password = feed.path().join("router.password");
     std::fs::write(&password, "secret\n").unwrap();
-    Setup {
-        root,
-        _nginx: nginx,
-        catalogue,
-        password,
-    }
+    Setup { feed, password }
 }
 
 impl Setup {
@@ -126,18 +108,8 @@ impl Setup {
     }
 
     fn agent(&self, dir: &str, port: u16, extra: &str, failpoints: &str) -> Agent {
-        let env: Vec<(&str, &str)> = if failpoints.is_empty() {
-            vec![]
-        } else {
-            vec![("NNC_FAILPOINTS", failpoints)]
-        };
-        Agent::start_in(
-            &self.root.path().join(dir),
-            &self.catalogue,
-            &self.router_toml(port, extra),
-            None,
-            &env,
-        )
+        self.feed
+            .agent(dir, &self.router_toml(port, extra), None, failpoints)
     }
 }
 
@@ -201,7 +173,7 @@ fn third_party_clients_agree_with_the_simulator() {
 #[test]
 fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
     let s = setup("ros");
-    let sim = Sim::start(s.root.path(), &[]);
+    let sim = Sim::start(s.feed.path(), &[]);
     let agent = s.agent("agent", sim.port, "", "");
     let routers = agent.data("{ routers { id kind reachable error } }", json!({}));
     assert_eq!(
@@ -252,7 +224,7 @@ fn a_failure_or_a_dropped_connection_at_any_step_leaves_nothing() {
     let s = setup("rosfail");
     for step in 1..=4 {
         for how in ["--fail-at", "--drop-at"] {
-            let sim = Sim::start(s.root.path(), &[how, &step.to_string()]);
+            let sim = Sim::start(s.feed.path(), &[how, &step.to_string()]);
             let agent = s.agent(&format!("agent{how}{step}"), sim.port, "", "");
             let id = agent.install_on("tool", "mt", "x");
             let inst = agent.wait_done(&id, TIMEOUT);
@@ -310,7 +282,7 @@ fn an_unreachable_router_is_refused_before_anything_is_created() {
         "{routers}"
     );
     // A wrong password is unreachable too, and says so.
-    let sim = Sim::start(s.root.path(), &[]);
+    let sim = Sim::start(s.feed.path(), &[]);
     std::fs::write(&s.password, "wrong\n").unwrap();
     let agent = s.agent("agent2", sim.port, "", "");
     let v = agent.gql("mutation { installFeature(featureId: \"tool\", routerId: \"mt\", name: \"x\") { instanceId } }", json!({}));
@@ -327,7 +299,7 @@ fn an_unreachable_router_is_refused_before_anything_is_created() {
 #[test]
 fn kill_9_mid_sequence_and_orphans_are_repaired_at_start() {
     let s = setup("roskill");
-    let sim = Sim::start(s.root.path(), &[]);
+    let sim = Sim::start(s.feed.path(), &[]);
     // Objects tagged for an instance this agent never had: removed at start.
     let orphan = Command::new(common::python())
         .args(["-c", &format!(
@@ -363,9 +335,9 @@ fn kill_9_mid_sequence_and_orphans_are_repaired_at_start() {
 #[test]
 fn tls_with_a_pinned_certificate_and_routeros_7_18_empty_replies() {
     let s = setup("rostls");
-    let (cert, key, fingerprint) = router_certificate(s.root.path());
+    let (cert, key, fingerprint) = router_certificate(s.feed.path());
     let sim = Sim::start(
-        s.root.path(),
+        s.feed.path(),
         &[
             "--tls-cert",
             cert.to_str().unwrap(),
@@ -418,7 +390,7 @@ fn tls_with_a_pinned_certificate_and_routeros_7_18_empty_replies() {
 #[test]
 fn an_active_interface_whose_objects_vanished_is_recreated_at_start() {
     let s = setup("rosgone");
-    let sim = Sim::start(s.root.path(), &[]);
+    let sim = Sim::start(s.feed.path(), &[]);
     let mut agent = s.agent("agent", sim.port, "", "");
     let id = agent.install_on("tool", "mt", "g");
     assert_eq!(agent.wait_done(&id, TIMEOUT)["status"], "INSTALLED");
@@ -508,7 +480,7 @@ const COMMAND_TIMEOUT: &str = "command_timeout_secs = 4";
 /// agent's memory stays bounded.
 fn install_on_a_hostile_router_fails(mode: &str, needle: &str) {
     let s = setup(&format!("ros-{mode}"));
-    let sim = Sim::start(s.root.path(), &["--hostile", mode, "--drip-secs", "2.5"]);
+    let sim = Sim::start(s.feed.path(), &["--hostile", mode, "--drip-secs", "2.5"]);
     let agent = s.agent("agent", sim.port, COMMAND_TIMEOUT, "");
     let watch = HealthWatch::start(&agent);
     let started = Instant::now();
@@ -686,9 +658,9 @@ fn router_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
 #[test]
 fn a_router_dripping_its_tls_handshake_is_cut_off_at_the_connect_deadline() {
     let s = setup("rostlsdrip");
-    let (cert, key, fingerprint) = router_certificate(s.root.path());
+    let (cert, key, fingerprint) = router_certificate(s.feed.path());
     let sim = Sim::start(
-        s.root.path(),
+        s.feed.path(),
         &[
             "--tls-cert",
             cert.to_str().unwrap(),
@@ -737,7 +709,7 @@ fn a_router_dripping_its_tls_handshake_is_cut_off_at_the_connect_deadline() {
 #[test]
 fn a_plain_text_router_login_is_warned_about_in_the_log_and_in_graphql() {
     let s = setup("rosplain");
-    let sim = Sim::start(s.root.path(), &[]);
+    let sim = Sim::start(s.feed.path(), &[]);
     let agent = s.agent("agent", sim.port, "", "");
     let log = agent.log();
     let warning = format!(

@@ -9,16 +9,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, Nginx, TempDir, TestNetns, feature, run_ok, sha256_file, write_catalogue};
+use common::feed::Feed;
+use common::{Agent, TestNetns, run_ok};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Setup {
-    root: TempDir,
     ns: TestNetns,
-    _nginx: Nginx,
-    catalogue: PathBuf,
+    feed: Feed,
     rt_tables: PathBuf,
     /// Where this test's agents put service namespaces (not the shared /run/netns, so that
     /// tests running side by side do not see each other's).
@@ -26,27 +25,13 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Setup {
-    let root = TempDir::new(tag);
     let ns = TestNetns::new(tag);
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::copy("/usr/bin/true", www.join("tool")).unwrap();
-    let nginx = Nginx::start_in(&www, "", Some(&ns));
-    let catalogue = write_catalogue(
-        root.path(),
-        &[feature(
-            "tool",
-            "tool",
-            json!({ "url": nginx.url("tool"), "sha256": sha256_file(&www.join("tool")) }),
-        )],
-    );
-    let rt_tables = root.path().join("rt_tables.d/nnc.conf");
-    let netns_dir = root.path().join("netns");
+    let feed = Feed::tool(tag, Some(&ns));
+    let rt_tables = feed.path().join("rt_tables.d/nnc.conf");
+    let netns_dir = feed.path().join("netns");
     Setup {
-        root,
         ns,
-        _nginx: nginx,
-        catalogue,
+        feed,
         rt_tables,
         netns_dir,
     }
@@ -64,18 +49,8 @@ impl Setup {
     }
 
     fn agent(&self, dir: &str, pool: [u16; 2], failpoints: &str) -> Agent {
-        let env: Vec<(&str, &str)> = if failpoints.is_empty() {
-            vec![]
-        } else {
-            vec![("NNC_FAILPOINTS", failpoints)]
-        };
-        Agent::start_in(
-            &self.root.path().join(dir),
-            &self.catalogue,
-            &self.toml(pool),
-            Some(&self.ns),
-            &env,
-        )
+        self.feed
+            .agent(dir, &self.toml(pool), Some(&self.ns), failpoints)
     }
 
     /// Everything an interface could leave behind, as iproute2 prints it.
@@ -384,8 +359,8 @@ fn vlan_mode_needs_8021q_and_says_so() {
         s.netns_dir.display().to_string()
     );
     let agent = Agent::start_in(
-        &s.root.path().join("agent"),
-        &s.catalogue,
+        &s.feed.path().join("agent"),
+        &s.feed.catalogue,
         &toml,
         Some(&s.ns),
         &[],

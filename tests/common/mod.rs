@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod feed;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
