@@ -16,7 +16,7 @@ jobs=${NNC_CROSS_JOBS:-$(nproc)}
 
 build_one() {
   local t=$1 flags var
-  flags="-C link-self-contained=no -Zunstable-options -Cpanic=immediate-abort -A linker-messages"
+  flags="-C link-self-contained=no -Zunstable-options -Cpanic=immediate-abort -C force-unwind-tables=no -A linker-messages"
   case $t in
     mips*) flags+=" -C target-feature=+crt-static" ;;
     x86_64-*) flags+=" -C relocation-model=static" ;;
