@@ -84,6 +84,9 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         t0 = time.monotonic()
         subprocess.run(f"curl -s {url_big} | sha256sum > /dev/null", shell=True, check=True)
         curl_sha_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        subprocess.run(f"curl -s {url_big} | openssl dgst -sha256 > /dev/null", shell=True, check=True)
+        curl_ossl_s = time.monotonic() - t0
 
         catalogue = os.path.join(root, "catalogue.json")
         with open(catalogue, "w") as f:
@@ -119,7 +122,8 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         agent.kill()
         agent.wait()
         print(f"download 200 MiB: agent {agent_s:.2f} s (download+sha256+fsync+ELF check+rename, polled every 20 ms), "
-              f"curl -o /dev/null {curl_s:.2f} s (ratio {agent_s / curl_s:.2f}), curl | sha256sum {curl_sha_s:.2f} s (ratio {agent_s / curl_sha_s:.2f})")
+              f"curl -o /dev/null {curl_s:.2f} s (ratio {agent_s / curl_s:.2f}), curl | sha256sum {curl_sha_s:.2f} s (ratio {agent_s / curl_sha_s:.2f}), "
+              f"curl | openssl dgst -sha256 {curl_ossl_s:.2f} s (ratio {agent_s / curl_ossl_s:.2f})")
         print(f"agent peak RSS (VmHWM) over the run: {rss_kb / 1024:.1f} MiB")
         print(f"installFeature latency over 100 calls: median {statistics.median(lat):.2f} ms, p99 {lat[98]:.2f} ms, max {lat[-1]:.2f} ms")
     finally:
