@@ -12,8 +12,10 @@ use serde_json::{Value, json};
 
 const SUBSCRIBERS: &str = "200";
 const QPS: &str = "50";
-/// Peak RSS the agent may reach under this load.
-const RSS_BOUND_KIB: u64 = 96 * 1024;
+/// Peak RSS the agent (a debug build here) may reach under this load: 25 MiB measured once
+/// WebSocket buffers started small (37 MiB before); tests/bench/api_bench.py measures the
+/// release binary.
+const RSS_BOUND_KIB: u64 = 48 * 1024;
 
 #[test]
 fn two_hundred_subscribers_see_every_event_in_order_during_five_installs_and_queries() {

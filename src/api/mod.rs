@@ -255,7 +255,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, api: Arc<Api>, slot: Sl
 type Reply = Response<Full<Bytes>>;
 
 fn json_reply(status: StatusCode, body: &serde_json::Value) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    bytes_reply(status, body.to_string().into_bytes())
+}
+
+/// A JSON document already serialised.
+fn bytes_reply(status: StatusCode, body: Vec<u8>) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -365,9 +370,10 @@ pub(crate) async fn answer(schema: &AppSchema, body: &[u8]) -> Reply {
             );
         }
     };
-    let response = schema.execute(request).await;
-    match serde_json::to_value(&response) {
-        Ok(v) => json_reply(StatusCode::OK, &v),
+    let mut response = schema.execute(request).await;
+    codes::add(&mut response.errors);
+    match serde_json::to_vec(&response) {
+        Ok(v) => bytes_reply(StatusCode::OK, v),
         Err(e) => error_reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             Code::Internal,

@@ -36,8 +36,7 @@ pub(crate) fn build(installer: Arc<Installer>, board: Option<Board>, dev: bool) 
         .data(board.map(BoardObject))
         .limit_depth(if dev { MAX_DEPTH_DEV } else { MAX_DEPTH })
         .limit_complexity(MAX_COMPLEXITY)
-        .limit_recursive_depth(32)
-        .extension(super::codes::ErrorCodes);
+        .limit_recursive_depth(32);
     if dev {
         builder.finish()
     } else {
@@ -97,14 +96,17 @@ impl QueryRoot {
     }
 
     async fn instances(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<InstanceObject>> {
-        let list = installer(ctx).store.instances().map_err(state_error)?;
+        let list = installer(ctx)
+            .store
+            .instances_shared()
+            .map_err(state_error)?;
         Ok(list.into_iter().map(InstanceObject).collect())
     }
 
     async fn instance(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
         match installer(ctx).store.instance(id).map_err(state_error)? {
-            Some(i) => Ok(InstanceObject(i)),
+            Some(i) => Ok(InstanceObject(Arc::new(i))),
             None => Err(error(Code::NotFound, format!("no instance {id}"))),
         }
     }
@@ -185,7 +187,7 @@ fn agent_object(ctx: &Context<'_>) -> AgentObject {
         catalogue_signed_by: current.signed_by.clone(),
         board: ctx.data_unchecked::<Option<BoardObject>>().clone(),
         resource_limits: installer(ctx).supervisor.cgroups.enabled(),
-        isolation: IsolationObject(installer(ctx).supervisor.isolation()),
+        isolation: IsolationObject(Arc::new(installer(ctx).supervisor.isolation())),
     }
 }
 
@@ -222,7 +224,7 @@ impl MutationRoot {
         id: ID,
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
-        Ok(InstanceObject(installer(ctx).start(id).await?))
+        Ok(InstanceObject(Arc::new(installer(ctx).start(id).await?)))
     }
 
     /// Stops an instance's service: SIGTERM, then SIGKILL after the grace period.
@@ -232,7 +234,7 @@ impl MutationRoot {
         id: ID,
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
-        Ok(InstanceObject(installer(ctx).stop(id).await?))
+        Ok(InstanceObject(Arc::new(installer(ctx).stop(id).await?)))
     }
 
     /// Restarts an instance's service with a new process (no crash is counted).
@@ -242,7 +244,7 @@ impl MutationRoot {
         id: ID,
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
-        Ok(InstanceObject(installer(ctx).restart(id).await?))
+        Ok(InstanceObject(Arc::new(installer(ctx).restart(id).await?)))
     }
 
     /// Reads the catalogue again from its source (`--catalogue`), under the same trust policy
@@ -294,7 +296,9 @@ impl MutationRoot {
         version: String,
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&id)?;
-        Ok(InstanceObject(installer(ctx).update(id, &version).await?))
+        Ok(InstanceObject(Arc::new(
+            installer(ctx).update(id, &version).await?,
+        )))
     }
 
     /// Removes an instance (its process, interface and files); the binary stays while another
@@ -503,7 +507,7 @@ pub(crate) struct AgentObject {
 }
 
 /// What confines a service: what applies, and what is missing with the reason.
-pub(crate) struct IsolationObject(Isolation);
+pub(crate) struct IsolationObject(Arc<Isolation>);
 
 #[Object(name = "Isolation")]
 impl IsolationObject {
@@ -613,7 +617,7 @@ impl FeatureObject {
     }
 }
 
-pub(crate) struct InstanceObject(store::Instance);
+pub(crate) struct InstanceObject(Arc<store::Instance>);
 
 #[Object(name = "Instance")]
 impl InstanceObject {

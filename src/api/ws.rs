@@ -28,6 +28,10 @@ use super::{Api, Reply, Slot, error_reply};
 
 /// Largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 64 * 1024;
+/// What a connection's read buffer starts at (it grows to the message being read).
+const READ_BUFFER: usize = 2 * 1024;
+/// Replies queued while a client's socket refuses writes; past this the connection ends.
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// How long a client may take to send `connection_init` (and never past its connection's
 /// unauthenticated deadline).
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,7 +158,13 @@ async fn run(
     peer: SocketAddr,
     slot: &Slot,
 ) {
+    // tungstenite's defaults (128 KiB read buffer allocated up front, 128 KiB write
+    // batching) cost 160 KiB per subscriber; a client message is small and every reply is
+    // flushed at once, so buffers start small and grow only to the largest message.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
@@ -244,7 +254,7 @@ async fn run(
                     if let Ok(mut l) = live.lock() {
                         l.replied(&text);
                     }
-                    text
+                    super::codes::add_to_message(text)
                 }
                 Some(WsMessage::Close(code, reason)) => {
                     let _ = sink.send(close(code, &reason)).await;

@@ -3,11 +3,17 @@
 //! Owns the tables and the typed records in them; knows nothing about the install flow.
 //! Every write commits with immediate durability before the caller publishes an event, so an
 //! event never announces a state a crash could take back.
+//!
+//! The instances and interfaces tables, which every API query reads, are also kept decoded
+//! in memory ([`Mirror`]): reading them opens no transaction and parses no JSON.
 
 mod records;
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::util::{Locked, RwLocked};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -72,6 +78,89 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 #[derive(Clone)]
 pub(crate) struct Store {
     db: Arc<Database>,
+    instances: Arc<Mirror<Instance>>,
+    interfaces: Arc<Mirror<InterfaceRecord>>,
+}
+
+/// A decoded copy of one table, kept in step with it. Every write to the table commits first
+/// and then changes the copy, both while holding `writer`, so the copy changes in commit
+/// order; a reader takes `rows` for as long as a clone takes. A record that did not decode
+/// is kept as its error, so readers see the same `Corrupt` they would from the file.
+struct Mirror<T> {
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    writer: Mutex<()>,
+    rows: RwLock<BTreeMap<String, Result<Arc<T>, String>>>,
+}
+
+impl<T: DeserializeOwned + Clone> Mirror<T> {
+    fn load(
+        db: &Database,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+    ) -> Result<Mirror<T>, StoreError> {
+        let tx = db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(table).map_err(db_err)?;
+        let mut rows = BTreeMap::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let decoded = serde_json::from_slice::<T>(v.value())
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
+            rows.insert(k.value().to_owned(), decoded);
+        }
+        Ok(Mirror {
+            table,
+            writer: Mutex::new(()),
+            rows: RwLock::new(rows),
+        })
+    }
+
+    fn row(&self, key: &str, row: &Result<Arc<T>, String>) -> Result<T, StoreError> {
+        row.as_ref()
+            .map(|r| T::clone(r))
+            .map_err(|error| StoreError::Corrupt {
+                table: redb::TableHandle::name(&self.table).to_owned(),
+                key: key.to_owned(),
+                error: error.clone(),
+            })
+    }
+
+    fn get(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let rows = self.rows.read_locked();
+        rows.get(key).map(|r| self.row(key, r)).transpose()
+    }
+
+    fn all(&self) -> Result<Vec<T>, StoreError> {
+        let rows = self.rows.read_locked();
+        rows.iter().map(|(k, r)| self.row(k, r)).collect()
+    }
+
+    /// Every record, shared with the copy (no clone of its contents).
+    fn shared(&self) -> Result<Vec<Arc<T>>, StoreError> {
+        let rows = self.rows.read_locked();
+        rows.iter()
+            .map(|(k, r)| match r {
+                Ok(v) => Ok(Arc::clone(v)),
+                Err(_) => self.row(k, r).map(Arc::new),
+            })
+            .collect()
+    }
+
+    /// Runs `write` (which commits) and applies what it returns to the copy: `Some` puts the
+    /// record under `key`, `None` removes it.
+    fn write<R>(
+        &self,
+        key: &str,
+        write: impl FnOnce() -> Result<(R, Option<T>), StoreError>,
+    ) -> Result<R, StoreError> {
+        let _serial = self.writer.locked();
+        let (out, row) = write()?;
+        let mut rows = self.rows.write_locked();
+        match row {
+            Some(v) => rows.insert(key.to_owned(), Ok(Arc::new(v))),
+            None => rows.remove(key),
+        };
+        Ok(out)
+    }
 }
 
 impl Store {
@@ -96,7 +185,11 @@ impl Store {
         tx.open_table(VLANS).map_err(db_err)?;
         tx.open_table(UIDS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            instances: Arc::new(Mirror::load(&db, INSTANCES)?),
+            interfaces: Arc::new(Mirror::load(&db, INTERFACES)?),
+            db: Arc::new(db),
+        })
     }
 
     fn get<T: DeserializeOwned>(
@@ -137,14 +230,15 @@ impl Store {
     }
 
     pub(crate) fn instances(&self) -> Result<Vec<Instance>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(INSTANCES).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push(decode(INSTANCES, k.value(), v.value())?);
-        }
+        let mut out = self.instances.all()?;
         out.sort_by(|a: &Instance, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// `instances`, shared with the store's copy: what queries read, without cloning.
+    pub(crate) fn instances_shared(&self) -> Result<Vec<Arc<Instance>>, StoreError> {
+        let mut out = self.instances.shared()?;
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 
@@ -159,27 +253,30 @@ impl Store {
     }
 
     pub(crate) fn instance(&self, id: &str) -> Result<Option<Instance>, StoreError> {
-        self.get(INSTANCES, id)
+        self.instances.get(id)
     }
 
     /// Inserts a new instance unless another instance of the same feature has its name; the
     /// check and the insert are one transaction.
     pub(crate) fn insert_instance(&self, inst: &Instance) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(inst).map_err(db_err)?;
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = tx.open_table(INSTANCES).map_err(db_err)?;
-            for row in t.iter().map_err(db_err)? {
-                let (k, v) = row.map_err(db_err)?;
-                let other: Instance = decode(INSTANCES, k.value(), v.value())?;
-                if other.feature_id == inst.feature_id && other.name == inst.name {
-                    return Err(StoreError::NameTaken);
+        self.instances.write(&inst.id, || {
+            let tx = self.db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(INSTANCES).map_err(db_err)?;
+                for row in t.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let other: Instance = decode(INSTANCES, k.value(), v.value())?;
+                    if other.feature_id == inst.feature_id && other.name == inst.name {
+                        return Err(StoreError::NameTaken);
+                    }
                 }
+                t.insert(inst.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
             }
-            t.insert(inst.id.as_str(), bytes.as_slice())
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+            tx.commit().map_err(db_err)?;
+            Ok(((), Some(inst.clone())))
+        })
     }
 
     /// Reads, changes and writes one instance in a single transaction; returns the record
@@ -189,26 +286,30 @@ impl Store {
         id: &str,
         change: impl FnOnce(&mut Instance),
     ) -> Result<(Instance, Instance), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let pair = {
-            let mut t = tx.open_table(INSTANCES).map_err(db_err)?;
-            let before: Instance = match t.get(id).map_err(db_err)? {
-                Some(v) => decode(INSTANCES, id, v.value())?,
-                None => return Err(StoreError::NotFound),
+        self.instances.write(id, || {
+            let tx = self.db.begin_write().map_err(db_err)?;
+            let pair = {
+                let mut t = tx.open_table(INSTANCES).map_err(db_err)?;
+                let before: Instance = match t.get(id).map_err(db_err)? {
+                    Some(v) => decode(INSTANCES, id, v.value())?,
+                    None => return Err(StoreError::NotFound),
+                };
+                let mut after = before.clone();
+                change(&mut after);
+                after.updated_at = crate::util::now_ms().max(before.updated_at);
+                let bytes = serde_json::to_vec(&after).map_err(db_err)?;
+                t.insert(id, bytes.as_slice()).map_err(db_err)?;
+                (before, after)
             };
-            let mut after = before.clone();
-            change(&mut after);
-            after.updated_at = crate::util::now_ms().max(before.updated_at);
-            let bytes = serde_json::to_vec(&after).map_err(db_err)?;
-            t.insert(id, bytes.as_slice()).map_err(db_err)?;
-            (before, after)
-        };
-        tx.commit().map_err(db_err)?;
-        Ok(pair)
+            tx.commit().map_err(db_err)?;
+            let after = pair.1.clone();
+            Ok((pair, Some(after)))
+        })
     }
 
     pub(crate) fn remove_instance(&self, id: &str) -> Result<(), StoreError> {
-        self.delete(INSTANCES, id)
+        self.instances
+            .write(id, || self.delete(INSTANCES, id).map(|()| ((), None)))
     }
 
     pub(crate) fn download_state(&self, key: &str) -> Result<Option<DownloadState>, StoreError> {
@@ -243,17 +344,11 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<InterfaceRecord>, StoreError> {
-        self.get(INTERFACES, instance_id)
+        self.interfaces.get(instance_id)
     }
 
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(INTERFACES).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push(decode(INTERFACES, k.value(), v.value())?);
-        }
+        let mut out = self.interfaces.all()?;
         out.sort_by(|a: &InterfaceRecord, b| {
             a.router_id
                 .cmp(&b.router_id)
@@ -263,11 +358,16 @@ impl Store {
     }
 
     pub(crate) fn put_interface(&self, rec: &InterfaceRecord) -> Result<(), StoreError> {
-        self.put(INTERFACES, &rec.instance_id, rec)
+        self.interfaces.write(&rec.instance_id, || {
+            self.put(INTERFACES, &rec.instance_id, rec)
+                .map(|()| ((), Some(rec.clone())))
+        })
     }
 
     pub(crate) fn remove_interface(&self, instance_id: &str) -> Result<(), StoreError> {
-        self.delete(INTERFACES, instance_id)
+        self.interfaces.write(instance_id, || {
+            self.delete(INTERFACES, instance_id).map(|()| ((), None))
+        })
     }
 
     /// The VLAN id of `owner` on `router`: the one it already holds, else the lowest free id
@@ -452,6 +552,42 @@ mod tests {
             s.update_instance("zz", |_| {}),
             Err(StoreError::NotFound)
         ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_copy_follows_every_write_and_keeps_a_damaged_record_as_its_error() {
+        let (s, dir) = temp_store();
+        s.insert_instance(&instance("a", "tor", "home")).unwrap();
+        s.insert_instance(&instance("b", "tor", "work")).unwrap();
+        assert!(s.insert_instance(&instance("c", "tor", "home")).is_err());
+        assert!(
+            s.instance("c").unwrap().is_none(),
+            "a refused insert leaves no copy"
+        );
+        s.update_instance("a", |i| i.status = Status::Running)
+            .unwrap();
+        s.remove_instance("b").unwrap();
+        let ids = |v: Vec<Instance>| v.into_iter().map(|i| (i.id, i.status)).collect::<Vec<_>>();
+        assert_eq!(ids(s.instances().unwrap()), [("a".into(), Status::Running)]);
+        assert_eq!(s.instances_shared().unwrap()[0].status, Status::Running);
+        drop(s);
+        // What a damaged file (or an incompatible agent) leaves: a record that does not decode.
+        {
+            let db = Database::create(dir.join("state.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(INSTANCES)
+                .unwrap()
+                .insert("bad", b"{not json".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = Store::open(&dir.join("state.redb")).unwrap();
+        assert_eq!(s.instance("a").unwrap().unwrap().status, Status::Running);
+        assert!(matches!(s.instance("bad"), Err(StoreError::Corrupt { key, .. }) if key == "bad"));
+        assert!(matches!(s.instances(), Err(StoreError::Corrupt { .. })));
+        s.remove_instance("bad").unwrap();
+        assert_eq!(s.instances().unwrap().len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -64,7 +64,7 @@ pub(crate) struct ProcessInfo {
     pub started_at: Option<u64>,
     pub next_restart_at: Option<u64>,
     /// What confines the current (or last) process.
-    pub isolation: Option<Isolation>,
+    pub isolation: Option<std::sync::Arc<Isolation>>,
 }
 
 /// Restart and logging policy (from config).
@@ -498,7 +498,7 @@ impl Supervisor {
             Err(e) => return crashed(e),
         }
         spec.rlimits = rlimits(spec.cgroup.is_some(), &def.limits);
-        info.locked().isolation = Some(self.isolation_of(&spec));
+        info.locked().isolation = Some(std::sync::Arc::new(self.isolation_of(&spec)));
         // An exec probe is the service's code too: it runs in the service's cgroup, under
         // the same limits.
         let mut health = def.health.clone();

@@ -3,16 +3,23 @@
 #   - stripped static size of the x86_64 musl release binary
 #   - a 200 MB download from loopback nginx: agent (hash included) vs curl, agent peak RSS
 #   - installFeature round-trip latency over 100 calls (median, p99)
+#   - memory, API throughput, event latency, the scaling table and redb growth (api_bench.py,
+#     with the examples/loadgen subscriber client and wrk). A binary given as the argument is
+#     measured instead, e.g. dist/x86_64-unknown-linux-musl/nnc-agent (cross/build.sh's: what ships).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tests/setup.sh all >/dev/null
 export NNC_CACHE=${NNC_CACHE:-$HOME/.cache/nnc-agent}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$NNC_CACHE/target}
 rustup target list --installed | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
-dpkg -s musl-tools >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
+for p in musl-tools wrk; do
+  dpkg -s "$p" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+done
 cargo build --release --quiet --target x86_64-unknown-linux-musl
-bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/nnc-agent"
+cargo build --release --quiet --example loadgen
+bin=${1:-$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/nnc-agent}
 echo "binary: $bin"
 echo "size (stripped, static x86_64 musl): $(stat -c %s "$bin") bytes"
 file "$bin" 2>/dev/null || true
 "$NNC_CACHE/venv/bin/python" tests/bench/install_bench.py "$bin"
+"$NNC_CACHE/venv/bin/python" tests/bench/api_bench.py "$bin" "$CARGO_TARGET_DIR/release/examples/loadgen"
