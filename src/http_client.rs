@@ -43,7 +43,15 @@ const CA_BUNDLES: [&str; 3] = [
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
 
-fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
+/// The system's trusted roots, read and parsed once, at the first HTTP client made (parsing
+/// a CA bundle is a third of the agent's start-up work, so it is not done before serving).
+fn system_roots() -> Arc<Vec<ureq::tls::Certificate<'static>>> {
+    static ROOTS: std::sync::OnceLock<Arc<Vec<ureq::tls::Certificate<'static>>>> =
+        std::sync::OnceLock::new();
+    Arc::clone(ROOTS.get_or_init(|| Arc::new(read_system_roots())))
+}
+
+fn read_system_roots() -> Vec<ureq::tls::Certificate<'static>> {
     for path in CA_BUNDLES {
         let Ok(pem) = std::fs::read(path) else {
             continue;
@@ -67,10 +75,29 @@ fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
     Vec::new()
 }
 
+/// An HTTP client made at its first use (off the runtime thread: downloads run blocking).
+pub(crate) struct LazyAgent {
+    cfg: Settings,
+    agent: std::sync::OnceLock<ureq::Agent>,
+}
+
+impl LazyAgent {
+    pub(crate) fn new(cfg: Settings) -> LazyAgent {
+        LazyAgent {
+            cfg,
+            agent: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &ureq::Agent {
+        self.agent.get_or_init(|| agent(&self.cfg))
+    }
+}
+
 pub(crate) fn agent(cfg: &Settings) -> ureq::Agent {
     let tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
-        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(system_roots())))
+        .root_certs(ureq::tls::RootCerts::Specific(system_roots()))
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .build();
     ureq::Agent::config_builder()

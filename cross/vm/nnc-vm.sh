@@ -28,7 +28,8 @@ start_agent() {
   while [ $i -lt 600 ]; do
     if wget -q -O /dev/null http://127.0.0.1:8080/health 2>/dev/null; then
       t1=$(uptime_s)
-      echo "NNC:TIMING {\"exec_to_serving_s\": $(awk "BEGIN {print $t1 - $t0}")}"
+      NNC_STARTS=$((${NNC_STARTS:-0} + 1))
+      echo "NNC:TIMING {\"exec_to_serving_s\": $(awk "BEGIN {print $t1 - $t0}"), \"start\": $NNC_STARTS}"
       return 0
     fi
     kill -0 $NNC_AGENT_PID 2>/dev/null || break

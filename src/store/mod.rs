@@ -35,6 +35,9 @@ const UIDS: TableDefinition<u32, &str> = TableDefinition::new("uids");
 /// Trust state: `tofu/{feature}/{version}/{arch}` → first verified sha256, `catalogue/serial`.
 const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 256 * 1024;
+
 #[derive(Debug)]
 pub(crate) enum StoreError {
     /// The database could not be opened, read or written.
@@ -176,7 +179,16 @@ impl Store {
             .open(path)
             .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
             .map_err(|e| StoreError::Db(format!("{}: {e}", path.display())))?;
-        let db = Database::create(path).map_err(db_err)?;
+        // redb's v3 file format: the v2 one writes (and after a crash rebuilds) its allocator
+        // state at every open and close, ~60% of the agent's start-up work (callgrind), many
+        // seconds on a slow router CPU. Older files are upgraded in place. The page cache is
+        // bounded (redb's default is 1 GiB): queries read the tables' decoded copies.
+        let mut db = Database::builder()
+            .create_with_file_format_v3(true)
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(db_err)?;
+        db.upgrade().map_err(db_err)?;
         // Create the tables up front so that readers never meet a missing table.
         let tx = db.begin_write().map_err(db_err)?;
         for table in [INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES, TRUST] {

@@ -4,6 +4,9 @@ case $(uname -m) in
   x86_64) board=x86_64-vm ;; aarch64) board=aarch64-vm ;; mips*) board=mt7621 ;; *) board=unknown ;;
 esac
 start_agent --board "$board" --listen 0.0.0.0:8080 --token-file /etc/nnc/token || exit 0
+# Every boot after the first starts on a data dir that exists: timed too.
+kill "$NNC_AGENT_PID"; wait "$NNC_AGENT_PID" 2>/dev/null
+start_agent --board "$board" --listen 0.0.0.0:8080 --token-file /etc/nnc/token || exit 0
 
 check vlan-create ip link add link "$NNC_IF" name vl100 type vlan id 100
 check vlan-up ip link set vl100 up

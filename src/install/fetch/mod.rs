@@ -81,7 +81,7 @@ pub(crate) struct Downloads {
     store: Store,
     layout: Layout,
     cfg: HttpSettings,
-    agent: ureq::Agent,
+    agent: crate::http_client::LazyAgent,
     machine: Machine,
     jobs: Mutex<HashMap<String, watch::Receiver<FetchState>>>,
     /// Keys that may sign checksums files.
@@ -97,7 +97,7 @@ impl Downloads {
     ) -> Downloads {
         Downloads {
             trust,
-            agent: crate::http_client::agent(&cfg),
+            agent: crate::http_client::LazyAgent::new(cfg.clone()),
             store,
             layout,
             cfg,

@@ -124,7 +124,7 @@ impl Downloads {
         if resume_from.is_some() && t.hashed != t.have {
             t.rehash().map_err(Attempt::Fatal)?;
         }
-        let mut request = self.agent.get(t.url);
+        let mut request = self.agent.get().get(t.url);
         if let (Some(from), Some(v)) = (resume_from, &validator) {
             request = request
                 .header("Range", format!("bytes={from}-"))

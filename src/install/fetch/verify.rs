@@ -22,7 +22,7 @@ impl Downloads {
         let Some(sig_url) = &asset.checksums_sig else {
             return Ok(String::new());
         };
-        let sig = crate::http_client::get_small(&self.agent, sig_url, 4096).map_err(|e| {
+        let sig = crate::http_client::get_small(self.agent.get(), sig_url, 4096).map_err(|e| {
             StepError::new(Step::Verifying, Code::SignatureUnavailable, e.to_string())
         })?;
         let key = crate::trust::check_signature(
@@ -42,9 +42,10 @@ impl Downloads {
         let listed = match &asset.checksums {
             None => None,
             Some(url) => {
-                let body = crate::http_client::get_small(&self.agent, url, CHECKSUMS_CAP).map_err(
-                    |e| StepError::new(Step::Verifying, Code::ChecksumsUnavailable, e.to_string()),
-                )?;
+                let body = crate::http_client::get_small(self.agent.get(), url, CHECKSUMS_CAP)
+                    .map_err(|e| {
+                        StepError::new(Step::Verifying, Code::ChecksumsUnavailable, e.to_string())
+                    })?;
                 let text = String::from_utf8(body).map_err(|_| {
                     StepError::new(
                         Step::Verifying,
