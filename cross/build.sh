@@ -31,6 +31,15 @@ build_one() {
   python3 cross/check_elf.py "$t" "$NNC_DIST/$t/nnc-agent"
 }
 
+# Cargo does not know the linker's libc changed: binaries linked by another zig are removed,
+# so that they are linked again (cargo rebuilds a unit whose output is missing).
+zig_version=$(python -m ziglang version)
+stamp="$NNC_CACHE/target-cross/zig-version"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$zig_version" ]; then
+  rm -f "$NNC_CACHE"/target-cross/*/*/release/nnc-agent
+  mkdir -p "$NNC_CACHE/target-cross" && echo "$zig_version" > "$stamp"
+fi
+
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 for t in "${targets[@]}"; do

@@ -35,7 +35,14 @@ done
 
 venv="$NNC_CACHE/venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import ziglang' 2>/dev/null && [ -x "$venv/bin/cargo-zigbuild" ] ||
-  "$venv/bin/pip" install -q --disable-pip-version-check 'ziglang==0.17.1' 'cargo-zigbuild==0.24.1'
+# zig 0.15.2, not newer: from 0.16 zig's libc replaces musl's malloc (mallocng) with a
+# wrapper over Zig's SmpAllocator, whose per-thread free lists never hand memory freed on one
+# thread back to another: the agent's RSS grew ~10 KiB per install/uninstall cycle without
+# bound (blocking download threads free what the runtime thread allocated), and each
+# subscriber cost twice as much. A version check, so a cache with another zig is corrected.
+zig=0.15.2
+[ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("ziglang"))' 2>/dev/null)" = "$zig" ] &&
+  [ -x "$venv/bin/cargo-zigbuild" ] ||
+  "$venv/bin/pip" install -q --disable-pip-version-check "ziglang==$zig" 'cargo-zigbuild==0.24.1'
 
 for a in amd64 arm64 mipsel; do bash "$(dirname "$0")/vm/fetch.sh" "$a"; done

@@ -148,7 +148,10 @@ impl QueryRoot {
             .interfaces
             .interfaces()
             .map_err(|e| error(e.code(), e.to_string()))?;
-        Ok(list.into_iter().map(InterfaceObject).collect())
+        Ok(list
+            .into_iter()
+            .map(|r| InterfaceObject(Arc::new(r)))
+            .collect())
     }
 
     /// The last `tail` lines (default 100, at most 5000) an instance's service printed.
@@ -444,7 +447,7 @@ pub(crate) struct RouterObject {
     error: Option<String>,
 }
 
-pub(crate) struct InterfaceObject(InterfaceRecord);
+pub(crate) struct InterfaceObject(Arc<InterfaceRecord>);
 
 #[Object(name = "Interface")]
 impl InterfaceObject {
@@ -698,7 +701,7 @@ impl InstanceObject {
     async fn interface(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<InterfaceObject>> {
         let rec = installer(ctx)
             .interfaces
-            .interface(&self.0.id)
+            .interface_shared(&self.0.id)
             .map_err(|e| error(e.code(), e.to_string()))?;
         Ok(rec.map(InterfaceObject))
     }

@@ -132,6 +132,15 @@ impl<T: DeserializeOwned + Clone> Mirror<T> {
         rows.get(key).map(|r| self.row(key, r)).transpose()
     }
 
+    fn get_shared(&self, key: &str) -> Result<Option<Arc<T>>, StoreError> {
+        let rows = self.rows.read_locked();
+        match rows.get(key) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(Arc::clone(v))),
+            Some(r) => self.row(key, r).map(|v| Some(Arc::new(v))),
+        }
+    }
+
     fn all(&self) -> Result<Vec<T>, StoreError> {
         let rows = self.rows.read_locked();
         rows.iter().map(|(k, r)| self.row(k, r)).collect()
@@ -357,6 +366,14 @@ impl Store {
         instance_id: &str,
     ) -> Result<Option<InterfaceRecord>, StoreError> {
         self.interfaces.get(instance_id)
+    }
+
+    /// `interface`, shared with the store's copy.
+    pub(crate) fn interface_shared(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<Arc<InterfaceRecord>>, StoreError> {
+        self.interfaces.get_shared(instance_id)
     }
 
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceRecord>, StoreError> {

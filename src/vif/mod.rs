@@ -416,6 +416,14 @@ impl InterfaceFactory {
         Ok(self.store.interface(instance_id)?)
     }
 
+    /// `interface`, shared with the store's copy (what queries read).
+    pub(crate) fn interface_shared(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<std::sync::Arc<InterfaceRecord>>, VifError> {
+        Ok(self.store.interface_shared(instance_id)?)
+    }
+
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceRecord>, VifError> {
         Ok(self.store.interfaces()?)
     }

@@ -2,6 +2,8 @@
 """Measures the agent against loopback nginx; prints figures, asserts nothing about speed.
 
 usage: install_bench.py AGENT_BINARY
+  BENCH_ARCH=aarch64 BENCH_WRAP=qemu-aarch64-static: the agent of another arch under qemu-user
+  (the file it downloads then starts with that binary's own ELF header, as its check wants).
 """
 import hashlib
 import json
@@ -55,8 +57,10 @@ def main():
         os.makedirs(www)
         big = os.path.join(www, "big")
         h = hashlib.sha256()
-        with open("/usr/bin/true", "rb") as src, open(big, "wb") as out:
-            head = src.read()
+        arch = os.environ.get("BENCH_ARCH", "x86_64")
+        elf = agent_bin if "BENCH_ARCH" in os.environ else "/usr/bin/true"
+        with open(elf, "rb") as src, open(big, "wb") as out:
+            head = src.read(64 * 1024)
             out.write(head)
             h.update(head)
             left = SIZE - len(head)
@@ -87,18 +91,26 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         t0 = time.monotonic()
         subprocess.run(f"curl -s {url_big} | openssl dgst -sha256 > /dev/null", shell=True, check=True)
         curl_ossl_s = time.monotonic() - t0
+        # The same work as the agent's: hash, write and fsync the file.
+        peer_file = os.path.join(root, "peer.bin")
+        t0 = time.monotonic()
+        subprocess.run(f"curl -s {url_big} | tee {peer_file} | openssl dgst -sha256 > /dev/null && sync {peer_file}",
+                       shell=True, check=True)
+        curl_tee_s = time.monotonic() - t0
+        os.unlink(peer_file)
 
         catalogue = os.path.join(root, "catalogue.json")
         with open(catalogue, "w") as f:
             json.dump({"schema": 1, "features": [
                 {"id": "big", "name": "big", "version": "1", "binary": "big",
-                 "assets": {"x86_64": {"url": url_big, "sha256": sha}}}]}, f)
+                 "assets": {arch: {"url": url_big, "sha256": sha}}}]}, f)
         data = os.path.join(root, "data")
         cfg = os.path.join(root, "nnc.toml")
         with open(cfg, "w") as f:
             f.write(f'data_dir = "{data}"\nlisten = "127.0.0.1:0"\ncatalogue = "{catalogue}"\nlog_level = "warn"\n'
                     "[download]\nmax_bytes = 1073741824\n")
-        agent = subprocess.Popen([agent_bin, "serve", "--config", cfg], stdout=subprocess.PIPE, text=True)
+        agent = subprocess.Popen(os.environ.get("BENCH_WRAP", "").split() + [agent_bin, "serve", "--config", cfg],
+                                 stdout=subprocess.PIPE, text=True)
         procs.append(agent)
         line = agent.stdout.readline().strip()
         url = line.split("listening on ")[1]
@@ -123,7 +135,8 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         agent.wait()
         print(f"download 200 MiB: agent {agent_s:.2f} s (download+sha256+fsync+ELF check+rename, polled every 20 ms), "
               f"curl -o /dev/null {curl_s:.2f} s (ratio {agent_s / curl_s:.2f}), curl | sha256sum {curl_sha_s:.2f} s (ratio {agent_s / curl_sha_s:.2f}), "
-              f"curl | openssl dgst -sha256 {curl_ossl_s:.2f} s (ratio {agent_s / curl_ossl_s:.2f})")
+              f"curl | openssl dgst -sha256 {curl_ossl_s:.2f} s (ratio {agent_s / curl_ossl_s:.2f}), "
+              f"curl | tee file | openssl dgst -sha256 && sync file {curl_tee_s:.2f} s (ratio {agent_s / curl_tee_s:.2f})")
         print(f"agent peak RSS (VmHWM) over the run: {rss_kb / 1024:.1f} MiB")
         print(f"installFeature latency over 100 calls: median {statistics.median(lat):.2f} ms, p99 {lat[98]:.2f} ms, max {lat[-1]:.2f} ms")
     finally:
