@@ -117,44 +117,25 @@ impl<T: DeserializeOwned + Clone> Mirror<T> {
         })
     }
 
-    fn row(&self, key: &str, row: &Result<Arc<T>, String>) -> Result<T, StoreError> {
-        row.as_ref()
-            .map(|r| T::clone(r))
-            .map_err(|error| StoreError::Corrupt {
-                table: redb::TableHandle::name(&self.table).to_owned(),
-                key: key.to_owned(),
-                error: error.clone(),
-            })
+    /// A row as the file would give it: the record, or `Corrupt`.
+    fn row(&self, key: &str, row: &Result<Arc<T>, String>) -> Result<Arc<T>, StoreError> {
+        row.clone().map_err(|error| StoreError::Corrupt {
+            table: redb::TableHandle::name(&self.table).to_owned(),
+            key: key.to_owned(),
+            error,
+        })
     }
 
-    fn get(&self, key: &str) -> Result<Option<T>, StoreError> {
+    /// One record, shared with the copy (no clone of its contents).
+    fn get(&self, key: &str) -> Result<Option<Arc<T>>, StoreError> {
         let rows = self.rows.read_locked();
         rows.get(key).map(|r| self.row(key, r)).transpose()
     }
 
-    fn get_shared(&self, key: &str) -> Result<Option<Arc<T>>, StoreError> {
-        let rows = self.rows.read_locked();
-        match rows.get(key) {
-            None => Ok(None),
-            Some(Ok(v)) => Ok(Some(Arc::clone(v))),
-            Some(r) => self.row(key, r).map(|v| Some(Arc::new(v))),
-        }
-    }
-
-    fn all(&self) -> Result<Vec<T>, StoreError> {
+    /// Every record, shared with the copy.
+    fn all(&self) -> Result<Vec<Arc<T>>, StoreError> {
         let rows = self.rows.read_locked();
         rows.iter().map(|(k, r)| self.row(k, r)).collect()
-    }
-
-    /// Every record, shared with the copy (no clone of its contents).
-    fn shared(&self) -> Result<Vec<Arc<T>>, StoreError> {
-        let rows = self.rows.read_locked();
-        rows.iter()
-            .map(|(k, r)| match r {
-                Ok(v) => Ok(Arc::clone(v)),
-                Err(_) => self.row(k, r).map(Arc::new),
-            })
-            .collect()
     }
 
     /// Runs `write` (which commits) and applies what it returns to the copy: `Some` puts the
@@ -251,14 +232,16 @@ impl Store {
     }
 
     pub(crate) fn instances(&self) -> Result<Vec<Instance>, StoreError> {
-        let mut out = self.instances.all()?;
-        out.sort_by(|a: &Instance, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        Ok(out)
+        Ok(self
+            .instances_shared()?
+            .iter()
+            .map(|i| Instance::clone(i))
+            .collect())
     }
 
     /// `instances`, shared with the store's copy: what queries read, without cloning.
     pub(crate) fn instances_shared(&self) -> Result<Vec<Arc<Instance>>, StoreError> {
-        let mut out = self.instances.shared()?;
+        let mut out = self.instances.all()?;
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -274,28 +257,20 @@ impl Store {
     }
 
     pub(crate) fn instance(&self, id: &str) -> Result<Option<Instance>, StoreError> {
-        self.instances.get(id)
+        Ok(self.instances.get(id)?.map(|i| Instance::clone(&i)))
     }
 
     /// Inserts a new instance unless another instance of the same feature has its name; the
-    /// check and the insert are one transaction.
+    /// check and the insert happen under the table's writer lock, against the copy (which is
+    /// the committed table while that lock is held).
     pub(crate) fn insert_instance(&self, inst: &Instance) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(inst).map_err(db_err)?;
         self.instances.write(&inst.id, || {
-            let tx = self.db.begin_write().map_err(db_err)?;
-            {
-                let mut t = tx.open_table(INSTANCES).map_err(db_err)?;
-                for row in t.iter().map_err(db_err)? {
-                    let (k, v) = row.map_err(db_err)?;
-                    let other: Instance = decode(INSTANCES, k.value(), v.value())?;
-                    if other.feature_id == inst.feature_id && other.name == inst.name {
-                        return Err(StoreError::NameTaken);
-                    }
+            for other in self.instances.all()? {
+                if other.feature_id == inst.feature_id && other.name == inst.name {
+                    return Err(StoreError::NameTaken);
                 }
-                t.insert(inst.id.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
             }
-            tx.commit().map_err(db_err)?;
+            self.put(INSTANCES, &inst.id, inst)?;
             Ok(((), Some(inst.clone())))
         })
     }
@@ -365,7 +340,10 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<InterfaceRecord>, StoreError> {
-        self.interfaces.get(instance_id)
+        Ok(self
+            .interfaces
+            .get(instance_id)?
+            .map(|r| InterfaceRecord::clone(&r)))
     }
 
     /// `interface`, shared with the store's copy.
@@ -373,11 +351,16 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<Arc<InterfaceRecord>>, StoreError> {
-        self.interfaces.get_shared(instance_id)
+        self.interfaces.get(instance_id)
     }
 
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceRecord>, StoreError> {
-        let mut out = self.interfaces.all()?;
+        let mut out: Vec<InterfaceRecord> = self
+            .interfaces
+            .all()?
+            .iter()
+            .map(|r| InterfaceRecord::clone(r))
+            .collect();
         out.sort_by(|a: &InterfaceRecord, b| {
             a.router_id
                 .cmp(&b.router_id)
