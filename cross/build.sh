@@ -20,6 +20,8 @@ build_one() {
   case $t in
     mips*) flags+=" -C target-feature=+crt-static" ;;
     x86_64-*) flags+=" -C relocation-model=static" ;;
+    # Thumb-2 (every ARMv7-A core runs it, the kernel and libc interwork): ~25% smaller code.
+    armv7-*) flags+=" -C target-feature=+thumb-mode" ;;
   esac
   var=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS
   # One target dir per target: fat LTO links on one core, so targets build side by side.

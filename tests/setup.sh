@@ -16,9 +16,9 @@ need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 want_pkg() { dpkg -s "$1" >/dev/null 2>&1 || need_apt+=("$1"); }
 
-want_pkg ca-certificates; want_pkg curl; want_pkg gcc
+want_pkg ca-certificates; want_pkg curl; want_pkg gcc; want_pkg nftables
 if [ "$what" = all ]; then
-  for p in nginx-light tor v2ray python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd minisign curl; do want_pkg "$p"; done
+  for p in nginx-light tor v2ray nftables dnsmasq-base bind9-dnsutils python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd minisign curl; do want_pkg "$p"; done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
