@@ -130,6 +130,16 @@ pub(crate) enum EventKind {
         signed_by: Option<String>,
         features: usize,
     },
+    /// A device is routed through the event's instance (moved from another one, or new).
+    DeviceRouted {
+        device: String,
+        moved_from: Option<String>,
+    },
+    /// A device is no longer routed through the event's instance (moved, or sent direct).
+    DeviceUnrouted {
+        device: String,
+        moved_to: Option<String>,
+    },
     ServiceCrashed {
         exit_code: Option<i32>,
         signal: Option<i32>,
@@ -155,6 +165,8 @@ impl EventKind {
             EventKind::ServiceCrashed { .. } => "service.crashed",
             EventKind::Missed { .. } => "events.missed",
             EventKind::CatalogueReloaded { .. } => "catalogue.reloaded",
+            EventKind::DeviceRouted { .. } => "device.routed",
+            EventKind::DeviceUnrouted { .. } => "device.unrouted",
         }
     }
 }
@@ -219,6 +231,12 @@ impl Event {
             } => json!({
                 "source": source, "serial": serial, "signedBy": signed_by, "features": features,
             }),
+            EventKind::DeviceRouted { device, moved_from } => {
+                json!({ "device": device, "movedFrom": moved_from })
+            }
+            EventKind::DeviceUnrouted { device, moved_to } => {
+                json!({ "device": device, "movedTo": moved_to })
+            }
             EventKind::ServiceCrashed {
                 exit_code,
                 signal,

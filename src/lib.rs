@@ -20,6 +20,7 @@ mod ids;
 mod install;
 mod logger;
 mod platform;
+mod routing;
 mod store;
 mod supervisor;
 mod trust;
@@ -128,6 +129,15 @@ fn serve(cfg: Config) -> Result<(), String> {
         tokio::task::spawn_blocking(move || factory.reconcile())
             .await
             .map_err(|e| format!("reconcile: {e}"))?;
+        // Routed devices are refused (not sent direct) before any service runs again.
+        let routing = Arc::clone(&installer.routing);
+        match tokio::task::spawn_blocking(move || routing.restore()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => log::info!(target: "routing", "{n} device route(s) in place"),
+            Ok(Err(e)) => log::error!(target: "routing", "cannot put the device routes in place: {}", e.message),
+            Err(e) => return Err(format!("routing: {e}")),
+        }
+        follow_services(&installer);
         let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
         let rolled_back = installer.recover_updates().await.map_err(|e| e.to_string())?;
         installer
@@ -161,6 +171,29 @@ fn serve(cfg: Config) -> Result<(), String> {
         api::serve(listener, api).await;
         Ok(())
     })
+}
+
+/// Tells routing whenever a service starts or stops running (`onServiceDown: DIRECT`).
+fn follow_services(installer: &Arc<install::Installer>) {
+    let mut rx = installer.bus.subscribe();
+    let routing = Arc::clone(&installer.routing);
+    tokio::spawn(async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if let (events::EventKind::ProcessStateChanged { to, .. }, Some(id)) =
+                (&event.kind, &event.instance_id)
+            {
+                let running = *to == events::ProcState::Running;
+                let (routing, id) = (Arc::clone(&routing), id.clone());
+                let _ =
+                    tokio::task::spawn_blocking(move || routing.service_state(&id, running)).await;
+            }
+        }
+    });
 }
 
 /// The installer with its interface factory and supervisor, wired together (no I/O).

@@ -273,6 +273,7 @@ fn sample_string(format: Option<&str>, min: u64, max: u64, rng: &mut Rng) -> Str
                 &hex[20..]
             )
         }
+        Some("ipv4") => format!("198.51.100.{}", 1 + rng.below(254)),
         Some("hostname") => {
             let label = |rng: &mut Rng| -> String {
                 let len = 1 + rng.below(12);

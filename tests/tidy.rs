@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["events"],
     &["supervisor"],
     &["trust", "vif"],
+    &["routing"],
     &["install"],
     &["api"],
     &["config"],

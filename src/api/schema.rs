@@ -69,6 +69,24 @@ fn checked_id(id: &ID) -> async_graphql::Result<&str> {
     }
 }
 
+impl From<crate::routing::RouteError> for async_graphql::Error {
+    fn from(e: crate::routing::RouteError) -> Self {
+        error(e.code, e.message)
+    }
+}
+
+/// Runs routing work off the runtime thread (it commits to redb and runs nft).
+async fn routing<T: Send + 'static>(
+    ctx: &Context<'_>,
+    f: impl FnOnce(&crate::routing::Routing) -> Result<T, crate::routing::RouteError> + Send + 'static,
+) -> async_graphql::Result<T> {
+    let r = Arc::clone(&installer(ctx).routing);
+    match tokio::task::spawn_blocking(move || f(&r)).await {
+        Ok(v) => v.map_err(Into::into),
+        Err(e) => Err(error(Code::Internal, e.to_string())),
+    }
+}
+
 fn state_error(e: store::StoreError) -> async_graphql::Error {
     RequestError::from(e).into()
 }
@@ -109,6 +127,15 @@ impl QueryRoot {
             Some(i) => Ok(InstanceObject(Arc::new(i))),
             None => Err(error(Code::NotFound, format!("no instance {id}"))),
         }
+    }
+
+    /// Every LAN device routed through an instance.
+    async fn device_routes(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<DeviceRouteObject>> {
+        let list = routing(ctx, |r| r.routes()).await?;
+        Ok(list.into_iter().map(DeviceRouteObject).collect())
     }
 
     /// Routers instances can be installed on: `local` (this machine) and configured RouterOS
@@ -302,6 +329,43 @@ impl MutationRoot {
         Ok(InstanceObject(Arc::new(
             installer(ctx).update(id, &version).await?,
         )))
+    }
+
+    /// Sends LAN devices (IPv4 addresses, IPv4 CIDRs, MAC addresses) through an instance,
+    /// transparently: their TCP lands on the service's transparent inbound, every DNS query
+    /// on its DNS, their IPv6 is refused. A device routed through another instance moves in
+    /// one step. While the service is down they are refused (see `setOnServiceDown`).
+    async fn route_devices(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+        devices: Vec<String>,
+    ) -> async_graphql::Result<Vec<DeviceRouteObject>> {
+        let id = checked_id(&instance_id)?.to_owned();
+        let list = routing(ctx, move |r| r.route(&id, &devices)).await?;
+        Ok(list.into_iter().map(DeviceRouteObject).collect())
+    }
+
+    /// Sends devices out directly again; returns those that were routed.
+    async fn unroute_devices(
+        &self,
+        ctx: &Context<'_>,
+        devices: Vec<String>,
+    ) -> async_graphql::Result<Vec<String>> {
+        routing(ctx, move |r| r.unroute(&devices)).await
+    }
+
+    /// What an instance's routed devices do while its service is down: BLOCK (refused, the
+    /// default) or DIRECT (sent out directly until it runs again).
+    async fn set_on_service_down(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+        mode: store::OnServiceDown,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&instance_id)?.to_owned();
+        let inst = routing(ctx, move |r| r.set_on_service_down(&id, mode)).await?;
+        Ok(InstanceObject(Arc::new(inst)))
     }
 
     /// Removes an instance (its process, interface and files); the binary stays while another
@@ -697,6 +761,15 @@ impl InstanceObject {
     async fn desired_running(&self) -> bool {
         self.0.desired_running
     }
+    /// The LAN devices routed through it.
+    async fn devices(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
+        let id = self.0.id.clone();
+        routing(ctx, move |r| r.devices_of(&id)).await
+    }
+    /// What its routed devices do while its service is down.
+    async fn on_service_down(&self) -> store::OnServiceDown {
+        self.0.on_service_down
+    }
     /// The instance's network segment, when its router has interfaces.
     async fn interface(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<InterfaceObject>> {
         let rec = installer(ctx)
@@ -704,6 +777,23 @@ impl InstanceObject {
             .interface_shared(&self.0.id)
             .map_err(|e| error(e.code(), e.to_string()))?;
         Ok(rec.map(InterfaceObject))
+    }
+}
+
+pub(crate) struct DeviceRouteObject(store::DeviceRoute);
+
+#[Object(name = "DeviceRoute")]
+impl DeviceRouteObject {
+    /// The device as the agent spells it (normalised).
+    async fn device(&self) -> &str {
+        &self.0.device
+    }
+    async fn instance_id(&self) -> ID {
+        ID(self.0.instance_id.clone())
+    }
+    /// When it was routed through this instance.
+    async fn since(&self) -> String {
+        util::rfc3339(self.0.since)
     }
 }
 

@@ -18,6 +18,13 @@ use serde_json::{Value, json};
 
 pub(crate) use schema::validate;
 
+/// With a segment, every generator adds a transparent TCP inbound and a DNS inbound on the
+/// segment address at these ports: device routing sends routed devices' traffic there.
+pub(crate) const TRANSPARENT_PORT: u16 = 9040;
+pub(crate) const DNS_PORT: u16 = 9053;
+/// Where DNS queries of routed devices go (through the service) unless `dnsUpstream` says.
+const DNS_UPSTREAM: &str = "1.1.1.1";
+
 /// What a generator knows about the instance it configures.
 #[derive(Debug, Clone)]
 pub(crate) struct Context {
@@ -26,6 +33,8 @@ pub(crate) struct Context {
     /// The routing mark for the service's own connections (only with a VIF).
     pub mark: Option<u32>,
     pub data_dir: PathBuf,
+    /// The instance has a segment: add the transparent and DNS inbounds.
+    pub transparent: bool,
 }
 
 /// A rendered configuration.
@@ -58,6 +67,36 @@ fn resource_properties() -> Value {
 
 pub(crate) fn port_schema() -> Value {
     json!({ "type": "integer", "minimum": 1, "maximum": 65535 })
+}
+
+/// The upstream resolver routed devices' DNS is sent to (through the service's outbound).
+pub(crate) fn dns_upstream(settings: &Value) -> &str {
+    settings
+        .get("dnsUpstream")
+        .and_then(Value::as_str)
+        .unwrap_or(DNS_UPSTREAM)
+}
+
+pub(crate) fn dns_upstream_schema() -> Value {
+    json!({ "type": "string", "format": "ipv4",
+            "description": "resolver (IPv4) for routed devices' DNS, reached through the service" })
+}
+
+/// Refuses settings that put one of `keys` on a port the transparent inbounds use.
+pub(crate) fn check_reserved(ctx: &Context, settings: &Value, keys: &[&str]) -> Result<(), String> {
+    if !ctx.transparent {
+        return Ok(());
+    }
+    for k in keys {
+        if let Some(p) = settings.get(*k).and_then(Value::as_u64)
+            && (p == u64::from(TRANSPARENT_PORT) || p == u64::from(DNS_PORT))
+        {
+            return Err(format!(
+                "{k} {p} is taken: ports {TRANSPARENT_PORT} and {DNS_PORT} are the transparent and DNS inbounds of device routing"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A setting as a port, or its default.
@@ -181,6 +220,7 @@ pub(crate) fn command(c: Command) -> Result<String, String> {
                 listen,
                 mark,
                 data_dir: dir.join("data"),
+                transparent: !listen.is_loopback(),
             };
             g.render(&ctx, &settings).map(|r| r.text)
         }

@@ -40,6 +40,7 @@ fn format_ok(format: &str, s: &str) -> bool {
                             && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
                     }))
         }
+        "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
         "uuid" => {
             b.len() == 36
                 && b.iter().enumerate().all(|(i, c)| {

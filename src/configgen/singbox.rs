@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Context, Rendered, port, port_schema};
+use super::{Context, DNS_PORT, Rendered, TRANSPARENT_PORT, port, port_schema};
 
 pub(super) const FILE: &str = "config.json";
 
@@ -100,6 +100,7 @@ pub(super) fn schema() -> Value {
             "tproxyPort": port_schema(),
             "redirectPort": port_schema(),
             "logLevel": { "enum": ["trace", "debug", "info", "warn", "error", "fatal", "panic"] },
+            "dnsUpstream": super::dns_upstream_schema(),
             "outbound": outbound_schema(true, None)
         }
     })
@@ -174,6 +175,13 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
             json!({ "type": "redirect", "tag": "redirect-in", "listen": listen, "listen_port": p }),
         );
     }
+    super::check_reserved(ctx, s, &["mixedPort", "tproxyPort", "redirectPort"])?;
+    if ctx.transparent {
+        inbounds.push(json!({ "type": "redirect", "tag": "transparent-in", "listen": listen, "listen_port": TRANSPARENT_PORT }));
+        inbounds.push(
+            json!({ "type": "direct", "tag": "dns-in", "listen": listen, "listen_port": DNS_PORT }),
+        );
+    }
     let mut outbounds = vec![json!({ "type": "direct", "tag": "direct" })];
     let final_tag = match s.get("outbound") {
         Some(o) => {
@@ -186,13 +194,23 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     if let Some(mark) = ctx.mark {
         route["default_mark"] = json!(mark);
     }
-    let config = json!({
+    let mut config = json!({
         "log": { "level": s.get("logLevel").and_then(Value::as_str).unwrap_or("info"), "timestamp": true },
         "inbounds": inbounds,
         "outbounds": outbounds,
         "route": route,
         "experimental": { "cache_file": { "enabled": true, "path": format!("{}/cache.db", ctx.data_dir.display()) } }
     });
+    if ctx.transparent {
+        // Routed devices' DNS: answered by sing-box, over TCP through the outbound.
+        let mut server =
+            json!({ "type": "tcp", "tag": "upstream", "server": super::dns_upstream(s) });
+        if final_tag == "proxy" {
+            server["detour"] = json!("proxy");
+        }
+        config["dns"] = json!({ "servers": [server], "final": "upstream" });
+        config["route"]["rules"] = json!([{ "inbound": ["dns-in"], "action": "hijack-dns" }]);
+    }
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
     Ok(Rendered {
         text,

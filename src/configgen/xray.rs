@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Context, Rendered, port, port_schema};
+use super::{Context, DNS_PORT, Rendered, TRANSPARENT_PORT, port, port_schema};
 
 pub(super) const FILE: &str = "config.json";
 
@@ -16,6 +16,7 @@ pub(super) fn schema() -> Value {
             "socksPort": port_schema(),
             "transparentPort": port_schema(),
             "logLevel": { "enum": ["debug", "info", "warning", "error", "none"] },
+            "dnsUpstream": super::dns_upstream_schema(),
             "outbound": super::singbox::outbound_schema(false, Some(&["tcp", "ws", "grpc"]))
         }
     })
@@ -74,7 +75,8 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
         // The first outbound is the default route.
         outbounds.insert(0, user_outbound(o, ctx.mark));
     }
-    let config = json!({
+    super::check_reserved(ctx, s, &["socksPort", "transparentPort"])?;
+    let mut config = json!({
         "log": { "loglevel": s.get("logLevel").and_then(Value::as_str).unwrap_or("warning") },
         "inbounds": [
             { "tag": "socks-in", "protocol": "socks", "listen": listen, "port": socks,
@@ -85,6 +87,18 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
         ],
         "outbounds": outbounds
     });
+    if ctx.transparent
+        && let Some(inbounds) = config["inbounds"].as_array_mut()
+    {
+        // Device routing: routed devices' TCP (redirected in the namespace) and DNS, both
+        // through the first outbound.
+        inbounds.push(
+            json!({ "tag": "transparent-tcp", "protocol": "dokodemo-door", "listen": listen,
+            "port": TRANSPARENT_PORT, "settings": { "network": "tcp", "followRedirect": true } }),
+        );
+        inbounds.push(json!({ "tag": "dns-in", "protocol": "dokodemo-door", "listen": listen,
+            "port": DNS_PORT, "settings": { "address": super::dns_upstream(s), "port": 53, "network": "tcp,udp" } }));
+    }
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())? + "\n";
     Ok(Rendered {
         text,

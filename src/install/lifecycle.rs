@@ -166,6 +166,7 @@ impl Installer {
             // kernel clears it between namespaces), so it would only cost a capability.
             mark: None,
             data_dir: paths.data.clone(),
+            transparent: iface.is_some(),
         };
         let netns = iface.and_then(|r| r.netns).map(PathBuf::from);
         (ctx, netns)

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use crate::catalogue::{Catalogue, Feature};
 use crate::code::Code;
 use crate::events::{Bus, EventKind, Progress, ProgressStatus};
+use crate::routing::Routing;
 use crate::store::{Instance, Status, Step, Store, StoreError};
 use crate::supervisor::{Outcome, Supervisor};
 use crate::trust::TrustError;
@@ -112,6 +113,7 @@ pub(crate) struct Installer {
     layout: Layout,
     downloads: Arc<Downloads>,
     pub interfaces: Arc<InterfaceFactory>,
+    pub routing: Arc<Routing>,
     pub supervisor: Arc<Supervisor>,
     /// Starts waiting for their first health verdict.
     pending_starts: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Outcome>>>,
@@ -134,6 +136,11 @@ impl Installer {
         supervisor: Arc<Supervisor>,
     ) -> Installer {
         Installer {
+            routing: Arc::new(Routing::new(
+                store.clone(),
+                bus.clone(),
+                Arc::clone(&interfaces),
+            )),
             interfaces,
             supervisor,
             pending_starts: Mutex::new(HashMap::new()),

@@ -1,5 +1,7 @@
-//! Uninstall: process, interface, files, record — in that order, each step safe to repeat, so
-//! an uninstall a crash interrupted is finished at the next start.
+//! Uninstall: process, device routes, interface, files, record — in that order, each step
+//! safe to repeat, so an uninstall a crash interrupted is finished at the next start. The
+//! routes go only after the service is gone and before its segment: until then a routed
+//! device is refused, never sent out directly.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,6 +57,16 @@ impl Installer {
         self.supervisor.remove(id).await;
         self.kill_leftover(&inst);
         crate::failpoint::hit("uninstall.stopped").map_err(|m| refuse(Code::Injected, m))?;
+        let routing = Arc::clone(&self.routing);
+        let owner = inst.id.clone();
+        blocking(move || routing.drop_instance(&owner))
+            .await
+            .map_err(|e| {
+                refuse(
+                    e.code,
+                    format!("cannot remove the device routes of {id}: {}", e.message),
+                )
+            })?;
         let factory = Arc::clone(&self.interfaces);
         let owner = inst.id.clone();
         blocking(move || factory.remove(&owner))

@@ -20,7 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub(crate) use records::{
-    Artifact, DownloadState, IfStatus, Instance, InterfaceRecord, Previous, Status, Step,
+    Artifact, DeviceRoute, DownloadState, IfStatus, Instance, InterfaceRecord, OnServiceDown,
+    Previous, Status, Step,
 };
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
@@ -32,6 +33,8 @@ const INTERFACES: TableDefinition<&str, &[u8]> = TableDefinition::new("interface
 const VLANS: TableDefinition<&str, &str> = TableDefinition::new("vlans");
 /// uid -> instance id (service users)
 const UIDS: TableDefinition<u32, &str> = TableDefinition::new("uids");
+/// device (canonical spelling) -> DeviceRoute
+const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("device_routes");
 /// Trust state: `tofu/{feature}/{version}/{arch}` → first verified sha256, `catalogue/serial`.
 const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 
@@ -181,7 +184,7 @@ impl Store {
         db.upgrade().map_err(db_err)?;
         // Create the tables up front so that readers never meet a missing table.
         let tx = db.begin_write().map_err(db_err)?;
-        for table in [INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES, TRUST] {
+        for table in [INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES, TRUST, ROUTES] {
             tx.open_table(table).map_err(db_err)?;
         }
         tx.open_table(VLANS).map_err(db_err)?;
@@ -474,6 +477,40 @@ impl Store {
         };
         tx.commit().map_err(db_err)?;
         Ok(n)
+    }
+
+    /// Every routed device, in device order.
+    pub(crate) fn device_routes(&self) -> Result<Vec<DeviceRoute>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(ROUTES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode(ROUTES, k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Removes the routes of `remove` and writes `put` (which may move a device to another
+    /// instance), in one transaction.
+    pub(crate) fn change_routes(
+        &self,
+        put: &[DeviceRoute],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(ROUTES).map_err(db_err)?;
+            for d in remove {
+                t.remove(d.as_str()).map_err(db_err)?;
+            }
+            for r in put {
+                let bytes = serde_json::to_vec(r).map_err(db_err)?;
+                t.insert(r.device.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
     }
 
     pub(crate) fn release_uid(&self, uid: u32) -> Result<(), StoreError> {

@@ -137,6 +137,9 @@ pub(crate) struct Instance {
     /// longer lists its version (a reload, a new feed, a new built-in one).
     #[serde(default)]
     pub feature: Option<crate::catalogue::Feature>,
+    /// What its routed devices do while the service is down.
+    #[serde(default)]
+    pub on_service_down: OnServiceDown,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -171,10 +174,34 @@ impl Instance {
             pid: None,
             previous: None,
             feature: None,
+            on_service_down: OnServiceDown::Block,
             created_at: now,
             updated_at: now,
         }
     }
+}
+
+/// What a routed device's traffic does while its instance's service is not running.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum OnServiceDown {
+    /// Refused (fail-closed): the default.
+    #[default]
+    Block,
+    /// Sent out directly, only when the user asked for it.
+    Direct,
+}
+
+/// A LAN device sent through an instance (`device` in its canonical spelling).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeviceRoute {
+    pub device: String,
+    pub instance_id: String,
+    /// When it was routed through this instance (ms since the epoch).
+    pub since: u64,
 }
 
 /// The version an update is replacing.

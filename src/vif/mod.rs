@@ -23,6 +23,7 @@ use crate::code::Code;
 use crate::events::{Bus, EventKind};
 use crate::store::{IfStatus, InterfaceRecord, Store, StoreError};
 use crate::util;
+pub(crate) use netlink::{MARK_MASK, mark};
 pub(crate) use settings::{LocalSettings, RouterSettings, VlanMode, routers};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,15 @@
 //!                                ├─ nnc{N} (bridge, 10.99.N.1/24) ── table 1000+N: default via .2
 //!   netns nnc-{id}: eth0 ═ veth ═ nnc{N}h
 //!                   10.99.N.2/24, default via .1
+//!
+//!   ip rule  pref 5000+2N  fwmark N<<16/0xff0000 lookup 1000+N
+//!   ip rule  pref 5001+2N  fwmark N<<16/0xff0000 prohibit
 //! ```
+//!
+//! The two rules are the fail-closed half of device routing (`routing`): packets of a device
+//! routed through the instance carry its mark and look up its table; when that table has no
+//! route (flushed, the segment gone) the next rule refuses them instead of letting them fall
+//! through to the main table. They match nothing until a device is marked.
 //!
 //! A bridge with a veth into the service's network namespace, rather than macvlan: a macvlan
 //! child cannot talk to its parent, so the router's own address could not reach the service.
@@ -37,6 +45,14 @@ use super::{Plan, Rollback, VifError};
 use crate::util::Locked;
 
 const RT_TABLE_BASE: u32 = 1000;
+const RULE_PREF_BASE: u32 = 5000;
+/// The bits of the packet mark that name an instance's segment (`routing` sets them).
+pub(crate) const MARK_MASK: u32 = 0x00ff_0000;
+
+/// The packet mark of segment `vlan_id` (the pool fits one octet, so it fits the mask).
+pub(crate) fn mark(vlan_id: u16) -> u32 {
+    (u32::from(vlan_id) << 16) & MARK_MASK
+}
 
 /// How the segment device is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +82,9 @@ pub(crate) struct Names {
     pub veth_host: String,
     pub netns: String,
     pub table: u32,
+    /// `ip rule` preference of the lookup rule; the refusing rule is the next one.
+    pub rule_pref: u32,
+    pub mark: u32,
 }
 
 pub(crate) fn names(vlan_id: u16, instance_id: &str) -> Names {
@@ -76,6 +95,8 @@ pub(crate) fn names(vlan_id: u16, instance_id: &str) -> Names {
         veth_host: format!("nnc{vlan_id}h"),
         netns: format!("nnc-{instance_id}"),
         table: RT_TABLE_BASE + u32::from(vlan_id),
+        rule_pref: RULE_PREF_BASE + 2 * u32::from(vlan_id),
+        mark: mark(vlan_id),
     }
 }
 
@@ -371,6 +392,95 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    fn rule_msg(kind: u16, flags: u16, r: &Rule) -> Msg {
+        let (table, action) = match r.table {
+            Some(t) => (
+                u8::try_from(t).unwrap_or(rtnl::RT_TABLE_COMPAT),
+                rtnl::FR_ACT_TO_TBL,
+            ),
+            None => (0, rtnl::FR_ACT_PROHIBIT),
+        };
+        let m = Msg::new(kind, rtnl::NLM_F_ACK | flags)
+            .rulemsg(table, action)
+            .attr_u32(rtnl::FRA_PRIORITY, r.pref)
+            .attr_u32(rtnl::FRA_FWMARK, r.mark)
+            .attr_u32(rtnl::FRA_FWMASK, MARK_MASK);
+        match r.table {
+            Some(t) => m.attr_u32(rtnl::FRA_TABLE, t),
+            None => m,
+        }
+    }
+
+    pub(crate) fn add_rule(&mut self, r: &Rule) -> Result<(), VifError> {
+        let msg = Self::rule_msg(rtnl::RTM_NEWRULE, rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL, r);
+        self.request(msg, &format!("add rule {r}"))
+    }
+
+    /// Deletes a rule; one that is already gone is not an error.
+    pub(crate) fn del_rule(&mut self, r: &Rule) -> Result<(), VifError> {
+        let msg = Self::rule_msg(rtnl::RTM_DELRULE, 0, r);
+        match self.request(msg, &format!("delete rule {r}")) {
+            Err(VifError::Backend(e)) if e.contains("os error 2)") => Ok(()),
+            other => other,
+        }
+    }
+
+    pub(crate) fn has_rule(&mut self, r: &Rule) -> Result<bool, VifError> {
+        let msg = Msg::new(rtnl::RTM_GETRULE, rtnl::NLM_F_DUMP).rulemsg(0, 0);
+        let action = if r.table.is_some() {
+            rtnl::FR_ACT_TO_TBL
+        } else {
+            rtnl::FR_ACT_PROHIBIT
+        };
+        Ok(self.exchange(msg, "list rules")?.into_iter().any(|x| {
+            matches!(x, Reply::Rule { priority, fwmark, action: a, table }
+                if priority == r.pref && fwmark == r.mark && a == action
+                    && r.table.is_none_or(|t| t == table))
+        }))
+    }
+}
+
+/// An IPv4 `ip rule` on the segment's mark: look up `table`, or refuse (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rule {
+    pub pref: u32,
+    pub mark: u32,
+    pub table: Option<u32>,
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pref {} fwmark {:#x}/{MARK_MASK:#x} ",
+            self.pref, self.mark
+        )?;
+        match self.table {
+            Some(t) => write!(f, "lookup {t}"),
+            None => f.write_str("prohibit"),
+        }
+    }
+}
+
+impl Names {
+    /// The lookup rule and the refusing rule after it.
+    pub(crate) fn rules(&self) -> [Rule; 2] {
+        [
+            Rule {
+                pref: self.rule_pref,
+                mark: self.mark,
+                table: Some(self.table),
+            },
+            Rule {
+                pref: self.rule_pref + 1,
+                mark: self.mark,
+                table: None,
+            },
+        ]
+    }
+}
+
 /// Creates `dir` and, when it is a mount point (as `/run/netns` is once `ip netns` has used
 /// it), makes it shared so namespaces bound under it are seen by every mount namespace.
 fn prepare_netns_dir(dir: &Path) -> Result<(), VifError> {
@@ -505,6 +615,7 @@ pub(crate) enum Undo {
     Netns(PathBuf),
     Route(u32, Ipv4Addr),
     TableName(u32),
+    Rule(Rule),
 }
 
 pub(crate) struct Linux {
@@ -539,6 +650,11 @@ impl Linux {
             nl.up(&n.lan_peer)?;
         }
         nl.up(&n.bridge)?;
+        // Replies of the service's transparent inbound come back on the bridge with the
+        // addresses the device asked for as their source: strict reverse-path filtering
+        // would drop them. Loose (2) wins over any `all` setting (the kernel takes the max).
+        let rp = format!("/proc/sys/net/ipv4/conf/{}/rp_filter", n.bridge);
+        std::fs::write(&rp, "2").map_err(|e| VifError::Backend(format!("{rp}: {e}")))?;
 
         plan.step(3)?;
         nl.add_addr(&n.bridge, plan.router_addr, 24)?;
@@ -575,6 +691,12 @@ impl Linux {
         );
         set_table_name(&self.cfg.rt_tables, n.table, Some(&plan.alias))?;
         rollback.push(format!("table name {}", n.table), Undo::TableName(n.table));
+
+        plan.step(7)?;
+        for rule in n.rules() {
+            nl.add_rule(&rule)?;
+            rollback.push(format!("rule {rule}"), Undo::Rule(rule));
+        }
         Ok(())
     }
 
@@ -585,6 +707,7 @@ impl Linux {
             Undo::Netns(path) => delete_netns(path),
             Undo::Route(table, gw) => Netlink::open()?.del_default_route(*table, *gw),
             Undo::TableName(table) => set_table_name(&self.cfg.rt_tables, *table, None),
+            Undo::Rule(rule) => Netlink::open()?.del_rule(rule),
         }
     }
 
@@ -597,6 +720,9 @@ impl Linux {
                 errors.push(e.to_string());
             }
         };
+        for rule in n.rules().iter().rev() {
+            attempt(Netlink::open().and_then(|mut nl| nl.del_rule(rule)));
+        }
         attempt(set_table_name(&self.cfg.rt_tables, n.table, None));
         attempt(
             Netlink::open().and_then(|mut nl| nl.del_default_route(n.table, plan.service_addr)),
@@ -622,7 +748,9 @@ impl Linux {
             && has(&n.segment)
             && has(&n.veth_host)
             && self.cfg.netns_dir.join(&n.netns).exists()
-            && nl.has_default_route(n.table, plan.service_addr)?)
+            && nl.has_default_route(n.table, plan.service_addr)?
+            && nl.has_rule(&n.rules()[0])?
+            && nl.has_rule(&n.rules()[1])?)
     }
 
     /// Instance ids found in bridge aliases (`nnc:{id}`) and namespace names, with the VLAN id

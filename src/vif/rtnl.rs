@@ -1,10 +1,10 @@
 //! The few rtnetlink messages the Linux backend sends, encoded by hand, and the few replies it
 //! reads. A general netlink library parses every attribute of every message family; this
-//! agent needs links, addresses and routes only, and the difference is hundreds of KB of flash.
+//! agent needs links, addresses, routes and rules only, and the difference is hundreds of KB of flash.
 //!
 //! Layout (all integers in host byte order, everything padded to 4 bytes):
 //! `nlmsghdr {len u32, type u16, flags u16, seq u32, pid u32}`, then the family header
-//! (`ifinfomsg` 16 bytes, `ifaddrmsg` 8, `rtmsg` 12), then attributes `{len u16, type u16, data}`.
+//! (`ifinfomsg` 16 bytes, `ifaddrmsg` 8, `rtmsg` 12, `fib_rule_hdr` 12), then attributes `{len u16, type u16, data}`.
 
 pub(crate) const RTM_NEWLINK: u16 = 16;
 pub(crate) const RTM_DELLINK: u16 = 17;
@@ -15,6 +15,9 @@ pub(crate) const RTM_DELADDR: u16 = 21;
 pub(crate) const RTM_NEWROUTE: u16 = 24;
 pub(crate) const RTM_DELROUTE: u16 = 25;
 pub(crate) const RTM_GETROUTE: u16 = 26;
+pub(crate) const RTM_NEWRULE: u16 = 32;
+pub(crate) const RTM_DELRULE: u16 = 33;
+pub(crate) const RTM_GETRULE: u16 = 34;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
@@ -39,6 +42,12 @@ pub(crate) const IFA_LOCAL: u16 = 2;
 pub(crate) const RTA_OIF: u16 = 4;
 pub(crate) const RTA_GATEWAY: u16 = 5;
 pub(crate) const RTA_TABLE: u16 = 15;
+pub(crate) const FRA_PRIORITY: u16 = 6;
+pub(crate) const FRA_FWMARK: u16 = 10;
+pub(crate) const FRA_TABLE: u16 = 15;
+pub(crate) const FRA_FWMASK: u16 = 16;
+pub(crate) const FR_ACT_TO_TBL: u8 = 1;
+pub(crate) const FR_ACT_PROHIBIT: u8 = 8;
 
 pub(crate) const AF_UNSPEC: u8 = 0;
 pub(crate) const AF_INET: u8 = 2;
@@ -92,6 +101,15 @@ impl Msg {
         // family, dst_len, src_len, tos, table, protocol, scope (universe), type; flags u32
         self.buf
             .extend_from_slice(&[AF_INET, dst_len, 0, 0, table, RTPROT_STATIC, 0, RTN_UNICAST]);
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self
+    }
+
+    /// `struct fib_rule_hdr` for an IPv4 rule (`ip rule`).
+    pub(crate) fn rulemsg(mut self, table: u8, action: u8) -> Msg {
+        // family, dst_len, src_len, tos, table, res1, res2, action; flags u32
+        self.buf
+            .extend_from_slice(&[AF_INET, 0, 0, 0, table, 0, 0, action]);
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
         self
     }
@@ -189,6 +207,12 @@ pub(crate) enum Reply {
         table: u32,
         gateway: Option<[u8; 4]>,
     },
+    Rule {
+        priority: u32,
+        fwmark: u32,
+        action: u8,
+        table: u32,
+    },
     Other,
 }
 
@@ -241,6 +265,25 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
                     dst_len,
                     table,
                     gateway,
+                }
+            }
+            RTM_NEWRULE => {
+                let action = body.get(7).copied().unwrap_or(0);
+                let mut table = u32::from(body.get(4).copied().unwrap_or(0));
+                let (mut priority, mut fwmark) = (0, 0);
+                for (t, v) in attrs(body, 12) {
+                    match t {
+                        FRA_PRIORITY => priority = u32_at(v, 0).unwrap_or(0),
+                        FRA_FWMARK => fwmark = u32_at(v, 0).unwrap_or(0),
+                        FRA_TABLE => table = u32_at(v, 0).unwrap_or(table),
+                        _ => {}
+                    }
+                }
+                Reply::Rule {
+                    priority,
+                    fwmark,
+                    action,
+                    table,
                 }
             }
             _ => Reply::Other,

@@ -1,0 +1,440 @@
+//! Device routing: LAN devices sent through an instance, fail-closed by construction.
+//!
+//! The routes are redb records (`device -> instance`); what the kernel holds is derived from
+//! them and replaced whole at every change (`nft.rs`): one nftables transaction, so moving a
+//! device from one instance to another has no moment in between. The policy rules that
+//! turn an instance's mark into "its table, or refused" belong to its segment (`vif`), so
+//! they exist whether or not the agent, the service or the routes' own rules are there.
+//!
+//! Order: a change is committed to redb first, then applied; when applying fails, the old
+//! records are put back and applied again. At agent start the saved routes are applied
+//! before any service starts (routes of instances that are gone are dropped).
+//!
+//! Only `unrouteDevices`, uninstall (after the service is gone), or `onServiceDown: DIRECT`
+//! while the service is down send a device's traffic out directly.
+
+pub(crate) mod device;
+mod nft;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::code::Code;
+use crate::events::{Bus, EventKind};
+use crate::store::{DeviceRoute, IfStatus, OnServiceDown, Store};
+use crate::util::{self, Locked};
+use crate::vif::InterfaceFactory;
+use device::Device;
+
+/// A refused or failed routing request.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteError {
+    pub code: Code,
+    pub message: String,
+}
+
+fn fail(code: Code, message: impl Into<String>) -> RouteError {
+    RouteError {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<crate::store::StoreError> for RouteError {
+    fn from(e: crate::store::StoreError) -> Self {
+        fail(Code::StateError, e.to_string())
+    }
+}
+
+pub(crate) struct Routing {
+    store: Store,
+    bus: Bus,
+    interfaces: Arc<InterfaceFactory>,
+    /// Serialises changes; holds the instances whose service is running now (what an
+    /// `onServiceDown: DIRECT` instance's devices depend on).
+    up: Mutex<BTreeSet<String>>,
+}
+
+/// Parses every device of a request; the first bad one refuses it all.
+pub(crate) fn parse_all(devices: &[String]) -> Result<Vec<Device>, RouteError> {
+    if devices.is_empty() || devices.len() > 1024 {
+        return Err(fail(
+            Code::InvalidDevice,
+            "give 1 to 1024 devices (IPv4 addresses, IPv4 CIDRs or MAC addresses)",
+        ));
+    }
+    let mut out: Vec<Device> = Vec::new();
+    for text in devices {
+        let d = Device::parse(text).map_err(|m| fail(Code::InvalidDevice, m))?;
+        if let Some(other) = out.iter().find(|o| **o != d && o.overlaps(&d)) {
+            return Err(fail(
+                Code::InvalidDevice,
+                format!("{d} and {other} overlap: name each device once"),
+            ));
+        }
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+impl Routing {
+    pub(crate) fn new(store: Store, bus: Bus, interfaces: Arc<InterfaceFactory>) -> Routing {
+        Routing {
+            store,
+            bus,
+            interfaces,
+            up: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub(crate) fn routes(&self) -> Result<Vec<DeviceRoute>, RouteError> {
+        Ok(self.store.device_routes()?)
+    }
+
+    /// The devices routed through `instance_id`.
+    pub(crate) fn devices_of(&self, instance_id: &str) -> Result<Vec<String>, RouteError> {
+        Ok(self
+            .store
+            .device_routes()?
+            .into_iter()
+            .filter(|r| r.instance_id == instance_id)
+            .map(|r| r.device)
+            .collect())
+    }
+
+    /// Routes `devices` through `instance_id` (moving any routed through another instance).
+    pub(crate) fn route(
+        &self,
+        instance_id: &str,
+        devices: &[String],
+    ) -> Result<Vec<DeviceRoute>, RouteError> {
+        let wanted = parse_all(devices)?;
+        let up = self.up.locked();
+        let inst = self
+            .store
+            .instance(instance_id)?
+            .ok_or_else(|| fail(Code::NotFound, format!("no instance {instance_id}")))?;
+        let router = self.interfaces.router(&inst.router_id).ok_or_else(|| {
+            fail(
+                Code::UnknownRouter,
+                format!("router {} is not configured", inst.router_id),
+            )
+        })?;
+        if router.kind() != "linux" {
+            return Err(fail(
+                Code::RoutingUnsupported,
+                format!(
+                    "instance {instance_id} is on RouterOS router {}: routing devices there is not implemented yet",
+                    inst.router_id
+                ),
+            ));
+        }
+        match self.store.interface(instance_id)? {
+            Some(rec) if rec.status == IfStatus::Active => {}
+            other => {
+                return Err(fail(
+                    Code::InvalidState,
+                    format!(
+                        "instance {instance_id} ({}) has no active segment{}: devices can be routed once it is provisioned",
+                        inst.status.as_str(),
+                        other
+                            .map(|r| format!(" (interface {:?})", r.status))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        let before = self.store.device_routes()?;
+        for d in &wanted {
+            if d.overlaps_block(router.subnet_base, 16) {
+                return Err(fail(
+                    Code::InvalidDevice,
+                    format!(
+                        "{d} is inside {}/16, the agent's own segments",
+                        router.subnet_base
+                    ),
+                ));
+            }
+            for r in &before {
+                let Ok(other) = Device::parse(&r.device) else {
+                    continue;
+                };
+                if other != *d && other.overlaps(d) {
+                    return Err(fail(
+                        Code::InvalidDevice,
+                        format!(
+                            "{d} overlaps {}, routed through instance {}: unroute it first",
+                            r.device, r.instance_id
+                        ),
+                    ));
+                }
+            }
+        }
+        let now = util::now_ms();
+        let put: Vec<DeviceRoute> = wanted
+            .iter()
+            .map(|d| {
+                let device = d.to_string();
+                let since = before
+                    .iter()
+                    .find(|r| r.device == device && r.instance_id == instance_id)
+                    .map_or(now, |r| r.since);
+                DeviceRoute {
+                    device,
+                    instance_id: instance_id.to_owned(),
+                    since,
+                }
+            })
+            .collect();
+        self.commit_and_apply(&before, &put, &[], &up)?;
+        for r in &put {
+            let from = before
+                .iter()
+                .find(|b| b.device == r.device)
+                .map(|b| b.instance_id.clone());
+            if from.as_deref() == Some(instance_id) {
+                continue;
+            }
+            log::info!(target: "routing", "device {} routed through instance {instance_id}{}", r.device, from.as_ref().map(|f| format!(" (moved from {f})")).unwrap_or_default());
+            if let Some(f) = &from {
+                self.bus.publish(
+                    Some(f),
+                    EventKind::DeviceUnrouted {
+                        device: r.device.clone(),
+                        moved_to: Some(instance_id.to_owned()),
+                    },
+                );
+            }
+            self.bus.publish(
+                Some(instance_id),
+                EventKind::DeviceRouted {
+                    device: r.device.clone(),
+                    moved_from: from,
+                },
+            );
+        }
+        Ok(put)
+    }
+
+    /// Sends `devices` out directly again; returns those that were routed.
+    pub(crate) fn unroute(&self, devices: &[String]) -> Result<Vec<String>, RouteError> {
+        let wanted = parse_all(devices)?;
+        let up = self.up.locked();
+        let before = self.store.device_routes()?;
+        let names: Vec<String> = wanted.iter().map(ToString::to_string).collect();
+        let gone: Vec<DeviceRoute> = before
+            .iter()
+            .filter(|r| names.contains(&r.device))
+            .cloned()
+            .collect();
+        self.remove_routes(&before, &gone, &up)?;
+        Ok(gone.into_iter().map(|r| r.device).collect())
+    }
+
+    /// Uninstall, once the service is gone: its devices go out directly again.
+    pub(crate) fn drop_instance(&self, instance_id: &str) -> Result<(), RouteError> {
+        let mut up = self.up.locked();
+        up.remove(instance_id);
+        let before = self.store.device_routes()?;
+        let gone: Vec<DeviceRoute> = before
+            .iter()
+            .filter(|r| r.instance_id == instance_id)
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.remove_routes(&before, &gone, &up)
+    }
+
+    fn remove_routes(
+        &self,
+        before: &[DeviceRoute],
+        gone: &[DeviceRoute],
+        up: &BTreeSet<String>,
+    ) -> Result<(), RouteError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = gone.iter().map(|r| r.device.clone()).collect();
+        self.commit_and_apply(before, &[], &keys, up)?;
+        for r in gone {
+            log::info!(target: "routing", "device {} no longer routed through instance {}", r.device, r.instance_id);
+            self.bus.publish(
+                Some(&r.instance_id),
+                EventKind::DeviceUnrouted {
+                    device: r.device.clone(),
+                    moved_to: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Commits the change, applies the result; on failure puts `before` back (records and
+    /// kernel) and reports why.
+    fn commit_and_apply(
+        &self,
+        before: &[DeviceRoute],
+        put: &[DeviceRoute],
+        remove: &[String],
+        up: &BTreeSet<String>,
+    ) -> Result<(), RouteError> {
+        self.store.change_routes(put, remove)?;
+        let after = self.store.device_routes()?;
+        if let Err(e) = self.apply(&after, up) {
+            log::error!(target: "routing", "applying the routes failed, putting the previous ones back: {e}");
+            let touched: Vec<String> = put
+                .iter()
+                .map(|r| r.device.clone())
+                .chain(remove.iter().cloned())
+                .collect();
+            let restore: Vec<DeviceRoute> = before
+                .iter()
+                .filter(|r| touched.contains(&r.device))
+                .cloned()
+                .collect();
+            self.store.change_routes(&restore, &touched)?;
+            if let Err(again) = self.apply(before, up) {
+                log::error!(target: "routing", "the previous routes could not be applied either: {again}");
+            }
+            return Err(fail(Code::RoutingFailed, e));
+        }
+        Ok(())
+    }
+
+    /// `onServiceDown` of an instance.
+    pub(crate) fn set_on_service_down(
+        &self,
+        instance_id: &str,
+        mode: OnServiceDown,
+    ) -> Result<crate::store::Instance, RouteError> {
+        let up = self.up.locked();
+        let (before, after) = self
+            .store
+            .update_instance(instance_id, |i| i.on_service_down = mode)
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound => {
+                    fail(Code::NotFound, format!("no instance {instance_id}"))
+                }
+                other => other.into(),
+            })?;
+        if before.on_service_down != mode {
+            log::info!(target: "routing", "instance {instance_id}: onServiceDown {mode:?}");
+            let routes = self.store.device_routes()?;
+            if let Err(e) = self.apply(&routes, &up) {
+                let _ = self
+                    .store
+                    .update_instance(instance_id, |i| i.on_service_down = before.on_service_down);
+                let _ = self.apply(&routes, &up);
+                return Err(fail(Code::RoutingFailed, e));
+            }
+        }
+        Ok(after)
+    }
+
+    /// The supervisor says whether an instance's service runs; DIRECT instances follow it.
+    pub(crate) fn service_state(&self, instance_id: &str, running: bool) {
+        let mut up = self.up.locked();
+        let changed = if running {
+            up.insert(instance_id.to_owned())
+        } else {
+            up.remove(instance_id)
+        };
+        let direct = self
+            .store
+            .instance(instance_id)
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.on_service_down == OnServiceDown::Direct);
+        if !changed || !direct {
+            return;
+        }
+        let Ok(routes) = self.store.device_routes() else {
+            return;
+        };
+        if !routes.iter().any(|r| r.instance_id == instance_id) {
+            return;
+        }
+        log::info!(target: "routing", "instance {instance_id} (onServiceDown DIRECT): service {}; its devices go {}", if running { "running" } else { "down" }, if running { "through it" } else { "out directly" });
+        if let Err(e) = self.apply(&routes, &up) {
+            log::error!(target: "routing", "instance {instance_id}: {e}");
+        }
+    }
+
+    /// Agent start, before services start: drops routes of instances that are gone and puts
+    /// the rest in place.
+    pub(crate) fn restore(&self) -> Result<usize, RouteError> {
+        let up = self.up.locked();
+        let routes = self.store.device_routes()?;
+        let orphans: Vec<String> = routes
+            .iter()
+            .filter(|r| self.store.instance(&r.instance_id).ok().flatten().is_none())
+            .map(|r| r.device.clone())
+            .collect();
+        if !orphans.is_empty() {
+            log::warn!(target: "routing", "dropping routes of instances that are gone: {}", orphans.join(", "));
+            self.store.change_routes(&[], &orphans)?;
+        }
+        let routes = self.store.device_routes()?;
+        match self.apply(&routes, &up) {
+            Ok(()) => Ok(routes.len()),
+            // Nothing routed: a system without nft (or nf_tables) has nothing to remove.
+            Err(e) if routes.is_empty() => {
+                log::debug!(target: "routing", "no routes; clearing the agent's table: {e}");
+                Ok(0)
+            }
+            Err(e) => Err(fail(Code::RoutingFailed, e)),
+        }
+    }
+
+    /// Puts the kernel's rules in the state `routes` describe.
+    fn apply(&self, routes: &[DeviceRoute], up: &BTreeSet<String>) -> Result<(), String> {
+        let mut by_instance: BTreeMap<&str, Vec<Device>> = BTreeMap::new();
+        for r in routes {
+            if let Ok(d) = Device::parse(&r.device) {
+                by_instance.entry(&r.instance_id).or_default().push(d);
+            }
+        }
+        let mut groups = Vec::new();
+        let mut refused = Vec::new();
+        let mut namespaces: Vec<(PathBuf, Ipv4Addr)> = Vec::new();
+        for (id, devices) in by_instance {
+            let rec = self.store.interface(id).map_err(|e| e.to_string())?;
+            let service = rec
+                .as_ref()
+                .and_then(|r| r.service_address.parse::<Ipv4Addr>().ok());
+            let (Some(rec), Some(service)) = (rec, service) else {
+                // No segment to send them to: refused, never direct.
+                refused.extend(devices);
+                continue;
+            };
+            let direct = !up.contains(id)
+                && self
+                    .store
+                    .instance(id)
+                    .map_err(|e| e.to_string())?
+                    .is_some_and(|i| i.on_service_down == OnServiceDown::Direct);
+            if let Some(ns) = &rec.netns {
+                namespaces.push((PathBuf::from(ns), service));
+            }
+            groups.push(nft::Group {
+                vlan: rec.vlan_id,
+                mark: crate::vif::mark(rec.vlan_id),
+                bridge: rec.name.clone(),
+                service,
+                devices,
+                direct,
+            });
+        }
+        // The namespaces first: a device is marked only once its service side is ready.
+        for (ns, service) in &namespaces {
+            nft::apply(&nft::service_ruleset(*service), Some(ns))?;
+        }
+        nft::apply(&nft::router_ruleset(&groups, &refused), None)
+    }
+}

@@ -1,0 +1,694 @@
+//! Device routing end to end, in network namespaces of the test's own, with real nft, real
+//! policy routing, a real sing-box as the instance and another as the proxy server:
+//!
+//! ```text
+//!   A (192.0.2.10) ─┐                                          ┌ nginx 198.51.100.2 (+ dnsmasq)
+//!   B (192.0.2.20) ─┴ br-lan 192.0.2.1 ── router ns ── wan0 ═══╡ sing-box shadowsocks server
+//!                     dnsmasq (the router's resolver)  masquerade └ 198.51.100.3, leaving from .4 / .5
+//! ```
+//!
+//! Nobody has proxy settings. After `routeDevices(A)`, A's plain HTTP arrives at nginx from
+//! the proxy server's address (.4), B's from the router's WAN address (.1); A's DNS to the
+//! router is answered through the service. While A requests in a loop, its service is
+//! stopped, killed, the agent killed and restarted, the instance's table flushed, A moved to
+//! another instance: nginx never sees A from the router's address. `onServiceDown: DIRECT`
+//! lets it out while the service is down. Unroute and uninstall leave the router's rules,
+//! routes and ruleset as they were.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Agent, Nginx, TempDir, TestNetns, make_fixtures, singbox_binary};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const WAN_ROUTER: &str = "198.51.100.1";
+const WAN_SERVER: &str = "198.51.100.2";
+const PROXY: &str = "198.51.100.3";
+const PROXY_OUT_X: &str = "198.51.100.4";
+const PROXY_OUT_Y: &str = "198.51.100.5";
+const A: &str = "192.0.2.10";
+const B: &str = "192.0.2.20";
+const A_MAC: &str = "02:00:5e:10:00:0a";
+
+fn run(args: &[&str]) -> String {
+    common::run_ok(Command::new(args[0]).args(&args[1..]))
+}
+
+fn sysctl(ns: &TestNetns, kv: &str) {
+    run(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", kv]);
+}
+
+struct Net {
+    root: TempDir,
+    router: TestNetns,
+    a: TestNetns,
+    b: TestNetns,
+    internet: TestNetns,
+    nginx: Nginx,
+    www: PathBuf,
+    netns_dir: PathBuf,
+    rt_tables: PathBuf,
+    /// The proxy server, the router's and the internet's resolvers: stopped on drop.
+    children: Vec<Child>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A veth from the router's bridge to a LAN client namespace.
+fn plug(router: &TestNetns, client: &TestNetns, port: &str, v4: &str, v6: &str, mac: &str) {
+    run(&[
+        "ip",
+        "-n",
+        &router.name,
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &client.name,
+    ]);
+    router.ip(&["link", "set", port, "master", "br-lan", "up"]);
+    client.ip(&["link", "set", "eth0", "address", mac]);
+    client.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+    client.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+    client.ip(&["link", "set", "eth0", "up"]);
+    client.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+    client.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
+}
+
+fn dnsmasq(ns: &TestNetns, dir: &std::path::Path, name: &str, listen: &str, answer: &str) -> Child {
+    let log = dir.join(format!("{name}.log"));
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .arg(format!("--listen-address={listen}"))
+        .args([
+            "--bind-interfaces",
+            "--except-interface=lo",
+            "--log-queries=extra",
+            "--user=root",
+        ])
+        .arg(format!("--log-facility={}", log.display()))
+        .arg(format!("--address=/example.test/{answer}"))
+        .arg(format!(
+            "--pid-file={}",
+            dir.join(format!("{name}.pid")).display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("dnsmasq (Debian dnsmasq-base) must be installed: run tests/setup.sh")
+}
+
+fn net(tag: &str) -> Net {
+    let root = TempDir::new(tag);
+    let router = TestNetns::new(&format!("{tag}-r"));
+    let internet = TestNetns::new(&format!("{tag}-i"));
+    let a = TestNetns::new(&format!("{tag}-a"));
+    let b = TestNetns::new(&format!("{tag}-b"));
+    for ns in [&router, &internet, &a, &b] {
+        sysctl(ns, "net.ipv6.conf.all.accept_dad=0");
+    }
+    run(&[
+        "ip",
+        "-n",
+        &router.name,
+        "link",
+        "add",
+        "wan0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &internet.name,
+    ]);
+    router.ip(&["addr", "add", &format!("{WAN_ROUTER}/24"), "dev", "wan0"]);
+    router.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "wan0", "nodad"]);
+    router.ip(&["link", "set", "wan0", "up"]);
+    for addr in [WAN_SERVER, PROXY, PROXY_OUT_X, PROXY_OUT_Y] {
+        internet.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    }
+    internet.ip(&["addr", "add", "2001:db8:2::2/64", "dev", "eth0", "nodad"]);
+    internet.ip(&["link", "set", "eth0", "up"]);
+    internet.ip(&["route", "add", "default", "via", WAN_ROUTER]);
+    internet.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"]);
+    router.ip(&["link", "add", "br-lan", "type", "bridge"]);
+    router.ip(&["addr", "add", "192.0.2.1/24", "dev", "br-lan"]);
+    router.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "br-lan", "nodad"]);
+    router.ip(&["link", "set", "br-lan", "up"]);
+    plug(&router, &a, "lan-a", A, "2001:db8:1::10", A_MAC);
+    plug(
+        &router,
+        &b,
+        "lan-b",
+        B,
+        "2001:db8:1::20",
+        "02:00:5e:10:00:14",
+    );
+    sysctl(&router, "net.ipv4.ip_forward=1");
+    sysctl(&router, "net.ipv6.conf.all.forwarding=1");
+    // The router owner's own firewall: NAT to the WAN (IPv4 only, the IPv6 is routed).
+    let nat = "table ip owner_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"wan0\" masquerade\n }\n}\n";
+    std::fs::write(root.path().join("owner.nft"), nat).unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &router.name,
+        "nft",
+        "-f",
+        &root.path().join("owner.nft").display().to_string(),
+    ]);
+
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    for f in ["a.txt", "b.txt"] {
+        std::fs::write(www.join(f), format!("{f} from the internet\n")).unwrap();
+    }
+    let nginx = Nginx::start_on(&www, "", Some(&internet), WAN_SERVER.parse().unwrap());
+
+    // The proxy server: shadowsocks on .3, instance X's traffic leaves from .4, Y's from .5.
+    let server = json!({
+        "log": { "level": "warn" },
+        "inbounds": [
+            { "type": "shadowsocks", "tag": "ss-x", "listen": PROXY, "listen_port": 8388,
+              "method": "aes-128-gcm", "password": "nnc-test-password" },
+            { "type": "shadowsocks", "tag": "ss-y", "listen": PROXY, "listen_port": 8389,
+              "method": "aes-128-gcm", "password": "nnc-test-password" }
+        ],
+        "outbounds": [
+            { "type": "direct", "tag": "via-x", "inet4_bind_address": PROXY_OUT_X },
+            { "type": "direct", "tag": "via-y", "inet4_bind_address": PROXY_OUT_Y }
+        ],
+        "route": { "rules": [{ "inbound": ["ss-y"], "outbound": "via-y" }], "final": "via-x" }
+    });
+    let server_conf = root.path().join("proxy-server.json");
+    std::fs::write(&server_conf, server.to_string()).unwrap();
+    let dns_dir = root.path().join("dns");
+    std::fs::create_dir_all(&dns_dir).unwrap();
+    let children = vec![
+        Command::new("ip")
+            .args(["netns", "exec", &internet.name])
+            .arg(singbox_binary("amd64"))
+            .args(["run", "-c"])
+            .arg(&server_conf)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+        dnsmasq(&internet, &dns_dir, "internet", WAN_SERVER, "203.0.113.80"),
+        dnsmasq(&router, &dns_dir, "router", "192.0.2.1", "192.0.2.99"),
+    ];
+    let net = Net {
+        netns_dir: root.path().join("netns"),
+        rt_tables: root.path().join("rt_tables.d/nnc.conf"),
+        root,
+        router,
+        a,
+        b,
+        internet,
+        nginx,
+        www,
+        children,
+    };
+    common::wait_until(
+        "the proxy server to listen",
+        Duration::from_secs(10),
+        || {
+            net.internet
+                .run(|| std::net::TcpStream::connect((PROXY, 8389)).is_ok())
+        },
+    );
+    net
+}
+
+impl Net {
+    fn agent(&self) -> Agent {
+        make_fixtures(
+            &self.www,
+            &[
+                "singbox",
+                singbox_binary("amd64").to_str().unwrap(),
+                "1.14.4",
+            ],
+        );
+        let feature = json!({ "id": "sing-box", "name": "sing-box", "version": "1.14.4", "binary": "sing-box", "config": "sing-box",
+            "assets": { "x86_64": { "url": self.nginx.url("sing-box-1.14.4-linux-amd64.tar.gz"),
+                "checksums": self.nginx.url("checksums.txt"), "archive": "tar.gz",
+                "path": "sing-box-1.14.4-linux-amd64/sing-box" } } });
+        let catalogue = common::write_catalogue(self.root.path(), &[feature]);
+        let toml = format!(
+            "[vlan]\nmode = \"veth\"\npool = [100, 119]\nrt_tables = {:?}\nnetns_dir = {:?}\n",
+            self.rt_tables.display().to_string(),
+            self.netns_dir.display().to_string()
+        );
+        Agent::start_in(
+            &self.root.path().join("agent"),
+            &catalogue,
+            &toml,
+            Some(&self.router),
+            &[],
+        )
+    }
+
+    /// A plain `curl` from a LAN client: the body, or None when it did not get through.
+    fn curl(&self, client: &TestNetns, file: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.name,
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://{WAN_SERVER}:{}/{file}", self.nginx.port))
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Where nginx saw requests for `file` come from, in order.
+    fn sources(&self, file: &str) -> Vec<String> {
+        self.nginx
+            .requests_for(&format!("/{file}"))
+            .iter()
+            .filter_map(|l| l.rsplit_once("from=").map(|(_, a)| a.to_owned()))
+            .collect()
+    }
+
+    fn last_source(&self, file: &str) -> String {
+        self.sources(file).pop().unwrap_or_default()
+    }
+
+    /// `dig` from a LAN client: the answer, or None.
+    fn dig(&self, client: &TestNetns, server: &str, tcp: bool) -> Option<String> {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &client.name,
+            "dig",
+            "+short",
+            "+time=3",
+            "+tries=1",
+        ]);
+        if tcp {
+            c.arg("+tcp");
+        }
+        let out = c
+            .arg(format!("@{server}"))
+            .arg("example.test")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.is_empty() && !text.starts_with(';')).then_some(text)
+    }
+
+    fn dns_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.path().join(format!("dns/{name}.log")))
+            .unwrap_or_default()
+    }
+
+    fn ping6(&self, client: &TestNetns) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.name,
+                "ping",
+                "-6",
+                "-c1",
+                "-W2",
+                "2001:db8:2::2",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    /// A requesting `a.txt` in a loop (until the child is killed).
+    fn requests_in_a_loop(&self) -> Child {
+        let url = format!("http://{WAN_SERVER}:{}/a.txt", self.nginx.port);
+        Command::new("ip")
+            .args(["netns", "exec", &self.a.name, "sh", "-c"])
+            .arg(format!(
+                "while :; do curl -s -o /dev/null --max-time 1 {url}; sleep 0.05; done"
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The router's rules, routes of every table and nft ruleset (both address families).
+    fn router_state(&self) -> Vec<String> {
+        let mut state = Vec::new();
+        for args in [
+            ["-j", "-4", "rule", "show"].as_slice(),
+            &["-j", "-6", "rule", "show"],
+            &["-j", "-4", "route", "show", "table", "all"],
+            &["-j", "-6", "route", "show", "table", "all"],
+        ] {
+            let v: Value = serde_json::from_str(&self.router.ip(args)).unwrap();
+            for item in v.as_array().unwrap() {
+                let mut item = item.clone();
+                if let Some(o) = item.as_object_mut() {
+                    o.remove("expires");
+                }
+                // IPv6 link-local routes come with the links' addresses, in their own time.
+                if item["dst"].as_str().is_some_and(|d| d.starts_with("fe80:")) {
+                    continue;
+                }
+                state.push(format!("{} {item}", args[1]));
+            }
+        }
+        let nft = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.router.name,
+            "nft",
+            "-j",
+            "list",
+            "ruleset",
+        ]);
+        let v: Value = serde_json::from_str(&nft).unwrap();
+        for item in v["nftables"].as_array().unwrap() {
+            if item.get("metainfo").is_none() {
+                let mut item = item.clone();
+                // Handles are handed out anew for each object.
+                strip_handles(&mut item);
+                state.push(format!("nft {item}"));
+            }
+        }
+        state.sort();
+        state
+    }
+}
+
+fn strip_handles(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("handle");
+            o.values_mut().for_each(strip_handles);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_handles),
+        _ => {}
+    }
+}
+
+fn running(agent: &Agent, id: &str) -> Value {
+    let p = agent.wait_status(id, &["RUNNING", "FAILED"], TIMEOUT);
+    assert_eq!(p["status"], "RUNNING", "{p}\n{}", agent.log());
+    p
+}
+
+fn install(agent: &Agent, name: &str, port: u16) -> String {
+    let id = agent.install_with(
+        "sing-box",
+        name,
+        json!({
+            "dnsUpstream": WAN_SERVER,
+            "outbound": { "type": "shadowsocks", "server": PROXY, "serverPort": port,
+                          "method": "aes-128-gcm", "password": "nnc-test-password" }
+        }),
+    );
+    running(agent, &id);
+    id
+}
+
+fn route(agent: &Agent, id: &str, devices: &[&str]) -> Value {
+    agent.data(
+        "mutation($i: ID!, $d: [String!]!) { routeDevices(instanceId: $i, devices: $d) { device instanceId since } }",
+        json!({ "i": id, "d": devices }),
+    )["routeDevices"]
+        .clone()
+}
+
+fn mutate(agent: &Agent, m: &str, id: &str) {
+    agent.data(
+        &format!("mutation($i: ID!) {{ {m}(id: $i) {{ id }} }}"),
+        json!({ "i": id }),
+    );
+}
+
+fn service_pid(agent: &Agent, id: &str) -> i32 {
+    agent.process(id)["process"]["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or(0)
+}
+
+/// A's requests that nginx saw from anything but the proxy server (the leaks), given how
+/// many were seen before.
+fn leaks_since(net: &Net, seen: usize, allowed: &[&str]) -> Vec<String> {
+    net.sources("a.txt")
+        .into_iter()
+        .skip(seen)
+        .filter(|s| !allowed.contains(&s.as_str()))
+        .collect()
+}
+
+#[test]
+fn routed_devices_go_through_the_service_and_never_leak() {
+    let net = net("route");
+    let baseline = net.router_state();
+    let mut agent = net.agent();
+
+    // Direct, before anything is routed.
+    assert!(net.curl(&net.a, "a.txt").is_some());
+    assert_eq!(net.last_source("a.txt"), WAN_ROUTER);
+    assert!(
+        net.ping6(&net.a),
+        "control: A's IPv6 reaches the internet unrouted"
+    );
+
+    let x = install(&agent, "x", 8388);
+    // Bad devices: a clear error, nothing changed.
+    for bad in [
+        &["phone"][..],
+        &[A, "192.0.2.0/24"],
+        &["02:00:5e:10:00"],
+        &["10.99.100.5"],
+    ] {
+        assert_eq!(
+            agent.error_code(
+                "mutation($i: ID!, $d: [String!]!) { routeDevices(instanceId: $i, devices: $d) { device } }",
+                json!({ "i": x, "d": bad }),
+            ),
+            "INVALID_DEVICE",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        agent.data("{ deviceRoutes { device } }", json!({}))["deviceRoutes"],
+        json!([])
+    );
+
+    let routed = route(&agent, &x, &[A]);
+    assert_eq!(routed[0]["device"], A);
+    assert_eq!(routed[0]["instanceId"], x.as_str());
+    let inst = agent.data(
+        "query($i: ID!) { instance(id: $i) { devices onServiceDown } }",
+        json!({ "i": x }),
+    );
+    assert_eq!(
+        inst["instance"],
+        json!({ "devices": [A], "onServiceDown": "BLOCK" })
+    );
+
+    // A through the proxy server, B direct; DNS to the router's address through the service.
+    assert_eq!(
+        net.curl(&net.a, "a.txt").as_deref(),
+        Some("a.txt from the internet\n")
+    );
+    assert_eq!(net.last_source("a.txt"), PROXY_OUT_X, "{}", agent.log());
+    assert!(net.curl(&net.b, "b.txt").is_some());
+    assert_eq!(net.last_source("b.txt"), WAN_ROUTER);
+    let router_log_before = net.dns_log("router");
+    assert_eq!(
+        net.dig(&net.a, "192.0.2.1", false).as_deref(),
+        Some("203.0.113.80")
+    );
+    assert_eq!(
+        net.dig(&net.a, "192.0.2.1", true).as_deref(),
+        Some("203.0.113.80")
+    );
+    assert_eq!(
+        net.dig(&net.a, "198.51.100.9", false).as_deref(),
+        Some("203.0.113.80"),
+        "DNS to any address"
+    );
+    assert_eq!(
+        net.dns_log("router"),
+        router_log_before,
+        "the router's resolver saw A's queries"
+    );
+    assert!(
+        net.dns_log("internet").contains(PROXY_OUT_X),
+        "the upstream resolver is asked through the proxy: {}",
+        net.dns_log("internet")
+    );
+    assert_eq!(
+        net.dig(&net.b, "192.0.2.1", false).as_deref(),
+        Some("192.0.2.99"),
+        "B uses the router's resolver"
+    );
+    assert!(!net.ping6(&net.a), "A's IPv6 must not leave");
+    assert!(net.ping6(&net.b), "B's IPv6 still does");
+
+    // Leak tests while A requests in a loop.
+    let seen = net.sources("a.txt").len();
+    let mut lp = net.requests_in_a_loop();
+    let through_x = |net: &Net| {
+        let n = net.sources("a.txt").len();
+        common::wait_until("A's requests through the service", TIMEOUT, || {
+            net.sources("a.txt").len() > n + 2
+        });
+    };
+    // 1. The service stopped, then started again.
+    mutate(&agent, "stopInstance", &x);
+    std::thread::sleep(Duration::from_secs(2));
+    mutate(&agent, "startInstance", &x);
+    running(&agent, &x);
+    through_x(&net);
+    // 2. The service killed (its restart backoff).
+    let pid = service_pid(&agent, &x);
+    run(&["kill", "-9", &pid.to_string()]);
+    common::wait_until("the service to be restarted", TIMEOUT, || {
+        let p = service_pid(&agent, &x);
+        p != 0 && p != pid
+    });
+    through_x(&net);
+    // 3. The agent killed and started again.
+    agent.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    agent.restart();
+    running(&agent, &x);
+    through_x(&net);
+    // 4. The instance's table flushed by hand: refused, not sent direct.
+    let vlan = agent.instance(&x)["interface"]["vlanId"].as_u64().unwrap();
+    let table = (1000 + vlan).to_string();
+    net.router.ip(&["route", "flush", "table", &table]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        net.curl(&net.a, "a.txt").is_none(),
+        "with its table flushed A is refused"
+    );
+    // The next start repairs the segment.
+    agent.kill9();
+    agent.restart();
+    running(&agent, &x);
+    through_x(&net);
+    assert_eq!(
+        leaks_since(&net, seen, &[PROXY_OUT_X]),
+        Vec::<String>::new(),
+        "{}",
+        agent.log()
+    );
+
+    // Moved to instance Y while requesting: never direct.
+    let y = install(&agent, "y", 8389);
+    let seen = net.sources("a.txt").len();
+    let moved = route(&agent, &y, &[A]);
+    assert_eq!(moved[0]["instanceId"], y.as_str());
+    common::wait_until("A's requests through Y", TIMEOUT, || {
+        net.last_source("a.txt") == PROXY_OUT_Y
+    });
+    assert_eq!(
+        leaks_since(&net, seen, &[PROXY_OUT_X, PROXY_OUT_Y]),
+        Vec::<String>::new()
+    );
+    let routes = agent.data("{ deviceRoutes { device instanceId } }", json!({}));
+    assert_eq!(
+        routes["deviceRoutes"],
+        json!([{ "device": A, "instanceId": y }])
+    );
+    let _ = lp.kill();
+    let _ = lp.wait();
+
+    // onServiceDown: DIRECT lets A out while Y is down, and back through Y once it runs.
+    let set = agent.data(
+        "mutation($i: ID!) { setOnServiceDown(instanceId: $i, mode: DIRECT) { onServiceDown } }",
+        json!({ "i": y }),
+    );
+    assert_eq!(set["setOnServiceDown"]["onServiceDown"], "DIRECT");
+    mutate(&agent, "stopInstance", &y);
+    common::wait_until("A to go direct while Y is down", TIMEOUT, || {
+        net.curl(&net.a, "a.txt").is_some() && net.last_source("a.txt") == WAN_ROUTER
+    });
+    mutate(&agent, "startInstance", &y);
+    running(&agent, &y);
+    common::wait_until("A back through Y", TIMEOUT, || {
+        net.curl(&net.a, "a.txt").is_some() && net.last_source("a.txt") == PROXY_OUT_Y
+    });
+
+    // MAC addresses route too.
+    let unrouted = agent.data(
+        "mutation($d: [String!]!) { unrouteDevices(devices: $d) }",
+        json!({ "d": [A] }),
+    );
+    assert_eq!(unrouted["unrouteDevices"], json!([A]));
+    assert!(net.curl(&net.a, "a.txt").is_some());
+    assert_eq!(
+        net.last_source("a.txt"),
+        WAN_ROUTER,
+        "unrouted: direct again"
+    );
+    assert_eq!(
+        route(&agent, &x, &["02-00-5E-10-00-0A"])[0]["device"],
+        A_MAC
+    );
+    assert!(net.curl(&net.a, "a.txt").is_some());
+    assert_eq!(net.last_source("a.txt"), PROXY_OUT_X);
+    assert!(
+        !net.ping6(&net.a),
+        "A's IPv6 must not leave when routed by MAC either"
+    );
+
+    // Uninstall takes its routes away (after the service), and everything is as it was.
+    agent.uninstall(&x);
+    assert!(net.curl(&net.a, "a.txt").is_some());
+    assert_eq!(net.last_source("a.txt"), WAN_ROUTER);
+    agent.uninstall(&y);
+    assert_eq!(
+        agent.data("{ deviceRoutes { device } }", json!({}))["deviceRoutes"],
+        json!([])
+    );
+    assert_eq!(
+        net.router_state(),
+        baseline,
+        "the router's rules, routes and ruleset are as they were"
+    );
+    let events = agent.log();
+    assert!(
+        events.contains("device.routed") || events.contains("routed through"),
+        "{events}"
+    );
+}
