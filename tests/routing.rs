@@ -692,3 +692,59 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         "{events}"
     );
 }
+
+/// Debian's v2ray standing in for Xray: the same transparent path through its generator.
+#[test]
+fn v2ray_routes_devices_transparently_too() {
+    let net = net("routev2");
+    std::fs::copy("/usr/bin/v2ray", net.www.join("v2ray")).unwrap();
+    let feature = json!({ "id": "xray", "name": "Xray (V2Ray 4 here)", "version": "4.34.0", "binary": "v2ray", "config": "xray",
+        "service": { "args": ["-config", "{config}"], "check": ["-test", "-config", "{config}"] },
+        "assets": { "x86_64": { "url": net.nginx.url("v2ray"), "sha256": common::sha256_file(&net.www.join("v2ray")) } } });
+    let catalogue = common::write_catalogue(net.root.path(), &[feature]);
+    let toml = format!(
+        "[vlan]\nmode = \"veth\"\npool = [100, 119]\nrt_tables = {:?}\nnetns_dir = {:?}\n",
+        net.rt_tables.display().to_string(),
+        net.netns_dir.display().to_string()
+    );
+    let agent = Agent::start_in(
+        &net.root.path().join("agent"),
+        &catalogue,
+        &toml,
+        Some(&net.router),
+        &[],
+    );
+    let baseline = net.router_state();
+    let v2 = agent.install_with(
+        "xray",
+        "lan",
+        json!({
+            "dnsUpstream": WAN_SERVER,
+            "outbound": { "type": "shadowsocks", "server": PROXY, "serverPort": 8389,
+                          "method": "aes-128-gcm", "password": "nnc-test-password" }
+        }),
+    );
+    running(&agent, &v2);
+    route(&agent, &v2, &[A]);
+    assert_eq!(
+        net.curl(&net.a, "a.txt").as_deref(),
+        Some("a.txt from the internet\n")
+    );
+    assert_eq!(net.last_source("a.txt"), PROXY_OUT_Y, "{}", agent.log());
+    let router_log = net.dns_log("router");
+    assert_eq!(
+        net.dig(&net.a, "192.0.2.1", false).as_deref(),
+        Some("203.0.113.80")
+    );
+    assert_eq!(
+        net.dns_log("router"),
+        router_log,
+        "the router's resolver saw A's query"
+    );
+    assert!(net.curl(&net.b, "b.txt").is_some());
+    assert_eq!(net.last_source("b.txt"), WAN_ROUTER);
+    agent.uninstall(&v2);
+    assert!(net.curl(&net.a, "a.txt").is_some());
+    assert_eq!(net.last_source("a.txt"), WAN_ROUTER);
+    assert_eq!(net.router_state(), baseline);
+}
