@@ -130,12 +130,14 @@ fn serve(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("reconcile: {e}"))?;
         // Routed devices are refused (not sent direct) before any service runs again.
-        let routing = Arc::clone(&installer.routing);
-        match tokio::task::spawn_blocking(move || routing.restore()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => log::info!(target: "routing", "{n} device route(s) in place"),
-            Ok(Err(e)) => log::error!(target: "routing", "cannot put the device routes in place: {}", e.message),
-            Err(e) => return Err(format!("routing: {e}")),
+        match installer.routing.call(routing::Op::Restore).await {
+            Ok(routing::Reply::Count(n)) if n > 0 => {
+                log::info!(target: "routing", "{n} device route(s) in place");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::error!(target: "routing", "cannot put the device routes in place: {}", e.message);
+            }
         }
         follow_services(&installer);
         let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
@@ -188,9 +190,9 @@ fn follow_services(installer: &Arc<install::Installer>) {
                 (&event.kind, &event.instance_id)
             {
                 let running = *to == events::ProcState::Running;
-                let (routing, id) = (Arc::clone(&routing), id.clone());
-                let _ =
-                    tokio::task::spawn_blocking(move || routing.service_state(&id, running)).await;
+                let _ = routing
+                    .call(routing::Op::ServiceState(id.clone(), running))
+                    .await;
             }
         }
     });

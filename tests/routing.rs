@@ -748,3 +748,123 @@ fn v2ray_routes_devices_transparently_too() {
     assert_eq!(net.last_source("a.txt"), WAN_ROUTER);
     assert_eq!(net.router_state(), baseline);
 }
+
+/// Benchmark, not a test (run by `tests/bench/run.sh`; asserts no timing): A through a
+/// routed sing-box vs B direct in the same run. Added latency per request (median and p99 of
+/// 200 `curl`s) and one 100 MB transfer each way, as ratios; then the rules the agent made.
+#[test]
+#[ignore = "benchmark: tests/bench/run.sh runs it"]
+fn bench_routed_vs_direct() {
+    let net = net("routebench");
+    let agent = net.agent();
+    let x = install(&agent, "x", 8388);
+    route(&agent, &x, &[A]);
+    let big = net.www.join("big.bin");
+    run(&[
+        "dd",
+        "if=/dev/urandom",
+        &format!("of={}", big.display()),
+        "bs=1M",
+        "count=100",
+        "status=none",
+    ]);
+    let times = |client: &TestNetns, what: &str, file: &str, n: usize| -> Vec<f64> {
+        let url = format!("http://{WAN_SERVER}:{}/{file}", net.nginx.port);
+        let mut t: Vec<f64> = (0..n)
+            .map(|_| {
+                let out = run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &client.name,
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    what,
+                    "--max-time",
+                    "60",
+                    &url,
+                ]);
+                out.trim().parse::<f64>().unwrap()
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t
+    };
+    let pct = |t: &[f64], p: f64| t[((t.len() as f64 - 1.0) * p).round() as usize];
+    let (a, b) = (
+        times(&net.a, "%{time_total}", "a.txt", 200),
+        times(&net.b, "%{time_total}", "a.txt", 200),
+    );
+    println!(
+        "request latency, 200 each: routed A median {:.2} ms p99 {:.2} ms; direct B median {:.2} ms p99 {:.2} ms; ratio median {:.2} p99 {:.2}",
+        pct(&a, 0.5) * 1e3,
+        pct(&a, 0.99) * 1e3,
+        pct(&b, 0.5) * 1e3,
+        pct(&b, 0.99) * 1e3,
+        pct(&a, 0.5) / pct(&b, 0.5),
+        pct(&a, 0.99) / pct(&b, 0.99)
+    );
+    let (a, b) = (
+        times(&net.a, "%{speed_download}", "big.bin", 1)[0],
+        times(&net.b, "%{speed_download}", "big.bin", 1)[0],
+    );
+    println!(
+        "100 MB download: routed A {:.1} MB/s, direct B {:.1} MB/s, ratio {:.2}",
+        a / 1e6,
+        b / 1e6,
+        a / b
+    );
+    // Upload: the LAN client sends 100 MB to nginx (a 405 after the body is read is fine).
+    let up = |client: &TestNetns| -> f64 {
+        let url = format!("http://{WAN_SERVER}:{}/upload", net.nginx.port);
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.name,
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{speed_upload}",
+                "--max-time",
+                "60",
+                "-T",
+            ])
+            .arg(&big)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(0.0)
+    };
+    let (a, b) = (up(&net.a), up(&net.b));
+    println!(
+        "100 MB upload: routed A {:.1} MB/s, direct B {:.1} MB/s, ratio {:.2}",
+        a / 1e6,
+        b / 1e6,
+        a / b
+    );
+    println!(
+        "the agent's rules:\n{}",
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &net.router.name,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "nnc_agent"
+        ])
+    );
+    println!("{}", net.router.ip(&["rule", "show"]));
+    agent.uninstall(&x);
+}

@@ -18,6 +18,7 @@ use crate::code::Code;
 use crate::events::ProcState;
 use crate::events::{Event, EventKind, Progress, ProgressStatus};
 use crate::install::{InstallRequest, Installer, RequestError};
+use crate::routing::{Op, Reply};
 use crate::store::{self, IfStatus, InterfaceRecord, Status};
 use crate::supervisor::{Isolation, LogLine, ProcessInfo};
 use crate::util;
@@ -75,16 +76,13 @@ impl From<crate::routing::RouteError> for async_graphql::Error {
     }
 }
 
-/// Runs routing work off the runtime thread (it commits to redb and runs nft).
-async fn routing<T: Send + 'static>(
-    ctx: &Context<'_>,
-    f: impl FnOnce(&crate::routing::Routing) -> Result<T, crate::routing::RouteError> + Send + 'static,
-) -> async_graphql::Result<T> {
-    let r = Arc::clone(&installer(ctx).routing);
-    match tokio::task::spawn_blocking(move || f(&r)).await {
-        Ok(v) => v.map_err(Into::into),
-        Err(e) => Err(error(Code::Internal, e.to_string())),
-    }
+/// A routing call off the runtime thread.
+async fn routing(ctx: &Context<'_>, op: Op) -> async_graphql::Result<Reply> {
+    Ok(installer(ctx).routing.call(op).await?)
+}
+
+fn unexpected() -> async_graphql::Error {
+    error(Code::Internal, "unexpected routing reply")
 }
 
 fn state_error(e: store::StoreError) -> async_graphql::Error {
@@ -134,8 +132,10 @@ impl QueryRoot {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Vec<DeviceRouteObject>> {
-        let list = routing(ctx, |r| r.routes()).await?;
-        Ok(list.into_iter().map(DeviceRouteObject).collect())
+        match routing(ctx, Op::Routes).await? {
+            Reply::Routes(list) => Ok(list.into_iter().map(DeviceRouteObject).collect()),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Routers instances can be installed on: `local` (this machine) and configured RouterOS
@@ -342,8 +342,10 @@ impl MutationRoot {
         devices: Vec<String>,
     ) -> async_graphql::Result<Vec<DeviceRouteObject>> {
         let id = checked_id(&instance_id)?.to_owned();
-        let list = routing(ctx, move |r| r.route(&id, &devices)).await?;
-        Ok(list.into_iter().map(DeviceRouteObject).collect())
+        match routing(ctx, Op::Route(id, devices)).await? {
+            Reply::Routes(list) => Ok(list.into_iter().map(DeviceRouteObject).collect()),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Sends devices out directly again; returns those that were routed.
@@ -352,7 +354,10 @@ impl MutationRoot {
         ctx: &Context<'_>,
         devices: Vec<String>,
     ) -> async_graphql::Result<Vec<String>> {
-        routing(ctx, move |r| r.unroute(&devices)).await
+        match routing(ctx, Op::Unroute(devices)).await? {
+            Reply::Devices(list) => Ok(list),
+            _ => Err(unexpected()),
+        }
     }
 
     /// What an instance's routed devices do while its service is down: BLOCK (refused, the
@@ -364,8 +369,10 @@ impl MutationRoot {
         mode: store::OnServiceDown,
     ) -> async_graphql::Result<InstanceObject> {
         let id = checked_id(&instance_id)?.to_owned();
-        let inst = routing(ctx, move |r| r.set_on_service_down(&id, mode)).await?;
-        Ok(InstanceObject(Arc::new(inst)))
+        match routing(ctx, Op::SetOnServiceDown(id, mode)).await? {
+            Reply::Instance(inst) => Ok(InstanceObject(Arc::new(*inst))),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Removes an instance (its process, interface and files); the binary stays while another
@@ -763,8 +770,10 @@ impl InstanceObject {
     }
     /// The LAN devices routed through it.
     async fn devices(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
-        let id = self.0.id.clone();
-        routing(ctx, move |r| r.devices_of(&id)).await
+        match routing(ctx, Op::DevicesOf(self.0.id.clone())).await? {
+            Reply::Devices(list) => Ok(list),
+            _ => Err(unexpected()),
+        }
     }
     /// What its routed devices do while its service is down.
     async fn on_service_down(&self) -> store::OnServiceDown {

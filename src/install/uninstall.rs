@@ -57,9 +57,8 @@ impl Installer {
         self.supervisor.remove(id).await;
         self.kill_leftover(&inst);
         crate::failpoint::hit("uninstall.stopped").map_err(|m| refuse(Code::Injected, m))?;
-        let routing = Arc::clone(&self.routing);
-        let owner = inst.id.clone();
-        blocking(move || routing.drop_instance(&owner))
+        self.routing
+            .call(crate::routing::Op::DropInstance(inst.id.clone()))
             .await
             .map_err(|e| {
                 refuse(

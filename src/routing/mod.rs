@@ -57,6 +57,27 @@ pub(crate) struct Routing {
     up: Mutex<BTreeSet<String>>,
 }
 
+/// A routing call, run off the runtime thread by [`Routing::call`] (it commits to redb and
+/// runs nft). One enum rather than a closure per caller: each closure type would be a
+/// separate copy of tokio's blocking-task machinery in the binary.
+pub(crate) enum Op {
+    Routes,
+    DevicesOf(String),
+    Route(String, Vec<String>),
+    Unroute(Vec<String>),
+    DropInstance(String),
+    SetOnServiceDown(String, OnServiceDown),
+    ServiceState(String, bool),
+    Restore,
+}
+
+pub(crate) enum Reply {
+    Routes(Vec<DeviceRoute>),
+    Devices(Vec<String>),
+    Instance(Box<crate::store::Instance>),
+    Count(usize),
+}
+
 /// Parses every device of a request; the first bad one refuses it all.
 pub(crate) fn parse_all(devices: &[String]) -> Result<Vec<Device>, RouteError> {
     if devices.is_empty() || devices.len() > 1024 {
@@ -89,6 +110,35 @@ impl Routing {
             interfaces,
             up: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Runs `op` on a blocking thread.
+    pub(crate) async fn call(self: &Arc<Self>, op: Op) -> Result<Reply, RouteError> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.run(op))
+            .await
+            .unwrap_or_else(|e| Err(fail(Code::Internal, e.to_string())))
+    }
+
+    fn run(&self, op: Op) -> Result<Reply, RouteError> {
+        Ok(match op {
+            Op::Routes => Reply::Routes(self.routes()?),
+            Op::DevicesOf(id) => Reply::Devices(self.devices_of(&id)?),
+            Op::Route(id, devices) => Reply::Routes(self.route(&id, &devices)?),
+            Op::Unroute(devices) => Reply::Devices(self.unroute(&devices)?),
+            Op::DropInstance(id) => {
+                self.drop_instance(&id)?;
+                Reply::Count(0)
+            }
+            Op::SetOnServiceDown(id, mode) => {
+                Reply::Instance(Box::new(self.set_on_service_down(&id, mode)?))
+            }
+            Op::ServiceState(id, running) => {
+                self.service_state(&id, running);
+                Reply::Count(0)
+            }
+            Op::Restore => Reply::Count(self.restore()?),
+        })
     }
 
     pub(crate) fn routes(&self) -> Result<Vec<DeviceRoute>, RouteError> {

@@ -3,6 +3,7 @@
 #   - stripped static size of the x86_64 musl release binary
 #   - a 200 MB download from loopback nginx: agent (hash included) vs curl, agent peak RSS
 #   - installFeature round-trip latency over 100 calls (median, p99)
+#   - device routing: latency and throughput of a routed LAN client vs a direct one
 #   - memory, API throughput, event latency, the scaling table and redb growth (api_bench.py,
 #     with the examples/loadgen subscriber client and wrk). A binary given as the argument is
 #     measured instead, e.g. dist/x86_64-unknown-linux-musl/nnc-agent (cross/build.sh's: what ships).
@@ -23,3 +24,5 @@ echo "size (stripped, static x86_64 musl): $(stat -c %s "$bin") bytes"
 file "$bin" 2>/dev/null || true
 "$NNC_CACHE/venv/bin/python" tests/bench/install_bench.py "$bin"
 "$NNC_CACHE/venv/bin/python" tests/bench/api_bench.py "$bin" "$CARGO_TARGET_DIR/release/examples/loadgen"
+echo "== device routing: routed vs direct (tests/routing.rs bench_routed_vs_direct)"
+cargo test --quiet --test routing bench_routed_vs_direct -- --ignored --nocapture
