@@ -32,16 +32,17 @@ for t in "${targets[@]}"; do
   [ -f "$bin" ] || { echo "build-ipk.sh: $bin missing (run cross/build.sh $t)" >&2; exit 1; }
   arch=$(pkgarch "$t")
   work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-  mkdir -p "$work/data/usr/bin" "$work/data/etc/init.d" "$work/data/etc/config" "$work/control"
+  mkdir -p "$work/data/usr/bin" "$work/data/etc/init.d" "$work/data/etc/config" "$work/data/etc/uci-defaults" "$work/control"
   install -m 0755 "$bin" "$work/data/usr/bin/nnc-agent"
   install -m 0755 openwrt/files/nnc.init "$work/data/etc/init.d/nnc"
   install -m 0644 openwrt/files/nnc.config "$work/data/etc/config/nnc"
+  install -m 0644 openwrt/files/nnc.uci-defaults "$work/data/etc/uci-defaults/90-nnc-firewall"
   sed -i "s/^\toption board ''/\toption board '$(board_of "$t")'/" "$work/data/etc/config/nnc"
   size=$(du -sb "$work/data" | cut -f1)
   cat > "$work/control/control" <<CTL
 Package: nnc-agent
 Version: $version
-Depends: ca-bundle, kmod-8021q, kmod-veth, kmod-macvlan
+Depends: ca-bundle, kmod-8021q, kmod-veth, kmod-macvlan, nftables
 Source: feeds/nnc/net/nnc-agent
 SourceName: nnc-agent
 License: MIT
@@ -54,7 +55,8 @@ Description: Installs, isolates and supervises network services (Tor, sing-box, 
  on the router; one GraphQL call per install. Static binary for $t.
 CTL
   echo /etc/config/nnc > "$work/control/conffiles"
-  printf '#!/bin/sh\n[ -n "${IPKG_INSTROOT}" ] || { /etc/init.d/nnc enable; /etc/init.d/nnc start; }\nexit 0\n' > "$work/control/postinst"
+  # On a live system: the firewall zone now (at first boot uci-defaults would run it), then start.
+  printf '#!/bin/sh\n[ -n "${IPKG_INSTROOT}" ] || {\n  d=/etc/uci-defaults/90-nnc-firewall\n  [ -f $d ] && ( . $d ) && rm -f $d && /etc/init.d/firewall reload\n  /etc/init.d/nnc enable; /etc/init.d/nnc start; }\nexit 0\n' > "$work/control/postinst"
   printf '#!/bin/sh\n[ -n "${IPKG_INSTROOT}" ] || { /etc/init.d/nnc stop; /etc/init.d/nnc disable; }\nexit 0\n' > "$work/control/prerm"
   chmod 0755 "$work/control/postinst" "$work/control/prerm"
   tgz "$work/control.tar.gz" "$work/control"

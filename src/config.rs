@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use crate::board::{self, Board};
 use crate::trust::{self, Feed};
 use crate::vif::routeros::api::{Endpoint, TlsTrust};
 use crate::vif::{self, VlanMode};
-use crate::{api, http_client, supervisor};
+use crate::{api, http_client, routing, supervisor};
 
 /// Everything `serve` needs, after flags, file and defaults are merged.
 #[derive(Debug, Clone)]
@@ -36,6 +36,7 @@ pub(crate) struct Config {
     /// The catalogue's source, the trust policy and the HTTP settings of every download.
     pub feed: Feed,
     pub api: api::Limits,
+    pub routing: routing::Settings,
 }
 
 #[derive(Debug)]
@@ -74,6 +75,15 @@ struct FileConfig {
     trust: FileTrust,
     #[serde(default)]
     api: FileApi,
+    #[serde(default)]
+    routing: FileRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRouting {
+    /// Where the device-routing rules are kept for the boot firewall; `""` for nowhere.
+    boot_rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,8 +353,20 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
     let supervisor = merge_supervisor(&file.supervisor, board.as_ref())?;
     let trust = trust_config(&file.trust)?;
     let api = api_limits(&file.api)?;
+    let routing = routing::Settings {
+        boot_rules: match &file.routing.boot_rules {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            // fw4 (OpenWrt) includes this directory's files when it loads the firewall.
+            None => Path::new(FW4_RULESET_POST)
+                .parent()
+                .filter(|d| d.parent().is_some_and(Path::is_dir))
+                .map(|_| PathBuf::from(FW4_RULESET_POST)),
+        },
+    };
     Ok(Config {
         api,
+        routing,
         supervisor,
         vlan,
         routers,
@@ -361,6 +383,9 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
         dev: flags.dev || file.dev.unwrap_or(false),
     })
 }
+
+/// fw4 includes `ruleset-post/*.nft` after its own table at every start and reload.
+const FW4_RULESET_POST: &str = "/usr/share/nftables.d/ruleset-post/nnc-agent.nft";
 
 fn check_pool(what: &str, pool: [u16; 2]) -> Result<(), ConfigError> {
     // The VLAN id is also the third octet of the instance's subnet.

@@ -231,6 +231,7 @@ fn assemble(
         install::Settings {
             feed: cfg.feed.clone(),
             supervisor: cfg.supervisor.clone(),
+            routing: cfg.routing.clone(),
         },
         interfaces,
         supervisor,

@@ -258,19 +258,37 @@ impl Net {
             "assets": { "x86_64": { "url": self.nginx.url("sing-box-1.14.4-linux-amd64.tar.gz"),
                 "checksums": self.nginx.url("checksums.txt"), "archive": "tar.gz",
                 "path": "sing-box-1.14.4-linux-amd64/sing-box" } } });
-        let catalogue = common::write_catalogue(self.root.path(), &[feature]);
+        // A version whose check passes but which exits at once: an update to it stops the
+        // running service, fails, and puts the old one back (the rollback window).
+        std::fs::copy("/bin/busybox", self.www.join("busybox")).unwrap();
+        let exits = json!({ "id": "sing-box", "name": "sing-box", "version": "9.0.0-exits", "binary": "busybox", "config": "sing-box",
+            "service": { "args": ["false"], "check": ["true"] },
+            "assets": { "x86_64": { "url": self.nginx.url("busybox"), "sha256": common::sha256_file(&self.www.join("busybox")) } } });
+        let catalogue = common::write_catalogue(self.root.path(), &[feature, exits]);
+        self.start_agent(&catalogue)
+    }
+
+    fn start_agent(&self, catalogue: &std::path::Path) -> Agent {
         let toml = format!(
-            "[vlan]\nmode = \"veth\"\npool = [100, 119]\nrt_tables = {:?}\nnetns_dir = {:?}\n",
+            "[vlan]\nmode = \"veth\"\npool = [100, 119]\nrt_tables = {:?}\nnetns_dir = {:?}\n[supervisor]\nbackoff_initial_secs = 0.2\n[routing]\nboot_rules = {:?}\n",
             self.rt_tables.display().to_string(),
-            self.netns_dir.display().to_string()
+            self.netns_dir.display().to_string(),
+            self.boot_rules().display().to_string()
         );
         Agent::start_in(
             &self.root.path().join("agent"),
-            &catalogue,
+            catalogue,
             &toml,
             Some(&self.router),
             &[],
         )
+    }
+
+    /// Where the agent keeps its rules for the boot firewall (fw4's include directory on OpenWrt).
+    fn boot_rules(&self) -> PathBuf {
+        self.root
+            .path()
+            .join("nftables.d/ruleset-post/nnc-agent.nft")
     }
 
     /// A plain `curl` from a LAN client: the body, or None when it did not get through.
@@ -606,6 +624,58 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     agent.restart();
     running(&agent, &x);
     through_x(&net);
+    // 5. An update to a version that fails once started: stopped, failed, rolled back.
+    agent.data(
+        "mutation($i: ID!) { updateInstance(id: $i, version: \"9.0.0-exits\") { status } }",
+        json!({ "i": x }),
+    );
+    common::wait_until("the failed update to roll back", TIMEOUT, || {
+        let p = agent.process(&x);
+        p["status"] == "RUNNING" && p["version"] == "1.14.4" && p["failedStep"] == "updating"
+    });
+    through_x(&net);
+    // 6. A reboot: the kernel forgets the agent's table, its rules and the segment. The boot
+    //    firewall loads the kept rules (fw4 includes the file) long before the agent starts:
+    //    A is refused until the agent has put everything back.
+    let boot = net.boot_rules();
+    assert!(boot.exists(), "the rules are kept for the boot firewall");
+    agent.kill9();
+    let pref = 5000 + 2 * vlan;
+    for p in [pref, pref + 1] {
+        net.router.ip(&["rule", "del", "pref", &p.to_string()]);
+    }
+    for dev in ["", "h", "v"] {
+        net.router.ip(&["link", "del", &format!("nnc{vlan}{dev}")]);
+    }
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.router.name,
+        "nft",
+        "delete",
+        "table",
+        "inet",
+        "nnc_agent",
+    ]);
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.router.name,
+        "nft",
+        "-f",
+        &boot.display().to_string(),
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        net.curl(&net.a, "a.txt").is_none(),
+        "after the reboot, before the agent: refused"
+    );
+    agent.restart();
+    running(&agent, &x);
+    through_x(&net);
+    through_x(&net);
     assert_eq!(
         leaks_since(&net, seen, &[PROXY_OUT_X]),
         Vec::<String>::new(),
@@ -681,6 +751,10 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         agent.data("{ deviceRoutes { device } }", json!({}))["deviceRoutes"],
         json!([])
     );
+    assert!(
+        !net.boot_rules().exists(),
+        "nothing routed: nothing kept for the boot"
+    );
     assert_eq!(
         net.router_state(),
         baseline,
@@ -702,18 +776,7 @@ fn v2ray_routes_devices_transparently_too() {
         "service": { "args": ["-config", "{config}"], "check": ["-test", "-config", "{config}"] },
         "assets": { "x86_64": { "url": net.nginx.url("v2ray"), "sha256": common::sha256_file(&net.www.join("v2ray")) } } });
     let catalogue = common::write_catalogue(net.root.path(), &[feature]);
-    let toml = format!(
-        "[vlan]\nmode = \"veth\"\npool = [100, 119]\nrt_tables = {:?}\nnetns_dir = {:?}\n",
-        net.rt_tables.display().to_string(),
-        net.netns_dir.display().to_string()
-    );
-    let agent = Agent::start_in(
-        &net.root.path().join("agent"),
-        &catalogue,
-        &toml,
-        Some(&net.router),
-        &[],
-    );
+    let agent = net.start_agent(&catalogue);
     let baseline = net.router_state();
     let v2 = agent.install_with(
         "xray",
@@ -817,9 +880,29 @@ fn bench_routed_vs_direct() {
         b / 1e6,
         a / b
     );
-    // Upload: the LAN client sends 100 MB to nginx (a 405 after the body is read is fine).
+    // Upload: the LAN client PUTs 100 MB to a sink in the "internet" (Python's http.server,
+    // reading the whole body before it answers 204).
+    let sink_port = common::free_port();
+    let sink = "import http.server, sys\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_PUT(self):\n    left = int(self.headers.get('Content-Length', 0))\n    while left > 0:\n      b = self.rfile.read(min(left, 1 << 20))\n      if not b: break\n      left -= len(b)\n    self.send_response(204); self.end_headers()\n  def log_message(self, *a): pass\nhttp.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()\n";
+    let mut sink = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.internet.name,
+            "python3",
+            "-c",
+            sink,
+            WAN_SERVER,
+        ])
+        .arg(sink_port.to_string())
+        .spawn()
+        .unwrap();
+    common::wait_until("the upload sink", Duration::from_secs(10), || {
+        net.internet
+            .run(|| std::net::TcpStream::connect((WAN_SERVER, sink_port)).is_ok())
+    });
     let up = |client: &TestNetns| -> f64 {
-        let url = format!("http://{WAN_SERVER}:{}/upload", net.nginx.port);
+        let url = format!("http://{WAN_SERVER}:{sink_port}/upload");
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -845,6 +928,8 @@ fn bench_routed_vs_direct() {
             .unwrap_or(0.0)
     };
     let (a, b) = (up(&net.a), up(&net.b));
+    let _ = sink.kill();
+    let _ = sink.wait();
     println!(
         "100 MB upload: routed A {:.1} MB/s, direct B {:.1} MB/s, ratio {:.2}",
         a / 1e6,
@@ -867,4 +952,107 @@ fn bench_routed_vs_direct() {
     );
     println!("{}", net.router.ip(&["rule", "show"]));
     agent.uninstall(&x);
+}
+
+/// Tor cannot bootstrap offline, so what is proved is arrival: A's TCP is held by tor on its
+/// TransPort (never direct), A's DNS to the router reaches tor's DNSPort, not the router.
+#[test]
+fn tor_takes_routed_devices_tcp_on_its_transport_and_dns_on_its_dnsport() {
+    let net = net("routetor");
+    std::fs::copy("/usr/sbin/tor", net.www.join("tor")).unwrap();
+    let feature = json!({ "id": "tor", "name": "Tor", "version": "0.4", "binary": "tor", "config": "tor",
+        "assets": { "x86_64": { "url": net.nginx.url("tor"), "sha256": common::sha256_file(&net.www.join("tor")) } } });
+    let catalogue = common::write_catalogue(net.root.path(), &[feature]);
+    let agent = net.start_agent(&catalogue);
+    let tor = agent.install_with("tor", "lan", json!({}));
+    let p = running(&agent, &tor);
+    let service = p["interface"]["serviceAddress"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let netns = p["interface"]["netns"].as_str().unwrap().to_owned();
+    route(&agent, &tor, &[A]);
+    let inside = |args: &[&str]| run(&[&["nsenter", &format!("--net={netns}")][..], args].concat());
+    let url = format!("http://{WAN_SERVER}:{}/a.txt", net.nginx.port);
+    let mut curl = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a.name,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "20",
+            &url,
+        ])
+        .spawn()
+        .unwrap();
+    // Redirected connections reach tor from the router's side of the segment (.1), which its
+    // SocksPolicy (private addresses) accepts although A is numbered from 192.0.2.0/24.
+    let want = format!("{service}:9040");
+    let mut seen = String::new();
+    let held = (0..150).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        seen = inside(&["ss", "-tanH"]);
+        // tor's end (peer: the router's side, with A's source port) and A's end of it.
+        let ports: Vec<String> = seen
+            .lines()
+            .filter(|l| l.starts_with("ESTAB") && l.contains(&want))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(4)?
+                    .rsplit_once(':')
+                    .map(|(_, p)| p.to_owned())
+            })
+            .collect();
+        let mine = run(&["ip", "netns", "exec", &net.a.name, "ss", "-tanH"]);
+        ports.iter().any(|p| {
+            mine.lines().any(|l| {
+                l.starts_with("ESTAB") && l.contains(&format!("{A}:{p} ")) && l.contains(WAN_SERVER)
+            })
+        })
+    });
+    assert!(
+        held,
+        "A's connection is held by tor on its TransPort: {seen}\n{}\nA: {}\ntor: {}",
+        inside(&["nft", "list", "table", "ip", "nnc_agent"]),
+        run(&["ip", "netns", "exec", &net.a.name, "ss", "-tanH"]),
+        agent.data(
+            "query($i: ID!) { instanceLogs(id: $i, tail: 40) }",
+            json!({ "i": tor })
+        )
+    );
+    let _ = curl.kill();
+    let _ = curl.wait();
+    assert!(
+        net.sources("a.txt").is_empty(),
+        "nginx saw A: {:?}",
+        net.sources("a.txt")
+    );
+
+    let router_log = net.dns_log("router");
+    let _ = net.dig(&net.a, "192.0.2.1", false);
+    let table = inside(&["nft", "list", "table", "ip", "nnc_agent"]);
+    let dns_rule = table
+        .lines()
+        .find(|l| l.contains("dport 53"))
+        .unwrap_or_default();
+    assert!(
+        dns_rule.contains("counter packets") && !dns_rule.contains("counter packets 0 "),
+        "A's DNS query was redirected to tor's DNSPort: {table}"
+    );
+    assert!(
+        inside(&["ss", "-ulnpH"])
+            .lines()
+            .any(|l| l.contains(&format!("{service}:9053")) && l.contains("tor")),
+        "tor listens on its DNSPort"
+    );
+    assert_eq!(
+        net.dns_log("router"),
+        router_log,
+        "the router's resolver saw A's query"
+    );
+    agent.uninstall(&tor);
 }

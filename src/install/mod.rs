@@ -99,6 +99,7 @@ impl From<StoreError> for RequestError {
 pub(crate) struct Settings {
     pub feed: crate::trust::Feed,
     pub supervisor: crate::supervisor::Settings,
+    pub routing: crate::routing::Settings,
 }
 
 pub(crate) struct Installer {
@@ -140,6 +141,7 @@ impl Installer {
                 store.clone(),
                 bus.clone(),
                 Arc::clone(&interfaces),
+                cfg.routing.clone(),
             )),
             interfaces,
             supervisor,

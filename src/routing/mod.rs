@@ -48,7 +48,16 @@ impl From<crate::store::StoreError> for RouteError {
     }
 }
 
+/// `[routing]`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    /// A copy of the router's rules for the boot firewall to load before the agent starts
+    /// (fw4: `/usr/share/nftables.d/ruleset-post/nnc-agent.nft`, the default where fw4 is).
+    pub boot_rules: Option<PathBuf>,
+}
+
 pub(crate) struct Routing {
+    settings: Settings,
     store: Store,
     bus: Bus,
     interfaces: Arc<InterfaceFactory>,
@@ -103,8 +112,14 @@ pub(crate) fn parse_all(devices: &[String]) -> Result<Vec<Device>, RouteError> {
 }
 
 impl Routing {
-    pub(crate) fn new(store: Store, bus: Bus, interfaces: Arc<InterfaceFactory>) -> Routing {
+    pub(crate) fn new(
+        store: Store,
+        bus: Bus,
+        interfaces: Arc<InterfaceFactory>,
+        settings: Settings,
+    ) -> Routing {
         Routing {
+            settings,
             store,
             bus,
             interfaces,
@@ -485,6 +500,39 @@ impl Routing {
         for (ns, service) in &namespaces {
             nft::apply(&nft::service_ruleset(*service), Some(ns))?;
         }
-        nft::apply(&nft::router_ruleset(&groups, &refused), None)
+        let rules = nft::router_ruleset(&groups, &refused);
+        nft::apply(&rules, None)?;
+        if let Some(path) = &self.settings.boot_rules {
+            keep_for_boot(
+                path,
+                (!groups.is_empty() || !refused.is_empty()).then_some(&rules),
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// Writes the rules nft just accepted where the boot firewall loads them (through a temp
+/// file, so it never reads half of them), or removes the file when nothing is routed. After
+/// a reboot the segments are not there yet, so the guard rules refuse routed devices until
+/// the agent has started.
+fn keep_for_boot(path: &std::path::Path, rules: Option<&String>) -> Result<(), String> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let Some(rules) = rules else {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(e)),
+            _ => Ok(()),
+        };
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(b"# written by nnc-agent: its device-routing rules, loaded at boot\n")
+        .and_then(|()| f.write_all(rules.as_bytes()))
+        .and_then(|()| f.sync_all())
+        .map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
 }

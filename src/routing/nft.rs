@@ -141,14 +141,24 @@ fn set<'a>(t: &mut String, name: &str, ty: &str, devices: impl Iterator<Item = &
 }
 
 /// The service namespace's table: the segment's TCP to the transparent inbound, DNS to the
-/// DNS inbound (the router already sent every DNS query of a device to `service`).
+/// DNS inbound (the router already sent every DNS query of a device to `service`). What was
+/// redirected reaches the service from `.1`, the router's side of the segment: the original
+/// destination stays what the service reads (SO_ORIGINAL_DST), and a service with a source
+/// policy (Tor's SocksPolicy: private addresses only) serves a LAN numbered from any range.
+/// The counters say how much was redirected (`ip netns exec nnc-{id} nft list table ip nnc_agent`).
 pub(crate) fn service_ruleset(service: Ipv4Addr) -> String {
+    let [a, b, c, _] = service.octets();
+    let router = Ipv4Addr::new(a, b, c, 1);
     format!(
         "table ip nnc_agent {{}}\ndelete table ip nnc_agent\ntable ip nnc_agent {{
   chain transparent {{
     type nat hook prerouting priority dstnat; policy accept;
-    iifname \"eth0\" ip daddr {service} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{DNS_PORT}
-    iifname \"eth0\" ip daddr != {service} meta l4proto tcp redirect to :{TRANSPARENT_PORT}
+    iifname \"eth0\" ip daddr {service} meta l4proto {{ tcp, udp }} th dport 53 counter redirect to :{DNS_PORT}
+    iifname \"eth0\" ip daddr != {service} meta l4proto tcp counter redirect to :{TRANSPARENT_PORT}
+  }}
+  chain from_router {{
+    type nat hook input priority 100; policy accept;
+    iifname \"eth0\" ct status dnat snat ip to {router}
   }}
 }}\n"
     )

@@ -8,6 +8,7 @@ usage: check_ipk.py IPK PACKAGES_FILE EXPECTED_ARCH EXPECTED_BOARD
 import hashlib
 import io
 import os
+import subprocess
 import sys
 import tarfile
 
@@ -44,7 +45,8 @@ def main():
 
     data = tarfile.open(fileobj=io.BytesIO(m["data.tar.gz"]), mode="r:gz")
     files = {ti.name.lstrip("./"): ti for ti in data.getmembers() if ti.isfile()}
-    want = {"usr/bin/nnc-agent": 0o755, "etc/init.d/nnc": 0o755, "etc/config/nnc": 0o644}
+    want = {"usr/bin/nnc-agent": 0o755, "etc/init.d/nnc": 0o755, "etc/config/nnc": 0o644,
+            "etc/uci-defaults/90-nnc-firewall": 0o644}
     if set(files) != set(want):
         fail(f"data files {sorted(files)}")
     for path, mode in want.items():
@@ -64,6 +66,14 @@ def main():
     uci = data.extractfile(files["etc/config/nnc"]).read().decode()
     if f"option board '{want_board}'" not in uci:
         fail(f"/etc/config/nnc does not set board '{want_board}'")
+
+    zone = data.extractfile(files["etc/uci-defaults/90-nnc-firewall"]).read()
+    for needle in (b"set firewall.nnc=zone", b"firewall.nnc.device='nnc+'", b"commit firewall"):
+        if needle not in zone:
+            fail(f"the firewall uci-defaults lack {needle!r}")
+    # Valid sh (the router's ash runs it): parsed, not run, by dash here.
+    if subprocess.run(["sh", "-n"], input=zone).returncode != 0:
+        fail("the firewall uci-defaults are not valid sh")
 
     control = tarfile.open(fileobj=io.BytesIO(m["control.tar.gz"]), mode="r:gz")
     cfiles = {ti.name.lstrip("./"): ti for ti in control.getmembers() if ti.isfile()}
