@@ -1,6 +1,6 @@
 //! The RouterOS backend against a protocol-faithful simulator (tests/routeros/sim.py, itself
 //! checked against the third-party clients librouteros and routeros-api): the seed's four
-//! objects on install, nothing left after a failure at any step, a dropped connection, or a
+//! objects and device routing's four on install, routed devices as address-list entries, nothing left after a failure at any step, a dropped connection, or a
 //! kill -9 mid-sequence; unreachable routers refused; TLS with a pinned certificate; a
 //! malicious router (endless rows, a dripped reply or TLS handshake, a 1 MiB word) cut off in
 //! bounded time and memory while the API keeps answering; a warning for plain-text logins.
@@ -21,11 +21,14 @@ use common::{Agent, sha256_file};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const MENUS: [&str; 4] = [
+const MENUS: [&str; 7] = [
     "/interface/vlan",
     "/ip/address",
     "/routing/table",
     "/ip/route",
+    "/ip/firewall/mangle",
+    "/ip/firewall/nat",
+    "/ip/firewall/address-list",
 ];
 
 struct Sim {
@@ -113,9 +116,9 @@ impl Setup {
     }
 }
 
-fn assert_four_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
+fn assert_eight_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
     let objects = sim.objects();
-    assert_eq!(objects.len(), 4, "{objects:?}");
+    assert_eq!(objects.len(), 8, "{objects:?}");
     let tag = format!("nnc:{id}");
     let alias = format!("nnc-tool-{name}");
     let get = |menu: &str| {
@@ -150,9 +153,191 @@ fn assert_four_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
         (Some("0.0.0.0/0"), Some(alias.as_str()))
     );
     assert_eq!(r["gateway"], format!("10.99.{vlan}.2"));
+    // Device routing's fail-closed half: a blackhole behind the service's route, the mark
+    // for the instance's address list, its DNS to the service.
+    let all = |menu: &str| -> Vec<Value> {
+        objects
+            .iter()
+            .filter(|(m, _)| m == menu)
+            .map(|(_, o)| o.clone())
+            .collect()
+    };
+    let hole = all("/ip/route")
+        .into_iter()
+        .find(|r| r["blackhole"] == "yes")
+        .unwrap();
+    assert_eq!(
+        (
+            hole["distance"].as_str(),
+            hole["routing-table"].as_str(),
+            hole.get("gateway")
+        ),
+        (Some("250"), Some(alias.as_str()), None)
+    );
+    let m = get("/ip/firewall/mangle");
+    assert_eq!(
+        (
+            m["chain"].as_str(),
+            m["src-address-list"].as_str(),
+            m["action"].as_str(),
+            m["new-routing-mark"].as_str(),
+            m["passthrough"].as_str()
+        ),
+        (
+            Some("prerouting"),
+            Some(alias.as_str()),
+            Some("mark-routing"),
+            Some(alias.as_str()),
+            Some("no")
+        )
+    );
+    let mut nat: Vec<(String, String)> = all("/ip/firewall/nat")
+        .iter()
+        .map(|n| {
+            assert_eq!(
+                (
+                    n["chain"].as_str(),
+                    n["src-address-list"].as_str(),
+                    n["dst-port"].as_str(),
+                    n["action"].as_str()
+                ),
+                (
+                    Some("dstnat"),
+                    Some(alias.as_str()),
+                    Some("53"),
+                    Some("dst-nat")
+                )
+            );
+            (
+                n["protocol"].as_str().unwrap().to_owned(),
+                n["to-addresses"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    nat.sort();
+    let service = format!("10.99.{vlan}.2");
+    assert_eq!(
+        nat,
+        [
+            ("tcp".to_owned(), service.clone()),
+            ("udp".to_owned(), service)
+        ]
+    );
     for (menu, o) in &objects {
         assert_eq!(o["comment"], tag.as_str(), "{menu} is not tagged");
     }
+}
+
+#[test]
+fn routed_devices_are_address_list_entries_moved_without_a_gap_and_removed_in_reverse() {
+    let s = setup("rosroute");
+    let sim = Sim::start(s.feed.path(), &[]);
+    let agent = s.agent("agent", sim.port, "", "");
+    let x = agent.install_on("tool", "mt", "x");
+    let y = agent.install_on("tool", "mt", "y");
+    for id in [&x, &y] {
+        assert_eq!(agent.wait_done(id, TIMEOUT)["status"], "INSTALLED");
+    }
+    let route = |id: &str, d: &[&str]| {
+        agent.gql(
+            "mutation($i: ID!, $d: [String!]!) { routeDevices(instanceId: $i, devices: $d) { device instanceId } }",
+            json!({ "i": id, "d": d }),
+        )
+    };
+    let entries = || -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = sim.state()["menus"]["/ip/firewall/address-list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["list"].as_str().unwrap().to_owned(),
+                    e["address"].as_str().unwrap().to_owned(),
+                    e["comment"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let r = route(&x, &["192.0.2.10", "192.0.2.128/25"]);
+    assert!(r.get("errors").is_none(), "{r}\n{}", agent.log());
+    let tx = format!("nnc:{x}");
+    assert_eq!(
+        entries(),
+        [
+            ("nnc-tool-x".to_owned(), "192.0.2.10".to_owned(), tx.clone()),
+            (
+                "nnc-tool-x".to_owned(),
+                "192.0.2.128/25".to_owned(),
+                tx.clone()
+            ),
+        ]
+    );
+    let code = |r: &Value| {
+        r["errors"][0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        code(&route(&x, &["02:00:5e:10:00:0a"])),
+        "ROUTING_UNSUPPORTED"
+    );
+    assert_eq!(code(&route(&x, &["bogus"])), "INVALID_DEVICE");
+
+    // Moved: added to Y's list before it leaves X's (RouterOS has no transactions).
+    let before = sim.state()["log"].as_array().unwrap().len();
+    route(&y, &["192.0.2.10"]);
+    let ty = format!("nnc:{y}");
+    assert_eq!(
+        entries(),
+        [
+            (
+                "nnc-tool-x".to_owned(),
+                "192.0.2.128/25".to_owned(),
+                tx.clone()
+            ),
+            ("nnc-tool-y".to_owned(), "192.0.2.10".to_owned(), ty.clone()),
+        ]
+    );
+    let ops: Vec<String> = sim.state()["log"].as_array().unwrap()[before..]
+        .iter()
+        .filter(|e| {
+            e["cmd"]
+                .as_str()
+                .unwrap()
+                .starts_with("/ip/firewall/address-list/")
+                && !e["cmd"].as_str().unwrap().ends_with("print")
+        })
+        .map(|e| e["cmd"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "/ip/firewall/address-list/add",
+            "/ip/firewall/address-list/remove"
+        ]
+    );
+
+    // Unroute removes exactly that entry; uninstall the rest, then every object.
+    let un = agent.data(
+        "mutation { unrouteDevices(devices: [\"192.0.2.128/25\"]) }",
+        json!({}),
+    );
+    assert_eq!(un["unrouteDevices"], json!(["192.0.2.128/25"]));
+    assert_eq!(
+        entries(),
+        [("nnc-tool-y".to_owned(), "192.0.2.10".to_owned(), ty)]
+    );
+    agent.uninstall(&y);
+    assert_eq!(entries(), vec![]);
+    assert_eq!(
+        agent.data("{ deviceRoutes { device } }", json!({}))["deviceRoutes"],
+        json!([])
+    );
+    agent.uninstall(&x);
+    assert_eq!(sim.objects(), vec![], "uninstall left objects behind");
 }
 
 #[test]
@@ -190,7 +375,7 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
     assert_eq!(ia["interface"]["status"], "ACTIVE");
     assert_eq!(ia["interface"]["name"], "nnc-tool-a");
     assert_eq!(ia["interface"]["address"], "10.99.100.1/24");
-    assert_four_objects(&sim, &a, "a", 100);
+    assert_eight_objects(&sim, &a, "a", 100);
     let listed = agent.data("{ interfaces { instanceId routerId vlanId } }", json!({}));
     assert_eq!(
         listed["interfaces"],
@@ -199,7 +384,7 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
 
     let b = agent.install_on("tool", "mt", "b");
     assert_eq!(agent.wait_done(&b, TIMEOUT)["interface"]["vlanId"], 101);
-    assert_eq!(sim.objects().len(), 8);
+    assert_eq!(sim.objects().len(), 16);
     agent.uninstall(&a);
     agent.uninstall(&b);
     assert_eq!(sim.objects(), vec![], "uninstall left objects behind");
@@ -222,7 +407,7 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
 #[test]
 fn a_failure_or_a_dropped_connection_at_any_step_leaves_nothing() {
     let s = setup("rosfail");
-    for step in 1..=4 {
+    for step in 1..=8 {
         for how in ["--fail-at", "--drop-at"] {
             let sim = Sim::start(s.feed.path(), &[how, &step.to_string()]);
             let agent = s.agent(&format!("agent{how}{step}"), sim.port, "", "");
@@ -329,7 +514,7 @@ fn kill_9_mid_sequence_and_orphans_are_repaired_at_start() {
     agent.restart_with(&[]);
     let inst = agent.wait_done(&id, TIMEOUT);
     assert_eq!(inst["status"], "INSTALLED", "{inst}\n{}", agent.log());
-    assert_four_objects(&sim, &id, "k", 100);
+    assert_eight_objects(&sim, &id, "k", 100);
 }
 
 #[test]
@@ -362,7 +547,7 @@ fn tls_with_a_pinned_certificate_and_routeros_7_18_empty_replies() {
         "{}",
         agent.log()
     );
-    assert_four_objects(&sim, &id, "t", 100);
+    assert_eight_objects(&sim, &id, "t", 100);
     agent.uninstall(&id);
     assert_eq!(sim.objects(), vec![]);
 
@@ -404,15 +589,15 @@ fn an_active_interface_whose_objects_vanished_is_recreated_at_start() {
         .status()
         .unwrap();
     assert!(removed.success());
-    assert_eq!(sim.objects().len(), 3);
+    assert_eq!(sim.objects().len(), 6);
     agent.restart();
-    common::wait_until("objects recreated", TIMEOUT, || sim.objects().len() == 4);
+    common::wait_until("objects recreated", TIMEOUT, || sim.objects().len() == 8);
     assert!(
         agent.log().contains("vanished; recreating"),
         "{}",
         agent.log()
     );
-    assert_four_objects(&sim, &id, "g", 100);
+    assert_eight_objects(&sim, &id, "g", 100);
 }
 
 /// Polls the agent's `/health` every 200 ms on a thread of its own until dropped; each answer

@@ -189,11 +189,13 @@ impl Routing {
                 format!("router {} is not configured", inst.router_id),
             )
         })?;
-        if router.kind() != "linux" {
+        if router.kind() == "routeros"
+            && let Some(mac) = wanted.iter().find(|d| matches!(d, Device::Mac(_)))
+        {
             return Err(fail(
                 Code::RoutingUnsupported,
                 format!(
-                    "instance {instance_id} is on RouterOS router {}: routing devices there is not implemented yet",
+                    "instance {instance_id} is on RouterOS router {}: route {mac} by its IPv4 address (MAC addresses are routed on Linux routers only)",
                     inst.router_id
                 ),
             ));
@@ -351,7 +353,7 @@ impl Routing {
     ) -> Result<(), RouteError> {
         self.store.change_routes(put, remove)?;
         let after = self.store.device_routes()?;
-        if let Err(e) = self.apply(&after, up) {
+        if let Err(e) = self.apply(&after, up, Some(before)) {
             log::error!(target: "routing", "applying the routes failed, putting the previous ones back: {e}");
             let touched: Vec<String> = put
                 .iter()
@@ -364,7 +366,7 @@ impl Routing {
                 .cloned()
                 .collect();
             self.store.change_routes(&restore, &touched)?;
-            if let Err(again) = self.apply(before, up) {
+            if let Err(again) = self.apply(before, up, Some(&after)) {
                 log::error!(target: "routing", "the previous routes could not be applied either: {again}");
             }
             return Err(fail(Code::RoutingFailed, e));
@@ -391,11 +393,11 @@ impl Routing {
         if before.on_service_down != mode {
             log::info!(target: "routing", "instance {instance_id}: onServiceDown {mode:?}");
             let routes = self.store.device_routes()?;
-            if let Err(e) = self.apply(&routes, &up) {
+            if let Err(e) = self.apply(&routes, &up, Some(&[])) {
                 let _ = self
                     .store
                     .update_instance(instance_id, |i| i.on_service_down = before.on_service_down);
-                let _ = self.apply(&routes, &up);
+                let _ = self.apply(&routes, &up, Some(&[]));
                 return Err(fail(Code::RoutingFailed, e));
             }
         }
@@ -426,7 +428,7 @@ impl Routing {
             return;
         }
         log::info!(target: "routing", "instance {instance_id} (onServiceDown DIRECT): service {}; its devices go {}", if running { "running" } else { "down" }, if running { "through it" } else { "out directly" });
-        if let Err(e) = self.apply(&routes, &up) {
+        if let Err(e) = self.apply(&routes, &up, Some(&[])) {
             log::error!(target: "routing", "instance {instance_id}: {e}");
         }
     }
@@ -446,7 +448,7 @@ impl Routing {
             self.store.change_routes(&[], &orphans)?;
         }
         let routes = self.store.device_routes()?;
-        match self.apply(&routes, &up) {
+        match self.apply(&routes, &up, None) {
             Ok(()) => Ok(routes.len()),
             // Nothing routed: a system without nft (or nf_tables) has nothing to remove.
             Err(e) if routes.is_empty() => {
@@ -457,14 +459,89 @@ impl Routing {
         }
     }
 
-    /// Puts the kernel's rules in the state `routes` describe.
-    fn apply(&self, routes: &[DeviceRoute], up: &BTreeSet<String>) -> Result<(), String> {
+    /// Puts the kernel's rules (and RouterOS routers' address lists) in the state `routes`
+    /// describe. `also` are routes whose routers must be brought in line too (the state
+    /// before a change: a router whose last route went away); `None` syncs every RouterOS
+    /// router (at start).
+    fn apply(
+        &self,
+        routes: &[DeviceRoute],
+        up: &BTreeSet<String>,
+        also: Option<&[DeviceRoute]>,
+    ) -> Result<(), String> {
+        let router_of = |id: &str| {
+            self.store
+                .instance(id)
+                .ok()
+                .flatten()
+                .map_or_else(|| crate::ids::LOCAL_ROUTER.to_owned(), |i| i.router_id)
+        };
+        let is_routeros = |router: &str| {
+            self.interfaces
+                .router(router)
+                .is_some_and(|r| r.kind() == "routeros")
+        };
+        let mut lists: BTreeMap<String, Vec<(String, String, String)>> = BTreeMap::new();
+        match also {
+            Some(also) => {
+                for r in routes.iter().chain(also) {
+                    let router = router_of(&r.instance_id);
+                    if is_routeros(&router) {
+                        lists.entry(router).or_default();
+                    }
+                }
+            }
+            None => {
+                for r in self.interfaces.routers().filter(|r| r.kind() == "routeros") {
+                    lists.entry(r.id.clone()).or_default();
+                }
+            }
+        }
         let mut by_instance: BTreeMap<&str, Vec<Device>> = BTreeMap::new();
         for r in routes {
+            let router = router_of(&r.instance_id);
+            if is_routeros(&router) {
+                let rec = self
+                    .store
+                    .interface(&r.instance_id)
+                    .map_err(|e| e.to_string())?;
+                let direct = !up.contains(&r.instance_id) && self.is_direct(&r.instance_id);
+                if let (Some(rec), false) = (rec, direct) {
+                    lists.entry(router).or_default().push((
+                        rec.alias.clone(),
+                        r.device.clone(),
+                        format!("nnc:{}", r.instance_id),
+                    ));
+                }
+                continue;
+            }
             if let Ok(d) = Device::parse(&r.device) {
                 by_instance.entry(&r.instance_id).or_default().push(d);
             }
         }
+        self.apply_linux(by_instance, up)?;
+        for (router, want) in &lists {
+            self.interfaces
+                .sync_device_lists(router, want)
+                .map_err(|e| format!("router {router}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn is_direct(&self, id: &str) -> bool {
+        self.store
+            .instance(id)
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.on_service_down == OnServiceDown::Direct)
+    }
+
+    /// The local router's part: nft in the service namespaces and on the router.
+    fn apply_linux(
+        &self,
+        by_instance: BTreeMap<&str, Vec<Device>>,
+        up: &BTreeSet<String>,
+    ) -> Result<(), String> {
         let mut groups = Vec::new();
         let mut refused = Vec::new();
         let mut namespaces: Vec<(PathBuf, Ipv4Addr)> = Vec::new();
@@ -478,12 +555,7 @@ impl Routing {
                 refused.extend(devices);
                 continue;
             };
-            let direct = !up.contains(id)
-                && self
-                    .store
-                    .instance(id)
-                    .map_err(|e| e.to_string())?
-                    .is_some_and(|i| i.on_service_down == OnServiceDown::Direct);
+            let direct = !up.contains(id) && self.is_direct(id);
             if let Some(ns) = &rec.netns {
                 namespaces.push((PathBuf::from(ns), service));
             }

@@ -425,6 +425,22 @@ impl InterfaceFactory {
         Ok(self.store.interface_shared(instance_id)?)
     }
 
+    /// RouterOS: makes router `router_id`'s tagged address-list entries (routed devices)
+    /// exactly `want` (list, address, tag). Nothing to do on Linux (`routing` owns nft).
+    pub(crate) fn sync_device_lists(
+        &self,
+        router_id: &str,
+        want: &[(String, String, String)],
+    ) -> Result<(), VifError> {
+        match self.routers.get(router_id).map(|r| &r.backend) {
+            Some(Backend::RouterOs(b)) => b.sync_lists(want),
+            Some(Backend::Linux(_)) => Ok(()),
+            None => Err(VifError::State(format!(
+                "router {router_id} is not configured"
+            ))),
+        }
+    }
+
     pub(crate) fn interfaces(&self) -> Result<Vec<InterfaceRecord>, VifError> {
         Ok(self.store.interfaces()?)
     }

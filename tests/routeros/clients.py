@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Proves the RouterOS simulator speaks the API the way third-party clients expect: PyPI
-librouteros and routeros-api log in, add, print with a ?name= query, remove, and get a !trap.
+librouteros and routeros-api log in, add, print with a ?name= query, remove, and get a !trap,
+on the interface menus and on device routing's (address lists, mangle, NAT, blackhole routes).
 
 usage: clients.py   (starts and stops its own simulator; exit status 0 when all checks pass)
 """
@@ -66,6 +67,38 @@ def with_librouteros(port):
     check("librouteros: query with In (?# or)", sorted(r["name"] for r in rows) == ["lr-other", "lr-vlan"], str(rows))
     vlans.remove(rid, other)
     check("librouteros: remove", list(vlans) == [])
+    # Device routing's menus: an address list, a mark-routing mangle rule, a DNS dst-nat.
+    api.path("routing", "table").add(name="nnc-lr", fib="")
+    lists = api.path("ip", "firewall", "address-list")
+    eid = lists.add(list="nnc-lr", address="192.0.2.10", comment="nnc:test")
+    rows = list(lists.select(Key("address")).where(Key("list") == "nnc-lr"))
+    check("librouteros: address-list entry", rows == [{"address": "192.0.2.10"}], str(rows))
+    try:
+        lists.add(list="nnc-lr", address="192.0.2.10")
+        check("librouteros: duplicate address-list entry trapped", False)
+    except librouteros.exceptions.TrapError as e:
+        check("librouteros: duplicate address-list entry trapped", "already have" in str(e), str(e))
+    mangle = api.path("ip", "firewall", "mangle")
+    mid = mangle.add(chain="prerouting", **{"src-address-list": "nnc-lr", "action": "mark-routing",
+                                             "new-routing-mark": "nnc-lr", "passthrough": "no"})
+    check("librouteros: mark-routing rule", isinstance(mid, str) and mid.startswith("*"), mid)
+    try:
+        mangle.add(chain="prerouting", action="mark-routing", **{"new-routing-mark": "missing"})
+        check("librouteros: mark-routing to an unknown table trapped", False)
+    except librouteros.exceptions.TrapError as e:
+        check("librouteros: mark-routing to an unknown table trapped", "new-routing-mark" in str(e), str(e))
+    nat = api.path("ip", "firewall", "nat")
+    try:
+        nat.add(chain="dstnat", action="dst-nat", protocol="icmp", **{"dst-port": "53", "to-addresses": "10.99.1.2"})
+        check("librouteros: dst-port without tcp/udp trapped", False)
+    except librouteros.exceptions.TrapError as e:
+        check("librouteros: dst-port without tcp/udp trapped", "dst-port" in str(e), str(e))
+    nid = nat.add(chain="dstnat", action="dst-nat", protocol="udp",
+                  **{"src-address-list": "nnc-lr", "dst-port": "53", "to-addresses": "10.99.1.2"})
+    nat.remove(nid)
+    mangle.remove(mid)
+    lists.remove(eid)
+    check("librouteros: routing menus emptied", list(lists) == [] and list(mangle) == [] and list(nat) == [])
     try:
         vlans.remove(rid)
         check("librouteros: removing twice trapped", False)
@@ -95,6 +128,14 @@ def with_routeros_api(port):
         check("routeros-api: table in use refused", False)
     except routeros_api.exceptions.RouterOsApiCommunicationError as e:
         check("routeros-api: table in use refused", "in use" in str(e), str(e))
+    routes.add(**{"dst-address": "0.0.0.0/0", "blackhole": "yes", "distance": "250", "routing-table": "nnc-t1"})
+    holes = [r for r in routes.get(**{"routing-table": "nnc-t1"}) if r.get("blackhole") == "yes"]
+    check("routeros-api: blackhole route of higher distance", len(holes) == 1 and holes[0]["distance"] == "250", str(holes))
+    try:
+        routes.add(**{"dst-address": "0.0.0.0/0", "blackhole": "yes", "gateway": "10.99.1.2", "routing-table": "nnc-t1"})
+        check("routeros-api: blackhole with a gateway trapped", False)
+    except routeros_api.exceptions.RouterOsApiCommunicationError as e:
+        check("routeros-api: blackhole with a gateway trapped", "blackhole" in str(e), str(e))
     for r in routes.get(**{"routing-table": "nnc-t1"}):
         routes.remove(id=r["id"])
     tables.remove(id=found[0]["id"])

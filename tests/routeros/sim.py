@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A RouterOS v7 API simulator (test-only): the word protocol on TCP (plain, like port 8728, or
 TLS, like 8729), login, and the menus the interface factory uses, validated the way RouterOS
-validates them. It keeps tables of interfaces, VLANs, addresses, routing tables and routes with
-.ids and comments, and writes them to a JSON state file after every command.
+validates them. It keeps tables of interfaces, VLANs, addresses, routing tables, routes
+(blackhole ones too), firewall address lists, mangle and NAT rules with .ids and comments, and writes them to a JSON state file after every command.
 
 usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tls-key K]
               [--fail-at K] [--drop-at K] [--empty-replies] [--hostile MODE [--drip-secs S]]
@@ -116,7 +116,8 @@ class Router:
         self.fail_at, self.drop_at = fail_at, drop_at
         self.adds = 0
         self.next_id = 1
-        self.menus = {"/interface/vlan": [], "/ip/address": [], "/routing/table": [], "/ip/route": []}
+        self.menus = {"/interface/vlan": [], "/ip/address": [], "/routing/table": [], "/ip/route": [],
+                      "/ip/firewall/address-list": [], "/ip/firewall/mangle": [], "/ip/firewall/nat": []}
         self.log = []
         self.save()
 
@@ -170,14 +171,62 @@ class Router:
             if any(r["name"] == a["name"] for r in rows) or a["name"] == "main":
                 raise ApiError("failure: entry already exists", 1)
         elif menu == "/ip/route":
+            blackhole = a.get("blackhole")
+            if blackhole not in (None, "yes", "no", "true", "false"):
+                raise ApiError("value of blackhole must be yes or no", 1)
             try:
                 ipaddress.ip_network(a.get("dst-address", "0.0.0.0/0"))
-                ipaddress.ip_address(a["gateway"])
+                if blackhole in ("yes", "true"):
+                    if "gateway" in a:
+                        raise ApiError("failure: blackhole route cannot have a gateway", 1)
+                else:
+                    ipaddress.ip_address(a["gateway"])
             except (KeyError, ValueError):
                 raise ApiError("invalid value for argument gateway or dst-address", 1)
-            table = a.get("routing-table", "main")
-            if table != "main" and not any(r["name"] == table for r in self.menus["/routing/table"]):
-                raise ApiError("input does not match any value of routing-table", 1)
+            if "distance" in a and not (a["distance"].isdigit() and 1 <= int(a["distance"]) <= 255):
+                raise ApiError("value of distance out of range (1..255)", 1)
+            self.need_table(a.get("routing-table", "main"), "routing-table")
+        elif menu == "/ip/firewall/address-list":
+            if "list" not in a or "address" not in a:
+                raise ApiError("failure: list and address must be set", 1)
+            try:
+                ipaddress.ip_network(a["address"], strict=False)
+            except ValueError:
+                raise ApiError("invalid value for argument address", 1)
+            if any(r["list"] == a["list"] and r["address"] == a["address"] for r in rows):
+                raise ApiError("failure: already have such entry", 1)
+        elif menu in ("/ip/firewall/mangle", "/ip/firewall/nat"):
+            chains = ("prerouting", "input", "forward", "output", "postrouting") if menu.endswith("mangle") else ("srcnat", "dstnat")
+            if a.get("chain") not in chains:
+                raise ApiError("input does not match any value of chain", 1)
+            action = a.get("action", "accept")
+            if a.get("protocol") not in (None, "tcp", "udp", "icmp"):
+                raise ApiError("input does not match any value of protocol", 1)
+            if "dst-port" in a and a.get("protocol") not in ("tcp", "udp"):
+                raise ApiError("failure: dst-port can be set only for tcp or udp", 1)
+            if menu.endswith("mangle"):
+                if action not in ("accept", "mark-routing", "mark-connection", "mark-packet", "passthrough"):
+                    raise ApiError("input does not match any value of action", 1)
+                if action == "mark-routing":
+                    if "new-routing-mark" not in a:
+                        raise ApiError("failure: new-routing-mark not set", 1)
+                    if a.get("chain") not in ("prerouting", "output"):
+                        raise ApiError("failure: mark-routing only in prerouting or output", 1)
+                    self.need_table(a["new-routing-mark"], "new-routing-mark")
+            else:
+                if action not in ("accept", "dst-nat", "src-nat", "masquerade", "redirect"):
+                    raise ApiError("input does not match any value of action", 1)
+                if action == "dst-nat":
+                    try:
+                        ipaddress.ip_address(a["to-addresses"])
+                    except (KeyError, ValueError):
+                        raise ApiError("invalid value for argument to-addresses", 1)
+                    if a.get("chain") != "dstnat":
+                        raise ApiError("failure: dst-nat only in dstnat", 1)
+
+    def need_table(self, table, what):
+        if table != "main" and not any(r["name"] == table for r in self.menus["/routing/table"]):
+            raise ApiError(f"input does not match any value of {what}", 1)
 
     def find(self, menu, rid):
         for r in self.menus[menu]:
@@ -192,6 +241,8 @@ class Router:
                 return True
         if menu == "/routing/table":
             if any(r.get("routing-table") == row["name"] for r in self.menus["/ip/route"]):
+                return True
+            if any(r.get("new-routing-mark") == row["name"] for r in self.menus["/ip/firewall/mangle"]):
                 return True
         return False
 

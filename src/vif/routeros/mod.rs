@@ -6,6 +6,22 @@
 //! 3. `/routing/table/add =name=nnc-{feature}-{name} =fib=`
 //! 4. `/ip/route/add =dst-address=0.0.0.0/0 =gateway=10.99.N.2 =routing-table=nnc-{feature}-{name}`
 //!
+//! and four more for device routing (`routing`), which match nothing until a device is in the
+//! instance's address list `nnc-{feature}-{name}`:
+//!
+//! 5. `/ip/route/add =dst-address=0.0.0.0/0 =blackhole=yes =distance=250 =routing-table=…`:
+//!    when the service's route is gone or inactive, routed devices are dropped, not sent out
+//!    through `main` (fail-closed);
+//! 6. `/ip/firewall/mangle/add =chain=prerouting =src-address-list=… =action=mark-routing
+//!    =new-routing-mark=… =passthrough=no`;
+//! 7. and 8. `/ip/firewall/nat/add =chain=dstnat =src-address-list=… =protocol=udp|tcp
+//!    =dst-port=53 =action=dst-nat =to-addresses=10.99.N.2`: their DNS, to any address, goes
+//!    to the service.
+//!
+//! A routed device is an entry of that address list, tagged like the rest; `sync_lists` adds
+//! the missing entries before it removes the stale ones, so a device moving to another
+//! instance is in one of the two lists at every moment.
+//!
 //! One connection is kept and reopened after any error that breaks it, so a rollback after a
 //! dropped connection still runs. Removal by tag (`?comment=`) is the sweep that also finds an
 //! object whose `add` reached the router but whose answer did not reach us.
@@ -21,12 +37,17 @@ use super::{Plan, Rollback, VifError};
 use crate::util::Locked;
 
 /// The menus we add to, in creation order; removal walks them backwards.
-const MENUS: [&str; 4] = [
+const MENUS: [&str; 6] = [
     "/interface/vlan",
     "/ip/address",
     "/routing/table",
     "/ip/route",
+    "/ip/firewall/mangle",
+    "/ip/firewall/nat",
 ];
+
+/// Routed devices: entries of each instance's address list (removed before everything else).
+const ADDRESS_LIST: &str = "/ip/firewall/address-list";
 
 /// Undo of one step: remove the item with this `.id` from this menu.
 pub(crate) struct Undo {
@@ -144,7 +165,7 @@ impl RouterOs {
         let address = format!("{}/24", plan.router_addr);
         let gateway = plan.service_addr.to_string();
         let name = plan.alias.as_str();
-        let steps: [(&'static str, Vec<(&str, &str)>); 4] = [
+        let steps: [(&'static str, Vec<(&str, &str)>); 8] = [
             (
                 MENUS[0],
                 vec![
@@ -163,6 +184,27 @@ impl RouterOs {
                     ("routing-table", name),
                 ],
             ),
+            (
+                MENUS[3],
+                vec![
+                    ("dst-address", "0.0.0.0/0"),
+                    ("blackhole", "yes"),
+                    ("distance", "250"),
+                    ("routing-table", name),
+                ],
+            ),
+            (
+                MENUS[4],
+                vec![
+                    ("chain", "prerouting"),
+                    ("src-address-list", name),
+                    ("action", "mark-routing"),
+                    ("new-routing-mark", name),
+                    ("passthrough", "no"),
+                ],
+            ),
+            (MENUS[5], dns_nat(name, "udp", &gateway)),
+            (MENUS[5], dns_nat(name, "tcp", &gateway)),
         ];
         let mut ids = Vec::new();
         for (k, (menu, attrs)) in steps.iter().enumerate() {
@@ -214,10 +256,11 @@ impl RouterOs {
             .collect())
     }
 
-    /// Removes every object tagged for the instance, routes first, VLAN last.
+    /// Removes every object tagged for the instance: routed devices first, then the rules,
+    /// routes, table and address, the VLAN last.
     pub(crate) fn remove(&self, plan: &Plan) -> Result<(), VifError> {
         let tag = plan.tag();
-        for menu in MENUS.iter().rev() {
+        for menu in std::iter::once(&ADDRESS_LIST).chain(MENUS.iter().rev()) {
             let ids = self.ids_tagged(menu, &tag)?;
             self.remove_ids(menu, &ids)?;
         }
@@ -226,8 +269,9 @@ impl RouterOs {
 
     pub(crate) fn intact(&self, plan: &Plan) -> Result<bool, VifError> {
         let tag = plan.tag();
-        for menu in MENUS {
-            if self.ids_tagged(menu, &tag)?.is_empty() {
+        // Two routes (the service's, the blackhole) and two DNS rules (udp, tcp).
+        for (menu, n) in MENUS.into_iter().zip([1, 1, 1, 2, 1, 2]) {
+            if self.ids_tagged(menu, &tag)?.len() < n {
                 return Ok(false);
             }
         }
@@ -236,7 +280,7 @@ impl RouterOs {
 
     pub(crate) fn tagged(&self) -> Result<Vec<(String, Option<u16>)>, VifError> {
         let mut found: Vec<(String, Option<u16>)> = Vec::new();
-        for menu in MENUS {
+        for menu in MENUS.into_iter().chain([ADDRESS_LIST]) {
             let reply = self
                 .idempotent(|c| {
                     c.call(
@@ -259,4 +303,60 @@ impl RouterOs {
         }
         Ok(found)
     }
+
+    /// Makes the tagged address-list entries exactly `want` (list, address, tag): missing ones
+    /// are added first, stale ones removed after.
+    pub(crate) fn sync_lists(&self, want: &[(String, String, String)]) -> Result<(), VifError> {
+        let reply = self
+            .idempotent(|c| {
+                c.call(
+                    &format!("{ADDRESS_LIST}/print"),
+                    &[(".proplist", ".id,list,address,comment")],
+                    &[],
+                )
+            })
+            .map_err(|e| backend(&e))?;
+        let have: Vec<(String, String, String)> = reply
+            .rows
+            .into_iter()
+            .filter(|r| r.get("comment").and_then(|c| super::tag_in(c)).is_some())
+            .filter_map(|mut r| Some((r.remove(".id")?, r.remove("list")?, r.remove("address")?)))
+            .collect();
+        for (list, address, tag) in want {
+            if have.iter().any(|(_, l, a)| l == list && a == address) {
+                continue;
+            }
+            let attrs = [
+                ("list", list.as_str()),
+                ("address", address.as_str()),
+                ("comment", tag.as_str()),
+            ];
+            self.with_client(|c| c.call(&format!("{ADDRESS_LIST}/add"), &attrs, &[]))
+                .map_err(|e| match backend(&e) {
+                    VifError::Backend(m) => VifError::Backend(format!(
+                        "router {}: {ADDRESS_LIST}/add list={list} address={address}: {m}",
+                        self.id
+                    )),
+                    other => other,
+                })?;
+        }
+        let stale: Vec<String> = have
+            .into_iter()
+            .filter(|(_, l, a)| !want.iter().any(|(wl, wa, _)| wl == l && wa == a))
+            .map(|(id, _, _)| id)
+            .collect();
+        self.remove_ids(ADDRESS_LIST, &stale)
+    }
+}
+
+/// Steps 7 and 8: a routed device's DNS (`protocol`) to the service.
+fn dns_nat<'a>(list: &'a str, protocol: &'a str, service: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("chain", "dstnat"),
+        ("src-address-list", list),
+        ("protocol", protocol),
+        ("dst-port", "53"),
+        ("action", "dst-nat"),
+        ("to-addresses", service),
+    ]
 }
