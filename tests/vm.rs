@@ -3,7 +3,8 @@
 //! `cross/build.sh`). In each VM the agent starts as the router's service; from the host a real
 //! client reaches its GraphQL API through QEMU's hostfwd; the guest proves the kernel offers
 //! 8021q VLANs and cgroup v2 memory/pids/cpu. In the x86_64 VM the agent also provisions a real
-//! VLAN for an installed feature, and removes it again.
+//! VLAN for an installed feature, and removes it again, carries LAN traffic through sing-box
+//! over it, and routes a plain LAN client through it (device routing, with the host's nft).
 
 mod common;
 
@@ -70,6 +71,18 @@ fn boot(
     target: &str,
     script: &str,
     files: &[String],
+    on_ready: impl FnMut(u64, &Guest) -> String,
+) -> Vec<Value> {
+    boot_with(arch, target, script, files, "", on_ready)
+}
+
+/// `boot` with extra kernel modules loaded in the guest.
+fn boot_with(
+    arch: &str,
+    target: &str,
+    script: &str,
+    files: &[String],
+    modules: &str,
     mut on_ready: impl FnMut(u64, &Guest) -> String,
 ) -> Vec<Value> {
     let root = common::TempDir::new(&format!("vm-{arch}"));
@@ -86,6 +99,9 @@ fn boot(
         .arg(dist_binary(target))
         .arg("--log")
         .arg(&log);
+    if !modules.is_empty() {
+        cmd.args(["--modules", modules]);
+    }
     for f in files {
         cmd.args(["--file", f]);
     }
@@ -414,6 +430,37 @@ fn x86_64_vm_enforces_cgroup_limits_on_services() {
     );
 }
 
+/// What device routing needs in the x86_64 guest: the host's `nft` with its libraries (same
+/// architecture; the initramfs is busybox only), and the nftables modules.
+const NFT_MODULES: &str = "crc32c_generic nf_tables nft_chain_nat nft_nat nft_redir nft_ct nft_reject_inet nf_conntrack nf_nat";
+
+fn host_nft() -> Vec<String> {
+    let out = Command::new("ldd")
+        .arg("/usr/sbin/nft")
+        .output()
+        .expect("ldd");
+    assert!(
+        out.status.success(),
+        "nft (Debian nftables) must be installed: run tests/setup.sh"
+    );
+    let mut files = vec!["/usr/sbin/nft=/sbin/nft".to_owned()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libx.so.1 => /lib/.../libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            let real = std::fs::canonicalize(path).unwrap();
+            files.push(format!("{}={path}", real.display()));
+        }
+    }
+    files
+}
+
 #[test]
 fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
     let root = common::TempDir::new("vm-traffic");
@@ -446,14 +493,17 @@ fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
     )
     .unwrap();
     let mut id = String::new();
-    let events = boot(
+    let mut files = vec![
+        format!("{}=/etc/nnc/catalogue.json", catalogue.display()),
+        format!("{}=/etc/nnc/nnc.toml", config.display()),
+    ];
+    files.extend(host_nft());
+    let events = boot_with(
         "amd64",
         "x86_64-unknown-linux-musl",
         "traffic.sh",
-        &[
-            format!("{}=/etc/nnc/catalogue.json", catalogue.display()),
-            format!("{}=/etc/nnc/nnc.toml", config.display()),
-        ],
+        &files,
+        NFT_MODULES,
         |n, guest| match n {
             1 => {
                 let d = guest.data("mutation { installFeature(featureId: \"sing-box\", routerId: \"local\", name: \"vm\", settings: { mixedPort: 2080 }) { instanceId } }", json!({}));
@@ -478,6 +528,14 @@ fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
                 )
             }
             2 => {
+                let d = guest.data(
+                    "mutation($id: ID!) { routeDevices(instanceId: $id, devices: [\"192.0.2.10\"]) { device } }",
+                    json!({ "id": id }),
+                );
+                assert_eq!(d["routeDevices"], json!([{ "device": "192.0.2.10" }]));
+                "routed".to_owned()
+            }
+            3 => {
                 guest.data(
                     "mutation($id: ID!) { uninstallInstance(id: $id) { instanceId } }",
                     json!({ "id": id }),
@@ -494,6 +552,10 @@ fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
             "lan-through-sing-box",
             "server-saw-the-service",
             "untagged-is-not-the-segment",
+            "lan-direct-before-routing",
+            "routed-lan-through-sing-box",
+            "routed-not-seen-directly",
+            "unrouted-after-uninstall",
             "no-links",
             "agent-alive",
         ],

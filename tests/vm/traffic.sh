@@ -1,7 +1,9 @@
 # Guest side of tests/vm.rs's traffic test on a real 802.1Q VLAN: a LAN client namespace
 # sends tagged frames over a veth "cable" into the router (the agent's VLAN parent, lan0); an
 # "internet" namespace behind the router's wan0 serves a page with busybox httpd. The host
-# installs sing-box; the client fetches the page through it as an HTTP proxy.
+# installs sing-box; the client fetches the page through it as an HTTP proxy. Then a plain
+# client on the untagged LAN is routed through the instance (routeDevices; the host's nft in
+# the guest): the page arrives from the service, and directly again after the uninstall.
 peer_of() { ip -o link show | sed -n "s/^[0-9]*: \([^@:]*\)@$1:.*/\1/p"; }
 
 mkdir -p /www && echo "hello from the internet" > /www/hello.txt
@@ -33,7 +35,22 @@ check server-saw-the-service grep -q "^$svc:" /tmp/httpd.log
 # Without the tag the client is not on the segment.
 check untagged-is-not-the-segment nsenter -t $LAN -n sh -c "ip link del c$vlan && ip addr add 10.99.$vlan.60/24 dev $lp && ! ping -c 1 -W 2 $svc"
 
+# Device routing: a plain LAN client on the untagged LAN (lan0, 192.0.2.0/24), no proxy set.
+nsenter -t $LAN -n sh -c "ip addr flush dev $lp; ip addr add 192.0.2.10/24 dev $lp; ip route add default via 192.0.2.1"
+ip addr add 192.0.2.1/24 dev lan0
+get() { nsenter -t $LAN -n sh -c "printf 'GET /hello.txt HTTP/1.0\\r\\nHost: 198.51.100.2\\r\\n\\r\\n' | nc -w 20 198.51.100.2 80 | grep -q 'hello from the internet'"; }
+direct_seen() { get && grep -q '^192.0.2.10:' /tmp/httpd.log; }
+via_service() { get && grep -q "^$svc:" /tmp/httpd.log; }
+: > /tmp/httpd.log
+check lan-direct-before-routing direct_seen
+ready  # the host routes 192.0.2.10 through the instance, then says "routed"
+: > /tmp/httpd.log
+check routed-lan-through-sing-box via_service
+check routed-not-seen-directly sh -c "! grep -q '^192.0.2.10:' /tmp/httpd.log"
+
 ready  # the host uninstalls, then says "removed"
+: > /tmp/httpd.log
+check unrouted-after-uninstall direct_seen
 check no-vlan sh -c '! grep -q nnc /proc/net/vlan/config'
 check no-links sh -c '! ls /sys/class/net | grep -q nnc'
 check lan0-stays test -e /sys/class/net/lan0
