@@ -572,7 +572,7 @@ impl Routing {
         for (ns, service) in &namespaces {
             nft::apply(&nft::service_ruleset(*service), Some(ns))?;
         }
-        let rules = nft::router_ruleset(&groups, &refused);
+        let rules = nft::router_ruleset(&groups, &refused, &nft::learned());
         nft::apply(&rules, None)?;
         if let Some(path) = &self.settings.boot_rules {
             keep_for_boot(

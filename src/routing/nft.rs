@@ -14,6 +14,7 @@
 //! for any other address is redirected to the service's transparent inbound, DNS to its DNS
 //! inbound. The namespace does not forward, so anything else from a device is dropped there.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
@@ -40,7 +41,13 @@ pub(crate) struct Group {
 
 /// The router's ruleset for `groups`; `refused` are devices whose instance has no segment
 /// (they are refused outright). With nothing to route, the table is deleted.
-pub(crate) fn router_ruleset(groups: &[Group], refused: &[Device]) -> String {
+/// `learned`: the MAC addresses each instance's `seen` set holds now (kept across the
+/// replacement, so a routed device's IPv6 stays marked).
+pub(crate) fn router_ruleset(
+    groups: &[Group],
+    refused: &[Device],
+    learned: &BTreeMap<u16, Vec<Device>>,
+) -> String {
     let mut t = String::from("table inet nnc_agent {}\ndelete table inet nnc_agent\n");
     if groups.is_empty() && refused.is_empty() {
         return t;
@@ -65,11 +72,19 @@ pub(crate) fn router_ruleset(groups: &[Group], refused: &[Device]) -> String {
     }
     sets("refused", refused);
     for g in groups {
-        let _ = writeln!(
+        let macs: Vec<String> = learned
+            .get(&g.vlan)
+            .map(|m| m.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        let _ = write!(
             t,
-            "  set i{}_seen {{ type ether_addr; size 1024; flags dynamic,timeout; timeout 1d; }}",
+            "  set i{}_seen {{ type ether_addr; size 1024; flags dynamic,timeout; timeout 1d;",
             g.vlan
         );
+        if !macs.is_empty() {
+            let _ = write!(t, " elements = {{ {} }};", macs.join(", "));
+        }
+        t.push_str(" }\n");
     }
 
     t.push_str("  chain mark_devices {\n    type filter hook prerouting priority mangle - 10; policy accept;\n");
@@ -167,32 +182,7 @@ pub(crate) fn service_ruleset(service: Ipv4Addr) -> String {
 /// Runs `nft -f -` with `text`, in the network namespace at `netns` when given. nft is the
 /// operator's tool (Debian's `nftables`, OpenWrt's fw4 ships it), not a service's.
 pub(crate) fn apply(text: &str, netns: Option<&Path>) -> Result<(), String> {
-    let run = || -> Result<(), String> {
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "nft is not installed (package nftables): device routing needs it".to_owned()
-                }
-                _ => format!("cannot run nft: {e}"),
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| format!("nft: {e}"))?;
-        }
-        let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let err: String = err.trim().chars().take(2048).collect();
-        Err(format!("nft refused the agent's rules: {err}"))
-    };
+    let run = || nft(&["-f", "-"], Some(text)).map(drop);
     match netns {
         None => run(),
         Some(ns) => {
@@ -211,13 +201,71 @@ pub(crate) fn apply(text: &str, netns: Option<&Path>) -> Result<(), String> {
     }
 }
 
+/// The MAC addresses the router's `i{N}_seen` sets hold now (none when there is no table).
+pub(crate) fn learned() -> BTreeMap<u16, Vec<Device>> {
+    let mut out: BTreeMap<u16, Vec<Device>> = BTreeMap::new();
+    let Ok(json) = nft(&["-j", "list", "table", "inet", "nnc_agent"], None) else {
+        return out;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&json) else {
+        return out;
+    };
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let set = &item["set"];
+        let Some(vlan) = set["name"].as_str().and_then(|n| {
+            n.strip_prefix('i')?
+                .strip_suffix("_seen")?
+                .parse::<u16>()
+                .ok()
+        }) else {
+            continue;
+        };
+        for e in set["elem"].as_array().into_iter().flatten() {
+            // `"02:..."`, or `{"elem": {"val": "02:...", "timeout": ..., "expires": ...}}`.
+            let mac = e.as_str().or_else(|| e["elem"]["val"].as_str());
+            if let Some(Ok(d @ Device::Mac(_))) = mac.map(Device::parse) {
+                out.entry(vlan).or_default().push(d);
+            }
+        }
+    }
+    out
+}
+
+/// `nft ARGS` with `input` on its stdin; its stdout, or its words when it refuses.
+fn nft(args: &[&str], input: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "nft is not installed (package nftables): device routing needs it".to_owned()
+            }
+            _ => format!("cannot run nft: {e}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.unwrap_or_default().as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let err: String = err.trim().chars().take(2048).collect();
+    Err(format!("nft refused the agent's rules: {err}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn nothing_routed_deletes_the_table() {
-        let t = router_ruleset(&[], &[]);
+        let t = router_ruleset(&[], &[], &BTreeMap::new());
         assert_eq!(t, "table inet nnc_agent {}\ndelete table inet nnc_agent\n");
     }
 
@@ -234,7 +282,13 @@ mod tests {
             ],
             direct: false,
         };
-        let t = router_ruleset(std::slice::from_ref(&g), &[]);
+        let mac = Device::parse("02:00:5e:10:00:0b").unwrap();
+        let t = router_ruleset(
+            std::slice::from_ref(&g),
+            &[],
+            &BTreeMap::from([(105, vec![mac])]),
+        );
+        assert!(t.contains("set i105_seen { type ether_addr; size 1024; flags dynamic,timeout; timeout 1d; elements = { 02:00:5e:10:00:0b }; }"), "{t}");
         assert!(
             t.contains(
                 "set i105_v4 { type ipv4_addr; flags interval; elements = { 192.0.2.10 }; }"
@@ -251,7 +305,7 @@ mod tests {
         );
         assert!(t.contains("th dport 53 dnat ip to 10.99.105.2"), "{t}");
         assert!(t.contains("oifname != \"nnc105\" reject"), "{t}");
-        let direct = router_ruleset(&[Group { direct: true, ..g }], &[]);
+        let direct = router_ruleset(&[Group { direct: true, ..g }], &[], &BTreeMap::new());
         assert!(!direct.contains("meta mark set"), "{direct}");
         assert!(!direct.contains("dnat"), "{direct}");
         assert!(
