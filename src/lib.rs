@@ -175,23 +175,45 @@ fn serve(cfg: Config) -> Result<(), String> {
     })
 }
 
-/// Tells routing whenever a service starts or stops running (`onServiceDown: DIRECT`).
+/// Tells routing whenever a service starts or stops running (`onServiceDown: DIRECT`). A
+/// subscriber that fell behind asks the supervisor for every routed instance's state instead.
 fn follow_services(installer: &Arc<install::Installer>) {
     let mut rx = installer.bus.subscribe();
-    let routing = Arc::clone(&installer.routing);
+    let installer = Arc::clone(installer);
     tokio::spawn(async move {
         loop {
-            let event = match rx.recv().await {
-                Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            let changed: Vec<(String, bool)> = match rx.recv().await {
+                Ok(event) => match (&event.kind, &event.instance_id) {
+                    (events::EventKind::ProcessStateChanged { to, .. }, Some(id)) => {
+                        vec![(id.clone(), *to == events::ProcState::Running)]
+                    }
+                    _ => continue,
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let Ok(routing::Reply::Routes(routes)) =
+                        installer.routing.call(routing::Op::Routes).await
+                    else {
+                        continue;
+                    };
+                    let mut ids: Vec<String> = routes.into_iter().map(|r| r.instance_id).collect();
+                    ids.sort();
+                    ids.dedup();
+                    ids.into_iter()
+                        .map(|id| {
+                            let running = installer
+                                .supervisor
+                                .info(&id)
+                                .is_some_and(|p| p.state == events::ProcState::Running);
+                            (id, running)
+                        })
+                        .collect()
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            if let (events::EventKind::ProcessStateChanged { to, .. }, Some(id)) =
-                (&event.kind, &event.instance_id)
-            {
-                let running = *to == events::ProcState::Running;
-                let _ = routing
-                    .call(routing::Op::ServiceState(id.clone(), running))
+            for (id, running) in changed {
+                let _ = installer
+                    .routing
+                    .call(routing::Op::ServiceState(id, running))
                     .await;
             }
         }
