@@ -8,11 +8,13 @@
 //!   router's own included, goes to the service (`.2`, port 53) instead.
 //! - `input_guard` / `forward_guard`: a marked packet leaves only through its instance's
 //!   bridge; IPv6 of a marked device (which the service cannot carry) is refused, as are its
-//!   DNS queries to the router over IPv6. This holds even with the rules or the table gone.
+//!   DNS queries to the router over IPv6. This holds with the policy rules or the instance's
+//!   routing table gone (not with this table gone: it sets the marks).
 //!
 //! In each service's network namespace, `table ip nnc_agent`: TCP arriving from the segment
 //! for any other address is redirected to the service's transparent inbound, DNS to its DNS
-//! inbound. The namespace does not forward, so anything else from a device is dropped there.
+//! inbound. Anything else is dropped only where the namespace does not forward (it copies
+//! the init namespace's `ip_forward`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
