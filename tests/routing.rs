@@ -67,21 +67,7 @@ impl Drop for Net {
 
 /// A veth from the router's bridge to a LAN client namespace.
 fn plug(router: &TestNetns, client: &TestNetns, port: &str, v4: &str, v6: &str, mac: &str) {
-    run(&[
-        "ip",
-        "-n",
-        &router.name,
-        "link",
-        "add",
-        port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &client.name,
-    ]);
+    router.veth_to(port, client);
     router.ip(&["link", "set", port, "master", "br-lan", "up"]);
     client.ip(&["link", "set", "eth0", "address", mac]);
     client.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
@@ -130,21 +116,7 @@ fn net(tag: &str) -> Net {
     for ns in [&router, &internet, &a, &b] {
         sysctl(ns, "net.ipv6.conf.all.accept_dad=0");
     }
-    run(&[
-        "ip",
-        "-n",
-        &router.name,
-        "link",
-        "add",
-        "wan0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &internet.name,
-    ]);
+    router.veth_to("wan0", &internet);
     router.ip(&["addr", "add", &format!("{WAN_ROUTER}/24"), "dev", "wan0"]);
     router.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "wan0", "nodad"]);
     router.ip(&["link", "set", "wan0", "up"]);

@@ -46,21 +46,7 @@ fn net(tag: &str) -> Net {
     let router = TestNetns::new(&format!("{tag}-r"));
     let internet = TestNetns::new(&format!("{tag}-i"));
     let lan = TestNetns::new(&format!("{tag}-l"));
-    run(&[
-        "ip",
-        "-n",
-        &router.name,
-        "link",
-        "add",
-        "wan0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &internet.name,
-    ]);
+    router.veth_to("wan0", &internet);
     router.ip(&["addr", "add", &format!("{WAN_ROUTER}/24"), "dev", "wan0"]);
     router.ip(&["link", "set", "wan0", "up"]);
     internet.ip(&["addr", "add", &format!("{WAN_SERVER}/24"), "dev", "eth0"]);

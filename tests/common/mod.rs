@@ -192,6 +192,14 @@ impl TestNetns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A veth pair: `name` in this namespace, its peer `eth0` in `peer`.
+    pub fn veth_to(&self, name: &str, peer: &TestNetns) {
+        run_ok(Command::new("ip").args([
+            "-n", &self.name, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns",
+            &peer.name,
+        ]));
+    }
+
     /// Runs `f` on a thread inside this network namespace (for sockets that must live there).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         enter(&self.path(), f)
