@@ -208,6 +208,10 @@ fn assert_eight_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
                     Some("dst-nat")
                 )
             );
+            assert_eq!(
+                n["to-ports"], "9053",
+                "the DNS inbound every generator adds"
+            );
             (
                 n["protocol"].as_str().unwrap().to_owned(),
                 n["to-addresses"].as_str().unwrap().to_owned(),

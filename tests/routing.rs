@@ -344,16 +344,18 @@ impl Net {
     }
 
     /// A requesting `a.txt` in a loop (until the child is killed).
-    fn requests_in_a_loop(&self) -> Child {
+    fn requests_in_a_loop(&self) -> Running {
         let url = format!("http://{WAN_SERVER}:{}/a.txt", self.nginx.port);
-        Command::new("ip")
-            .args(["netns", "exec", &self.a.name, "sh", "-c"])
-            .arg(format!(
-                "while :; do curl -s -o /dev/null --max-time 1 {url}; sleep 0.05; done"
-            ))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap()
+        Running(
+            Command::new("ip")
+                .args(["netns", "exec", &self.a.name, "sh", "-c"])
+                .arg(format!(
+                    "while :; do curl -s -o /dev/null --max-time 1 {url}; sleep 0.05; done"
+                ))
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     }
 
     /// The router's rules, routes of every table and nft ruleset (both address families).
@@ -399,6 +401,16 @@ impl Net {
         }
         state.sort();
         state
+    }
+}
+
+/// A child process killed when dropped (also when a test fails while it runs).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -453,6 +465,22 @@ fn service_pid(agent: &Agent, id: &str) -> i32 {
         .as_i64()
         .and_then(|p| i32::try_from(p).ok())
         .unwrap_or(0)
+}
+
+/// Waits for A's requests to arrive again, then checks that none of those since `seen`
+/// arrived directly.
+fn through(net: &Net, agent: &Agent, seen: usize) {
+    let n = net.sources("a.txt").len();
+    common::wait_until("A's requests through the service", TIMEOUT, || {
+        net.sources("a.txt").len() > n + 2
+    });
+    let leaks = leaks_since(net, seen, &[PROXY_OUT_X]);
+    assert!(
+        leaks.is_empty(),
+        "leaked before request {n}: {leaks:?}\n{}\n{}",
+        net.nginx.requests_for("/a.txt").join("\n"),
+        agent.log()
+    );
 }
 
 /// A's requests that nginx saw from anything but the proxy server (the leaks), given how
@@ -563,19 +591,13 @@ fn routed_devices_go_through_the_service_and_never_leak() {
 
     // Leak tests while A requests in a loop.
     let seen = net.sources("a.txt").len();
-    let mut lp = net.requests_in_a_loop();
-    let through_x = |net: &Net| {
-        let n = net.sources("a.txt").len();
-        common::wait_until("A's requests through the service", TIMEOUT, || {
-            net.sources("a.txt").len() > n + 2
-        });
-    };
+    let lp = net.requests_in_a_loop();
     // 1. The service stopped, then started again.
     mutate(&agent, "stopInstance", &x);
     std::thread::sleep(Duration::from_secs(2));
     mutate(&agent, "startInstance", &x);
     running(&agent, &x);
-    through_x(&net);
+    through(&net, &agent, seen);
     // 2. The service killed (its restart backoff).
     let pid = service_pid(&agent, &x);
     run(&["kill", "-9", &pid.to_string()]);
@@ -583,13 +605,13 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         let p = service_pid(&agent, &x);
         p != 0 && p != pid
     });
-    through_x(&net);
+    through(&net, &agent, seen);
     // 3. The agent killed and started again.
     agent.kill9();
     std::thread::sleep(Duration::from_secs(2));
     agent.restart();
     running(&agent, &x);
-    through_x(&net);
+    through(&net, &agent, seen);
     // 4. The instance's table flushed by hand: refused, not sent direct.
     let vlan = agent.instance(&x)["interface"]["vlanId"].as_u64().unwrap();
     let table = (1000 + vlan).to_string();
@@ -603,7 +625,7 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     agent.kill9();
     agent.restart();
     running(&agent, &x);
-    through_x(&net);
+    through(&net, &agent, seen);
     // 5. An update to a version that fails once started: stopped, failed, rolled back.
     agent.data(
         "mutation($i: ID!) { updateInstance(id: $i, version: \"9.0.0-exits\") { status } }",
@@ -613,13 +635,19 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         let p = agent.process(&x);
         p["status"] == "RUNNING" && p["version"] == "1.14.4" && p["failedStep"] == "updating"
     });
-    through_x(&net);
+    through(&net, &agent, seen);
     // 6. A reboot: the kernel forgets the agent's table, its rules and the segment. The boot
     //    firewall loads the kept rules (fw4 includes the file) long before the agent starts:
     //    A is refused until the agent has put everything back.
     let boot = net.boot_rules();
     assert!(boot.exists(), "the rules are kept for the boot firewall");
     agent.kill9();
+    // A rebooting router's LAN is down until the boot firewall (fw4 starts before the
+    // network on OpenWrt) has loaded the kept rules: while its tables are torn down here, A
+    // cannot send either.
+    for port in ["lan-a", "lan-b"] {
+        net.router.ip(&["link", "set", port, "down"]);
+    }
     let pref = 5000 + 2 * vlan;
     for p in [pref, pref + 1] {
         net.router.ip(&["rule", "del", "pref", &p.to_string()]);
@@ -647,6 +675,9 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         "-f",
         &boot.display().to_string(),
     ]);
+    for port in ["lan-a", "lan-b"] {
+        net.router.ip(&["link", "set", port, "up"]);
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         net.curl(&net.a, "a.txt").is_none(),
@@ -654,8 +685,7 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     );
     agent.restart();
     running(&agent, &x);
-    through_x(&net);
-    through_x(&net);
+    through(&net, &agent, seen);
     assert_eq!(
         leaks_since(&net, seen, &[PROXY_OUT_X]),
         Vec::<String>::new(),
@@ -680,8 +710,7 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         routes["deviceRoutes"],
         json!([{ "device": A, "instanceId": y }])
     );
-    let _ = lp.kill();
-    let _ = lp.wait();
+    drop(lp);
 
     // onServiceDown: DIRECT lets A out while Y is down, and back through Y once it runs.
     let set = agent.data(
@@ -721,6 +750,34 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         !net.ping6(&net.a),
         "A's IPv6 must not leave when routed by MAC either"
     );
+    // A router forwards, and a new namespace inherits that: the agent turns it off in the
+    // service's namespace and drops forwarding there too. Turned on again by hand, A's ICMP
+    // (which no inbound takes) still does not come back out through the router.
+    let ns = agent.instance(&x)["interface"]["netns"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let in_service =
+        |args: &[&str]| run(&[&["nsenter", &format!("--net={ns}")][..], args].concat());
+    assert_eq!(
+        in_service(&["cat", "/proc/sys/net/ipv4/conf/all/forwarding"]).trim(),
+        "0"
+    );
+    in_service(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+    let ping = |c: &TestNetns| {
+        Command::new("ip")
+            .args(["netns", "exec", &c.name, "ping", "-c1", "-W2", WAN_SERVER])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        !ping(&net.a),
+        "A's ICMP left through the service's namespace"
+    );
+    assert!(ping(&net.b), "control: B's ICMP goes out");
+    in_service(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=0"]);
 
     // Uninstall takes its routes away (after the service), and everything is as it was.
     agent.uninstall(&x);

@@ -1,6 +1,6 @@
 //! sing-box (configuration format of 1.12 and later: typed DNS servers, no legacy `sniff`
 //! inbound fields): a `mixed` (SOCKS + HTTP) inbound on the instance's address, optional
-//! `tproxy` and `redirect` inbounds, a `direct` outbound plus the user's proxy outbound, and a
+//! `tproxy` and `redirect` inbounds, the user's proxy outbound (or `direct` without one: never both), and a
 //! route whose `final` is an outbound that exists and whose `default_mark` is the instance's
 //! routing mark.
 
@@ -182,13 +182,11 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
             json!({ "type": "direct", "tag": "dns-in", "listen": listen, "listen_port": DNS_PORT }),
         );
     }
-    let mut outbounds = vec![json!({ "type": "direct", "tag": "direct" })];
-    let final_tag = match s.get("outbound") {
-        Some(o) => {
-            outbounds.insert(0, user_outbound(o));
-            "proxy"
-        }
-        None => "direct",
+    // With an upstream proxy there is no `direct` outbound at all: nothing a rule, a sniffer
+    // or a future default could pick sends a routed device's traffic out unproxied.
+    let (outbounds, final_tag) = match s.get("outbound") {
+        Some(o) => (vec![user_outbound(o)], "proxy"),
+        None => (vec![json!({ "type": "direct", "tag": "direct" })], "direct"),
     };
     let mut route = json!({ "final": final_tag });
     if let Some(mark) = ctx.mark {

@@ -1,6 +1,6 @@
 //! Xray (and V2Ray 4, whose format is the common subset used here): a `socks` inbound and a
 //! `dokodemo-door` (transparent) inbound on the instance's address, the user's proxy outbound
-//! and `freedom`, both with `sockopt.mark` set to the instance's routing mark.
+//! (or `freedom` without one: never both), with `sockopt.mark` set to the instance's routing mark.
 
 use serde_json::{Value, json};
 
@@ -68,13 +68,14 @@ fn user_outbound(o: &Value, mark: Option<u32>) -> Value {
 pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     let listen = ctx.listen.to_string();
     let socks = port(s, "socksPort", 10808);
-    let mut outbounds = vec![
-        json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, false, "", "tcp") }),
-    ];
-    if let Some(o) = s.get("outbound") {
-        // The first outbound is the default route.
-        outbounds.insert(0, user_outbound(o, ctx.mark));
-    }
+    // The first outbound is the default route; with an upstream proxy there is no `freedom`
+    // outbound at all, so nothing can leave directly.
+    let outbounds = match s.get("outbound") {
+        Some(o) => vec![user_outbound(o, ctx.mark)],
+        None => vec![
+            json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, false, "", "tcp") }),
+        ],
+    };
     super::check_reserved(ctx, s, &["socksPort", "transparentPort"])?;
     let mut config = json!({
         "log": { "loglevel": s.get("logLevel").and_then(Value::as_str).unwrap_or("warning") },

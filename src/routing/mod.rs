@@ -183,6 +183,12 @@ impl Routing {
             .store
             .instance(instance_id)?
             .ok_or_else(|| fail(Code::NotFound, format!("no instance {instance_id}")))?;
+        if inst.status == crate::store::Status::Uninstalling {
+            return Err(fail(
+                Code::InvalidState,
+                format!("instance {instance_id} is being uninstalled"),
+            ));
+        }
         let router = self.interfaces.router(&inst.router_id).ok_or_else(|| {
             fail(
                 Code::UnknownRouter,
@@ -575,10 +581,12 @@ impl Routing {
         let rules = nft::router_ruleset(&groups, &refused, &nft::learned());
         nft::apply(&rules, None)?;
         if let Some(path) = &self.settings.boot_rules {
-            keep_for_boot(
-                path,
-                (!groups.is_empty() || !refused.is_empty()).then_some(&rules),
-            )?;
+            // The kernel has the rules already: a copy that cannot be written is reported,
+            // not a reason to undo them.
+            let keep = (!groups.is_empty() || !refused.is_empty()).then_some(&rules);
+            if let Err(e) = keep_for_boot(path, keep) {
+                log::error!(target: "routing", "cannot keep the rules for the boot firewall: {e}");
+            }
         }
         Ok(())
     }

@@ -13,8 +13,9 @@
 //!
 //! In each service's network namespace, `table ip nnc_agent`: TCP arriving from the segment
 //! for any other address is redirected to the service's transparent inbound, DNS to its DNS
-//! inbound. Anything else is dropped only where the namespace does not forward (it copies
-//! the init namespace's `ip_forward`).
+//! inbound. The namespace does not forward (forwarding off, and a forward chain that drops:
+//! a namespace inherits the router's `ip_forward=1`), so anything else from a device is
+//! dropped there.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -138,9 +139,25 @@ pub(crate) fn router_ruleset(
 
     t.push_str("  chain forward_guard {\n    type filter hook forward priority filter - 10; policy accept;\n");
     for g in groups.iter().filter(|g| !g.direct) {
+        // By mark and by the device sets themselves: another tool rewriting the mark (pbr,
+        // mwan3) must not turn this guard off.
+        let (n, bridge) = (g.vlan, &g.bridge);
         let m = format!("meta mark & {MARK_MASK:#010x} == {:#010x}", g.mark);
-        let _ = writeln!(t, "    {m} meta nfproto ipv6 {refuse}");
-        let _ = writeln!(t, "    {m} oifname != \"{}\" {refuse}", g.bridge);
+        for from in [
+            m,
+            format!("ip saddr @i{n}_v4"),
+            format!("ether saddr @i{n}_mac"),
+        ] {
+            let _ = writeln!(t, "    {from} oifname != \"{bridge}\" {refuse}");
+        }
+        let _ = writeln!(
+            t,
+            "    meta mark & {MARK_MASK:#010x} == {:#010x} meta nfproto ipv6 {refuse}",
+            g.mark
+        );
+        for set in ["mac", "seen"] {
+            let _ = writeln!(t, "    meta nfproto ipv6 ether saddr @i{n}_{set} {refuse}");
+        }
     }
     let _ = writeln!(t, "    ip saddr @refused_v4 {refuse}");
     let _ = writeln!(t, "    ether saddr @refused_mac {refuse}");
@@ -177,12 +194,16 @@ pub(crate) fn service_ruleset(service: Ipv4Addr) -> String {
     type nat hook input priority 100; policy accept;
     iifname \"eth0\" ct status dnat snat ip to {router}
   }}
+  chain no_forward {{
+    type filter hook forward priority filter; policy drop;
+  }}
 }}\n"
     )
 }
 
-/// Runs `nft -f -` with `text`, in the network namespace at `netns` when given. nft is the
-/// operator's tool (Debian's `nftables`, OpenWrt's fw4 ships it), not a service's.
+/// Runs `nft -f -` with `text`, in the network namespace at `netns` when given (a service's:
+/// its IPv4 forwarding is turned off there first). nft is the operator's tool (Debian's
+/// `nftables`, OpenWrt's fw4 ships it), not a service's.
 pub(crate) fn apply(text: &str, netns: Option<&Path>) -> Result<(), String> {
     let run = || nft(&["-f", "-"], Some(text)).map(drop);
     match netns {
@@ -194,6 +215,11 @@ pub(crate) fn apply(text: &str, netns: Option<&Path>) -> Result<(), String> {
                 s.spawn(|| {
                     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(|e| format!("setns {}: {e}", ns.display()))?;
+                    // A new namespace copies the router's IPv4 settings, ip_forward=1 among
+                    // them; /proc/sys/net is this thread's namespace's.
+                    let fwd = "/proc/sys/net/ipv4/conf/all/forwarding";
+                    std::fs::write(fwd, "0")
+                        .map_err(|e| format!("{fwd} in {}: {e}", ns.display()))?;
                     run()
                 })
                 .join()

@@ -349,6 +349,8 @@ impl RouterOs {
     }
 }
 
+const _: () = assert!(crate::configgen::DNS_PORT == 9053, "dns_nat's to-ports");
+
 /// Steps 7 and 8: a routed device's DNS (`protocol`) to the service.
 fn dns_nat<'a>(list: &'a str, protocol: &'a str, service: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -358,5 +360,7 @@ fn dns_nat<'a>(list: &'a str, protocol: &'a str, service: &'a str) -> Vec<(&'a s
         ("dst-port", "53"),
         ("action", "dst-nat"),
         ("to-addresses", service),
+        // The DNS inbound every generator adds.
+        ("to-ports", "9053"),
     ]
 }
