@@ -686,6 +686,28 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     agent.restart();
     running(&agent, &x);
     through(&net, &agent, seen);
+    // 7. The agent's nftables table deleted by someone else (a `nft flush ruleset`): an
+    //    address-routed device still goes through the service, by its source rules.
+    assert!(
+        net.router
+            .ip(&["rule", "show", "pref", "4000"])
+            .contains(&format!("from {A} lookup {table}")),
+        "{}",
+        net.router.ip(&["rule", "show"])
+    );
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.router.name,
+        "nft",
+        "delete",
+        "table",
+        "inet",
+        "nnc_agent",
+    ]);
+    through(&net, &agent, seen);
+    through(&net, &agent, seen);
     assert_eq!(
         leaks_since(&net, seen, &[PROXY_OUT_X]),
         Vec::<String>::new(),

@@ -2,9 +2,11 @@
 //!
 //! The routes are redb records (`device -> instance`); what the kernel holds is derived from
 //! them and replaced whole at every change (`nft.rs`): one nftables transaction, so moving a
-//! device from one instance to another has no moment in between. The policy rules that
-//! turn an instance's mark into "its table, or refused" belong to its segment (`vif`), so
-//! they exist whether or not the agent, the service or the routes' own rules are there.
+//! device from one instance to another has no moment in between, plus a lookup and a
+//! refusing `ip rule` per IPv4 device by source (`source_rules`), which hold without the
+//! nftables table. The policy rules that turn an instance's mark into "its table, or
+//! refused" belong to its segment (`vif`), so they exist whether or not the agent, the
+//! service or the routes' own rules are there.
 //!
 //! Order: a change is committed to redb first, then applied; when applying fails, the old
 //! records are put back and applied again. At agent start the saved routes are applied
@@ -578,6 +580,7 @@ impl Routing {
         for (ns, service) in &namespaces {
             nft::apply(&nft::service_ruleset(*service), Some(ns))?;
         }
+        source_rules(&groups, &refused)?;
         let rules = nft::router_ruleset(&groups, &refused, &nft::learned());
         nft::apply(&rules, None)?;
         if let Some(path) = &self.settings.boot_rules {
@@ -590,6 +593,46 @@ impl Routing {
         }
         Ok(())
     }
+}
+
+/// The policy rules by source address of the IPv4 devices (MAC devices have only the mark):
+/// `from D lookup <its table>`, then `from D prohibit`, so a routed address never reaches the
+/// main table, nftables table or not (someone's `nft flush ruleset`). Devices of an instance
+/// without a segment get only the refusing rule; those of a DIRECT instance that is down
+/// none.
+fn source_rules(groups: &[nft::Group], refused: &[Device]) -> Result<(), String> {
+    use crate::vif::netlink::{DEVICE_RULE_PREFS, Netlink, Rule, Select};
+    let [lookup, prohibit] = DEVICE_RULE_PREFS;
+    let v4 = |d: &Device| match *d {
+        Device::V4 { net, prefix } => Some(Select::From(net, prefix)),
+        Device::Mac(_) => None,
+    };
+    let mut want = Vec::new();
+    for g in groups.iter().filter(|g| !g.direct) {
+        let table = Some(crate::vif::netlink::table(g.vlan));
+        for select in g.devices.iter().filter_map(v4) {
+            want.push(Rule {
+                pref: lookup,
+                select,
+                table,
+            });
+            want.push(Rule {
+                pref: prohibit,
+                select,
+                table: None,
+            });
+        }
+    }
+    for select in refused.iter().filter_map(v4) {
+        want.push(Rule {
+            pref: prohibit,
+            select,
+            table: None,
+        });
+    }
+    Netlink::open()
+        .and_then(|mut nl| nl.sync_rules(&DEVICE_RULE_PREFS, &want))
+        .map_err(|e| e.to_string())
 }
 
 /// Writes the rules nft just accepted where the boot firewall loads them (through a temp

@@ -16,7 +16,8 @@
 //! The two rules are the fail-closed half of device routing (`routing`): packets of a device
 //! routed through the instance carry its mark and look up its table; when that table has no
 //! route (flushed, the segment gone) the next rule refuses them instead of letting them fall
-//! through to the main table. They match nothing until a device is marked.
+//! through to the main table. They match nothing until a device is marked. `routing` also
+//! keeps per-device source rules here (`DEVICE_RULE_PREFS`, `sync_rules`).
 //!
 //! A bridge with a veth into the service's network namespace, rather than macvlan: a macvlan
 //! child cannot talk to its parent, so the router's own address could not reach the service.
@@ -46,6 +47,16 @@ use crate::util::Locked;
 
 const RT_TABLE_BASE: u32 = 1000;
 const RULE_PREF_BASE: u32 = 5000;
+/// `ip rule` preferences of device routing's source rules: a routed IPv4 device's address
+/// block looks up its instance's table at the first and is refused at the second, so its
+/// traffic is fail-closed even without the nftables marks (before the segment's mark rules
+/// and the main table).
+pub(crate) const DEVICE_RULE_PREFS: [u32; 2] = [4000, 4001];
+
+/// The routing table of the segment with this VLAN id.
+pub(crate) fn table(vlan_id: u16) -> u32 {
+    RT_TABLE_BASE + u32::from(vlan_id)
+}
 /// The bits of the packet mark that name an instance's segment (`routing` sets them).
 pub(crate) const MARK_MASK: u32 = 0x00ff_0000;
 
@@ -94,7 +105,7 @@ pub(crate) fn names(vlan_id: u16, instance_id: &str) -> Names {
         lan_peer: format!("nnc{vlan_id}l"),
         veth_host: format!("nnc{vlan_id}h"),
         netns: format!("nnc-{instance_id}"),
-        table: RT_TABLE_BASE + u32::from(vlan_id),
+        table: table(vlan_id),
         rule_pref: RULE_PREF_BASE + 2 * u32::from(vlan_id),
         mark: mark(vlan_id),
     }
@@ -401,11 +412,19 @@ impl Netlink {
             ),
             None => (0, rtnl::FR_ACT_PROHIBIT),
         };
+        let src_len = match r.select {
+            Select::From(_, len) => len,
+            Select::Mark(_) => 0,
+        };
         let m = Msg::new(kind, rtnl::NLM_F_ACK | flags)
-            .rulemsg(table, action)
-            .attr_u32(rtnl::FRA_PRIORITY, r.pref)
-            .attr_u32(rtnl::FRA_FWMARK, r.mark)
-            .attr_u32(rtnl::FRA_FWMASK, MARK_MASK);
+            .rulemsg(src_len, table, action)
+            .attr_u32(rtnl::FRA_PRIORITY, r.pref);
+        let m = match r.select {
+            Select::Mark(mark) => m
+                .attr_u32(rtnl::FRA_FWMARK, mark)
+                .attr_u32(rtnl::FRA_FWMASK, MARK_MASK),
+            Select::From(ip, _) => m.attr(rtnl::FRA_SRC, &ip.octets()),
+        };
         match r.table {
             Some(t) => m.attr_u32(rtnl::FRA_TABLE, t),
             None => m,
@@ -426,36 +445,86 @@ impl Netlink {
         }
     }
 
+    /// The IPv4 rules this backend can express (lookup or prohibit, by mark or by source).
+    fn rules(&mut self) -> Result<Vec<Rule>, VifError> {
+        let msg = Msg::new(rtnl::RTM_GETRULE, rtnl::NLM_F_DUMP).rulemsg(0, 0, 0);
+        Ok(self
+            .exchange(msg, "list rules")?
+            .into_iter()
+            .filter_map(|x| {
+                let Reply::Rule {
+                    priority,
+                    fwmark,
+                    src,
+                    action,
+                    table,
+                } = x
+                else {
+                    return None;
+                };
+                let table = match action {
+                    rtnl::FR_ACT_TO_TBL => Some(table),
+                    rtnl::FR_ACT_PROHIBIT => None,
+                    _ => return None,
+                };
+                let select = match src {
+                    Some((a, len)) => Select::From(Ipv4Addr::from(a), len),
+                    None => Select::Mark(fwmark),
+                };
+                Some(Rule {
+                    pref: priority,
+                    select,
+                    table,
+                })
+            })
+            .collect())
+    }
+
     pub(crate) fn has_rule(&mut self, r: &Rule) -> Result<bool, VifError> {
-        let msg = Msg::new(rtnl::RTM_GETRULE, rtnl::NLM_F_DUMP).rulemsg(0, 0);
-        let action = if r.table.is_some() {
-            rtnl::FR_ACT_TO_TBL
-        } else {
-            rtnl::FR_ACT_PROHIBIT
-        };
-        Ok(self.exchange(msg, "list rules")?.into_iter().any(|x| {
-            matches!(x, Reply::Rule { priority, fwmark, action: a, table }
-                if priority == r.pref && fwmark == r.mark && a == action
-                    && r.table.is_none_or(|t| t == table))
-        }))
+        Ok(self.rules()?.contains(r))
+    }
+
+    /// Makes the rules at preferences `prefs` exactly `want`: the missing ones are added
+    /// first (after any rule of the same preference, so a device moved to another table keeps
+    /// its old rule until the new one is there), then the others at those preferences go.
+    pub(crate) fn sync_rules(&mut self, prefs: &[u32], want: &[Rule]) -> Result<(), VifError> {
+        let have: Vec<Rule> = self
+            .rules()?
+            .into_iter()
+            .filter(|r| prefs.contains(&r.pref))
+            .collect();
+        for r in want.iter().filter(|r| !have.contains(r)) {
+            self.add_rule(r)?;
+        }
+        for r in have.iter().filter(|r| !want.contains(r)) {
+            self.del_rule(r)?;
+        }
+        Ok(())
     }
 }
 
-/// An IPv4 `ip rule` on the segment's mark: look up `table`, or refuse (`None`).
+/// What an IPv4 `ip rule` matches: the segment's mark, or a source address block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    Mark(u32),
+    From(Ipv4Addr, u8),
+}
+
+/// An IPv4 `ip rule`: look up `table`, or refuse (`None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rule {
     pub pref: u32,
-    pub mark: u32,
+    pub select: Select,
     pub table: Option<u32>,
 }
 
 impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "pref {} fwmark {:#x}/{MARK_MASK:#x} ",
-            self.pref, self.mark
-        )?;
+        write!(f, "pref {} ", self.pref)?;
+        match self.select {
+            Select::Mark(m) => write!(f, "fwmark {m:#x}/{MARK_MASK:#x} ")?,
+            Select::From(ip, len) => write!(f, "from {ip}/{len} ")?,
+        }
         match self.table {
             Some(t) => write!(f, "lookup {t}"),
             None => f.write_str("prohibit"),
@@ -469,12 +538,12 @@ impl Names {
         [
             Rule {
                 pref: self.rule_pref,
-                mark: self.mark,
+                select: Select::Mark(self.mark),
                 table: Some(self.table),
             },
             Rule {
                 pref: self.rule_pref + 1,
-                mark: self.mark,
+                select: Select::Mark(self.mark),
                 table: None,
             },
         ]

@@ -42,6 +42,7 @@ pub(crate) const IFA_LOCAL: u16 = 2;
 pub(crate) const RTA_OIF: u16 = 4;
 pub(crate) const RTA_GATEWAY: u16 = 5;
 pub(crate) const RTA_TABLE: u16 = 15;
+pub(crate) const FRA_SRC: u16 = 2;
 pub(crate) const FRA_PRIORITY: u16 = 6;
 pub(crate) const FRA_FWMARK: u16 = 10;
 pub(crate) const FRA_TABLE: u16 = 15;
@@ -105,11 +106,11 @@ impl Msg {
         self
     }
 
-    /// `struct fib_rule_hdr` for an IPv4 rule (`ip rule`).
-    pub(crate) fn rulemsg(mut self, table: u8, action: u8) -> Msg {
+    /// `struct fib_rule_hdr` for an IPv4 rule (`ip rule`); `src_len` with an `FRA_SRC`.
+    pub(crate) fn rulemsg(mut self, src_len: u8, table: u8, action: u8) -> Msg {
         // family, dst_len, src_len, tos, table, res1, res2, action; flags u32
         self.buf
-            .extend_from_slice(&[AF_INET, 0, 0, 0, table, 0, 0, action]);
+            .extend_from_slice(&[AF_INET, 0, src_len, 0, table, 0, 0, action]);
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
         self
     }
@@ -210,6 +211,8 @@ pub(crate) enum Reply {
     Rule {
         priority: u32,
         fwmark: u32,
+        /// `from` address and prefix length, when the rule has one.
+        src: Option<([u8; 4], u8)>,
         action: u8,
         table: u32,
     },
@@ -269,12 +272,14 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
             }
             RTM_NEWRULE => {
                 let action = body.get(7).copied().unwrap_or(0);
+                let src_len = body.get(2).copied().unwrap_or(0);
                 let mut table = u32::from(body.get(4).copied().unwrap_or(0));
-                let (mut priority, mut fwmark) = (0, 0);
+                let (mut priority, mut fwmark, mut src) = (0, 0, None);
                 for (t, v) in attrs(body, 12) {
                     match t {
                         FRA_PRIORITY => priority = u32_at(v, 0).unwrap_or(0),
                         FRA_FWMARK => fwmark = u32_at(v, 0).unwrap_or(0),
+                        FRA_SRC => src = v.try_into().ok().map(|a| (a, src_len)),
                         FRA_TABLE => table = u32_at(v, 0).unwrap_or(table),
                         _ => {}
                     }
@@ -282,6 +287,7 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
                 Reply::Rule {
                     priority,
                     fwmark,
+                    src,
                     action,
                     table,
                 }
