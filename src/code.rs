@@ -80,6 +80,7 @@ codes! {
     UnsupportedArch = "UNSUPPORTED_ARCH",
     UpdateFailed = "UPDATE_FAILED",
     UpdateInterrupted = "UPDATE_INTERRUPTED",
+    UpstreamRateLimited = "UPSTREAM_RATE_LIMITED",
     VlanPoolExhausted = "VLAN_POOL_EXHAUSTED",
     WrongArch = "WRONG_ARCH",
 }

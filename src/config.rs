@@ -77,6 +77,31 @@ struct FileConfig {
     api: FileApi,
     #[serde(default)]
     routing: FileRouting,
+    #[serde(default)]
+    github: FileGithub,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGithub {
+    /// GitHub's REST API (GitHub Enterprise: `https://HOST/api/v3`).
+    api_url: Option<String>,
+    token_file: Option<PathBuf>,
+    max_wait_secs: Option<f64>,
+}
+
+fn github_settings(f: &FileGithub) -> Result<crate::github::Settings, ConfigError> {
+    let d = crate::github::Settings::default();
+    let api_url = f.api_url.clone().unwrap_or(d.api_url);
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        return err(format!("github.api_url '{api_url}' must be an http(s) URL"));
+    }
+    Ok(crate::github::Settings {
+        api_url,
+        token_file: f.token_file.clone(),
+        max_wait: secs("max_wait_secs", f.max_wait_secs, d.max_wait)
+            .map_err(|e| ConfigError(e.0.replace("download.", "github.")))?,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +402,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
             source: flags.catalogue.or(file.catalogue),
             policy: trust,
             http: download,
+            github: github_settings(&file.github)?,
         },
         token_file,
         log_level,

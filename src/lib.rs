@@ -15,6 +15,7 @@ mod events;
 mod failpoint;
 #[doc(hidden)]
 pub mod fuzz;
+mod github;
 mod http_client;
 mod ids;
 mod install;

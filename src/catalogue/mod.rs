@@ -42,6 +42,10 @@ pub(crate) struct Asset {
     /// against the trusted keys.
     #[serde(default)]
     pub checksums_sig: Option<String>,
+    /// `"github"`: the digest GitHub's REST API lists for this release asset (`url` must be a
+    /// release download URL).
+    #[serde(default)]
+    pub digest: Option<String>,
     #[serde(default = "archive_none")]
     pub archive: ArchiveKind,
     /// Member of the archive that is the binary.
@@ -317,8 +321,18 @@ fn validate_asset(a: &Asset) -> Result<(), String> {
     if a.file_name().is_empty() {
         return Err(format!("url '{}' does not end in a file name", a.url));
     }
-    if a.sha256.is_none() && a.checksums.is_none() {
-        return Err("needs sha256 or checksums to be verifiable".into());
+    if a.sha256.is_none() && a.checksums.is_none() && a.digest.is_none() {
+        return Err("needs sha256, checksums or digest to be verifiable".into());
+    }
+    match a.digest.as_deref() {
+        Some("github") if crate::github::release_asset(&a.url).is_none() => {
+            return Err(format!(
+                "digest \"github\" needs a release download URL (SCHEME://HOST/OWNER/REPO/releases/download/TAG/NAME), got '{}'",
+                a.url
+            ));
+        }
+        None | Some("github") => {}
+        Some(d) => return Err(format!("digest '{d}' is not one of: github")),
     }
     if let Some(h) = &a.sha256
         && util::parse_sha256_hex(h).is_none()
@@ -414,7 +428,18 @@ mod tests {
     fn bad_assets_are_refused_with_the_field_named() {
         for (asset, needle) in [
             (r#"{"url":"ftp://x/a"}"#, "must be an http(s) URL"),
-            (r#"{"url":"http://x/a"}"#, "needs sha256 or checksums"),
+            (
+                r#"{"url":"http://x/a"}"#,
+                "needs sha256, checksums or digest",
+            ),
+            (
+                r#"{"url":"http://x/a","digest":"github"}"#,
+                "needs a release download URL",
+            ),
+            (
+                r#"{"url":"http://x/o/r/releases/download/t/a","digest":"sha1"}"#,
+                "is not one of: github",
+            ),
             (
                 r#"{"url":"http://x/a","sha256":"abc"}"#,
                 "sha256 must be 64 hex digits",

@@ -151,6 +151,7 @@ impl Installer {
                 layout.clone(),
                 cfg.feed.http.clone(),
                 cfg.feed.policy.clone(),
+                cfg.feed.github.clone(),
             )),
             store,
             bus,

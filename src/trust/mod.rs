@@ -48,6 +48,8 @@ pub(crate) struct Feed {
     pub source: Option<String>,
     pub policy: Policy,
     pub http: crate::http_client::Settings,
+    /// Where release digests are read (`digest: "github"` assets).
+    pub github: crate::github::Settings,
 }
 
 /// `nnc-agent catalogue keygen|sign|verify`, for feed publishers.

@@ -86,6 +86,7 @@ pub(crate) struct Downloads {
     jobs: Mutex<HashMap<String, watch::Receiver<FetchState>>>,
     /// Keys that may sign checksums files.
     trust: crate::trust::Policy,
+    github: crate::github::Settings,
 }
 
 impl Downloads {
@@ -94,9 +95,11 @@ impl Downloads {
         layout: Layout,
         cfg: HttpSettings,
         trust: crate::trust::Policy,
+        github: crate::github::Settings,
     ) -> Downloads {
         Downloads {
             trust,
+            github,
             agent: crate::http_client::LazyAgent::new(cfg.clone()),
             store,
             layout,

@@ -60,30 +60,68 @@ impl Downloads {
                     };
                     StepError::new(Step::Verifying, code, format!("{e} ({url})"))
                 })?;
-                Some((digest, self.checksums_signer(asset, url, &text)?))
+                let sig = self.checksums_signer(asset, url, &text)?;
+                Some((digest, format!("checksums{sig}")))
             }
         };
-        let (listed, sig) = listed.map_or((None, String::new()), |(d, s)| (Some(d), s));
+        // GitHub's digest stands beside a checksums file like a second one: both must agree.
+        let listed = match (listed, asset.digest.as_deref()) {
+            (listed, Some("github")) => {
+                let g = self.github_digest(asset)?;
+                match listed {
+                    Some((l, _)) if l != g => {
+                        return Err(StepError::new(
+                            Step::Verifying,
+                            Code::ChecksumMismatch,
+                            format!(
+                                "the checksums file lists {} for {} but GitHub's release lists {}",
+                                util::hex(&l),
+                                asset.file_name(),
+                                util::hex(&g)
+                            ),
+                        ));
+                    }
+                    Some((l, by)) => Some((l, format!("{by}+github-digest"))),
+                    None => Some((g, "github-digest".to_owned())),
+                }
+            }
+            (listed, _) => listed,
+        };
         match (pinned, listed) {
-            (Some(p), Some(l)) if p != l => Err(StepError::new(
+            (Some(p), Some((l, by))) if p != l => Err(StepError::new(
                 Step::Verifying,
                 Code::ChecksumMismatch,
                 format!(
-                    "the catalogue pins {} for {} but the checksums file lists {}",
+                    "the catalogue pins {} for {} but {by} lists {}",
                     util::hex(&p),
                     asset.file_name(),
                     util::hex(&l)
                 ),
             )),
-            (Some(p), Some(_)) => Ok((p, format!("pin+checksums{sig}"))),
+            (Some(p), Some((_, by))) => Ok((p, format!("pin+{by}"))),
             (Some(p), None) => Ok((p, "pin".into())),
-            (None, Some(l)) => Ok((l, format!("checksums{sig}"))),
+            (None, Some((l, by))) => Ok((l, by)),
             (None, None) => Err(StepError::new(
                 Step::Verifying,
                 Code::ChecksumMissing,
                 "the catalogue gives no way to verify this asset".into(),
             )),
         }
+    }
+
+    /// The SHA-256 GitHub's release lists for the asset.
+    fn github_digest(&self, asset: &Asset) -> Result<[u8; 32], StepError> {
+        use crate::github::Error as E;
+        crate::github::asset_digest(self.agent.get(), &self.github, &asset.url).map_err(|e| {
+            let code = match e {
+                E::NotARelease(_) | E::Invalid(_) => Code::ChecksumsInvalid,
+                E::Unavailable(_) => Code::ChecksumsUnavailable,
+                E::RateLimited(_) => Code::UpstreamRateLimited,
+                E::NotListed(_) => Code::ChecksumNotListed,
+                E::NoDigest(_) => Code::ChecksumMissing,
+            };
+            StepError::new(Step::Verifying, code, e.to_string())
+        })
     }
 
     /// Refuses a digest that differs from the one first verified for this artifact; returns

