@@ -82,6 +82,7 @@ codes! {
     UpdateInterrupted = "UPDATE_INTERRUPTED",
     UpstreamRateLimited = "UPSTREAM_RATE_LIMITED",
     VlanPoolExhausted = "VLAN_POOL_EXHAUSTED",
+    WrongAbi = "WRONG_ABI",
     WrongArch = "WRONG_ARCH",
 }
 

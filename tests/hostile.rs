@@ -36,7 +36,37 @@ fn hostile_archives_and_checksums_are_refused_with_their_codes() {
         &www,
         &["hostile", "/usr/bin/true", &(32u64 << 20).to_string()],
     );
+    // Dynamically linked builds this system cannot run: /usr/bin/true with its loader
+    // renamed to one nobody has, and with its C library renamed.
+    let true_bin = std::fs::read("/usr/bin/true").unwrap();
+    let patched = |from: &[u8], to: &[u8]| {
+        assert_eq!(from.len(), to.len());
+        let mut b = true_bin.clone();
+        let at = b
+            .windows(from.len())
+            .position(|w| w == from)
+            .unwrap_or_else(|| panic!("{} not in /usr/bin/true", String::from_utf8_lossy(from)));
+        b[at..at + to.len()].copy_from_slice(to);
+        b
+    };
+    std::fs::write(
+        www.join("foreign-loader"),
+        patched(b"/lib64/ld-linux-x86-64.so.2\0", b"/lib/ld-absent-x86_64.so.1\0\0"),
+    )
+    .unwrap();
+    std::fs::write(
+        www.join("missing-lib"),
+        patched(b"libc.so.6\0", b"libq.so.6\0"),
+    )
+    .unwrap();
     let nginx = Nginx::start(&www, "");
+    let plain = |id: &str, file: &str| {
+        feature(
+            id,
+            "tool",
+            json!({ "url": nginx.url(file), "sha256": sha256_file(&www.join(file)) }),
+        )
+    };
     let archive = |id: &str, file: &str, kind: &str| {
         let mut f = feature(
             id,
@@ -149,6 +179,12 @@ fn hostile_archives_and_checksums_are_refused_with_their_codes() {
             "verifying",
             "CHECKSUMS_UNAVAILABLE",
         ),
+        (
+            plain("foreign-loader", "foreign-loader"),
+            "verifying",
+            "WRONG_ABI",
+        ),
+        (plain("missing-lib", "missing-lib"), "verifying", "WRONG_ABI"),
     ];
     let features: Vec<Value> = cases.iter().map(|c| c.0.clone()).collect();
     let catalogue = write_catalogue(root.path(), &features);
@@ -181,6 +217,14 @@ fn hostile_archives_and_checksums_are_refused_with_their_codes() {
     }
     let wrong = agent.instance(&ids[cases.iter().position(|c| c.0["id"] == "wrong-sha").unwrap()]);
     assert_eq!(wrong["progress"]["status"], "verification_failed");
+    let error_of = |id: &str| {
+        let i = agent.instance(&ids[cases.iter().position(|c| c.0["id"] == id).unwrap()]);
+        i["error"].as_str().unwrap().to_owned()
+    };
+    let e = error_of("foreign-loader");
+    assert!(e.contains("loader /lib/ld-absent-x86_64.so.1"), "{e}");
+    let e = error_of("missing-lib");
+    assert!(e.contains("needs libq.so.6,"), "{e}");
     let traversal = agent.instance(&ids[0]);
     assert!(
         traversal["error"]

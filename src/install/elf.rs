@@ -177,6 +177,215 @@ fn has_interp(
     })
 }
 
+/// What a dynamically linked binary needs from this system that it does not have: its
+/// dynamic loader (`PT_INTERP`) and its `DT_NEEDED` libraries, looked up in its
+/// `DT_RUNPATH`/`DT_RPATH` (`$ORIGIN` is its directory), then the loader's configured and
+/// default directories. A static binary needs nothing. The error names what is missing.
+pub(crate) fn check_runtime(path: &Path) -> Result<(), String> {
+    let needs = Needs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let Some(interp) = needs.interp else {
+        return Ok(());
+    };
+    if !Path::new(&interp).exists() {
+        return Err(format!(
+            "binary is dynamically linked against the loader {interp}, which this system does not have (built for another C library?)"
+        ));
+    }
+    let origin = path.parent().unwrap_or(Path::new("/"));
+    let mut dirs: Vec<std::path::PathBuf> = needs
+        .runpath
+        .iter()
+        .flat_map(|p| p.split(':'))
+        .filter(|d| !d.is_empty())
+        .map(|d| std::path::PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())))
+        .collect();
+    dirs.extend(loader_dirs().into_iter().map(std::path::PathBuf::from));
+    let missing: Vec<&str> = needs
+        .needed
+        .iter()
+        .map(String::as_str)
+        .filter(|lib| {
+            if lib.contains('/') {
+                return !Path::new(lib).exists();
+            }
+            !dirs.iter().any(|d| d.join(lib).exists())
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "binary needs {}, which this system does not have (looked in {})",
+            missing.join(", "),
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        ));
+    }
+    Ok(())
+}
+
+/// Where the loaders look: glibc's `/etc/ld.so.conf` (with its `include`s, one level), musl's
+/// `/etc/ld-musl-*.path`, then both loaders' defaults (Debian's multiarch ones included).
+fn loader_dirs() -> Vec<String> {
+    fn lines(path: &Path, out: &mut Vec<String>, include: bool) {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        for l in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()) {
+            if let Some(pattern) = l.strip_prefix("include ") {
+                // `include DIR/*.conf`: the files of DIR ending in the pattern's suffix.
+                let p = Path::new(pattern.trim());
+                let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+                    continue;
+                };
+                let suffix = name.to_string_lossy().trim_start_matches('*').to_owned();
+                if let (true, Ok(rd)) = (include, std::fs::read_dir(dir)) {
+                    let mut files: Vec<_> = rd
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|f| f.to_string_lossy().ends_with(&suffix))
+                        .collect();
+                    files.sort();
+                    for f in files {
+                        lines(&f, out, false);
+                    }
+                }
+            } else {
+                out.extend(l.split([':', ' ', '\t']).filter(|d| d.starts_with('/')).map(String::from));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    lines(Path::new("/etc/ld.so.conf"), &mut out, true);
+    if let Ok(rd) = std::fs::read_dir("/etc") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("ld-musl-") && n.ends_with(".path") {
+                lines(&e.path(), &mut out, false);
+            }
+        }
+    }
+    let multiarch = match platform::host_arch() {
+        "x86_64" => "x86_64-linux-gnu",
+        "aarch64" => "aarch64-linux-gnu",
+        "armv7" => "arm-linux-gnueabihf",
+        "mipsel" => "mipsel-linux-gnu",
+        _ => "mips-linux-gnu",
+    };
+    for d in ["/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib"] {
+        out.push(d.into());
+    }
+    for d in ["/lib", "/usr/lib"] {
+        out.push(format!("{d}/{multiarch}"));
+    }
+    out
+}
+
+/// The dynamic loader and libraries an ELF file names.
+#[derive(Debug, Default)]
+struct Needs {
+    interp: Option<String>,
+    needed: Vec<String>,
+    runpath: Vec<String>,
+}
+
+/// Largest program header table, dynamic section and string table read (bounded reads of a
+/// file that may be large: only those parts are read).
+const MAX_TABLE: u64 = 1 << 20;
+
+impl Needs {
+    fn read(path: &Path) -> std::io::Result<Needs> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        let read_at = |off: u64, n: u64| -> std::io::Result<Vec<u8>> {
+            if n > MAX_TABLE || off.checked_add(n).is_none_or(|end| end > len) {
+                return Err(std::io::Error::other("ELF table out of bounds"));
+            }
+            let mut b = vec![0; usize::try_from(n).map_err(std::io::Error::other)?];
+            f.read_exact_at(&mut b, off)?;
+            Ok(b)
+        };
+        let h = read_at(0, 64.min(len))?;
+        if h.len() < 52 || h[..4] != *b"\x7fELF" {
+            return Ok(Needs::default());
+        }
+        let (c64, le) = (h[4] == 2, h[5] == 1);
+        let num = |b: &[u8], o: usize, n: usize| -> u64 {
+            let Some(s) = b.get(o..o + n) else { return 0 };
+            s.iter().enumerate().fold(0u64, |acc, (i, byte)| {
+                let shift = 8 * if le { i } else { n - 1 - i };
+                acc | u64::from(*byte) << shift
+            })
+        };
+        let w = if c64 { 8 } else { 4 };
+        let (phoff, phentsize, phnum) = if c64 {
+            (num(&h, 32, 8), num(&h, 54, 2), num(&h, 56, 2))
+        } else {
+            (num(&h, 28, 4), num(&h, 42, 2), num(&h, 44, 2))
+        };
+        let ph = read_at(phoff, phentsize * phnum)?;
+        let mut loads = Vec::new();
+        let (mut interp, mut dynamic) = (None, None);
+        for i in 0..usize::try_from(phnum).unwrap_or(0) {
+            let e = &ph[i * usize::try_from(phentsize).unwrap_or(0)..];
+            // p_type, then (64-bit) p_flags, p_offset, p_vaddr, p_paddr, p_filesz
+            // or (32-bit) p_offset, p_vaddr, p_paddr, p_filesz.
+            let (kind, off, vaddr, filesz) = if c64 {
+                (num(e, 0, 4), num(e, 8, 8), num(e, 16, 8), num(e, 32, 8))
+            } else {
+                (num(e, 0, 4), num(e, 4, 4), num(e, 8, 4), num(e, 16, 4))
+            };
+            match kind {
+                1 => loads.push((vaddr, off, filesz)),
+                2 => dynamic = Some((off, filesz)),
+                3 => interp = Some((off, filesz)),
+                _ => {}
+            }
+        }
+        let cstr = |b: &[u8]| {
+            String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or(b)).into_owned()
+        };
+        let mut needs = Needs {
+            interp: interp
+                .map(|(off, n)| read_at(off, n.min(4096)))
+                .transpose()?
+                .map(|b| cstr(&b)),
+            ..Needs::default()
+        };
+        let Some((off, n)) = dynamic else {
+            return Ok(needs);
+        };
+        let dynamic = read_at(off, n)?;
+        let (mut strtab, mut strsz, mut names, mut paths) = (None, 0, Vec::new(), Vec::new());
+        for entry in dynamic.chunks_exact(2 * w) {
+            let (tag, val) = (num(entry, 0, w), num(entry, w, w));
+            match tag {
+                0 => break,
+                1 => names.push(val),
+                5 => strtab = Some(val),
+                10 => strsz = val,
+                15 | 29 => paths.push(val),
+                _ => {}
+            }
+        }
+        // DT_STRTAB is an address: the PT_LOAD segment that holds it gives its file offset.
+        let Some(strtab) = strtab.and_then(|a| {
+            loads
+                .iter()
+                .find(|(v, _, sz)| a >= *v && a < v + sz)
+                .map(|(v, o, _)| a - v + o)
+        }) else {
+            return Ok(needs);
+        };
+        let strings = read_at(strtab, strsz)?;
+        let at = |o: u64| strings.get(usize::try_from(o).ok()?..).map(cstr);
+        needs.needed = names.into_iter().filter_map(at).collect();
+        needs.runpath = paths.into_iter().filter_map(at).collect();
+        Ok(needs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +492,17 @@ mod tests {
             arm_hard_float: false,
         };
         assert!(check(&h, x86).unwrap_err().contains("not an executable"));
+    }
+
+    #[test]
+    fn a_dynamic_binary_names_its_loader_and_libraries() {
+        // `ls` on the test host: dynamically linked (Debian).
+        let n = Needs::read(Path::new("/bin/ls")).unwrap();
+        let interp = n.interp.expect("/bin/ls has a loader");
+        assert!(Path::new(&interp).exists(), "{interp}");
+        assert!(n.needed.iter().any(|l| l.starts_with("libc.")), "{:?}", n.needed);
+        assert_eq!(check_runtime(Path::new("/bin/ls")), Ok(()));
+        // The agent's own test binary is not static either, but a missing file is an error.
+        assert!(check_runtime(Path::new("/nonexistent")).is_err());
     }
 }

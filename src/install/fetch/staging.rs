@@ -56,8 +56,12 @@ impl Downloads {
             .stage_binary(req, part, staged, download_sha256)
             .and_then(|sha| {
                 elf::check_file(staged, self.machine)
+                    .map_err(|m| StepError::new(Step::Installing, Code::WrongArch, m))?;
+                // A dynamically linked build whose loader or libraries this system lacks
+                // (a glibc build on musl) is refused before anything is provisioned.
+                elf::check_runtime(staged)
                     .map(|()| sha)
-                    .map_err(|m| StepError::new(Step::Installing, Code::WrongArch, m))
+                    .map_err(|m| StepError::new(Step::Verifying, Code::WrongAbi, m))
             });
         if placed.is_err() {
             let _ = fs::remove_file(staged);
