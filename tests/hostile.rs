@@ -51,7 +51,10 @@ fn hostile_archives_and_checksums_are_refused_with_their_codes() {
     };
     std::fs::write(
         www.join("foreign-loader"),
-        patched(b"/lib64/ld-linux-x86-64.so.2\0", b"/lib/ld-absent-x86_64.so.1\0\0"),
+        patched(
+            b"/lib64/ld-linux-x86-64.so.2\0",
+            b"/lib/ld-absent-x86_64.so.1\0\0",
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -184,7 +187,11 @@ fn hostile_archives_and_checksums_are_refused_with_their_codes() {
             "verifying",
             "WRONG_ABI",
         ),
-        (plain("missing-lib", "missing-lib"), "verifying", "WRONG_ABI"),
+        (
+            plain("missing-lib", "missing-lib"),
+            "verifying",
+            "WRONG_ABI",
+        ),
     ];
     let features: Vec<Value> = cases.iter().map(|c| c.0.clone()).collect();
     let catalogue = write_catalogue(root.path(), &features);

@@ -32,7 +32,13 @@ pub(crate) enum ArchiveKind {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub(crate) struct Asset {
+    /// The download (empty for a `package` asset).
+    #[serde(default)]
     pub url: String,
+    /// A system package instead of a download: the package's name per package manager
+    /// (`apk`, `opkg`, `apt`); `path` is then the absolute path of the binary it installs.
+    #[serde(default)]
+    pub package: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub sha256: Option<String>,
     /// URL of a GNU `sha256sum` file listing the asset by the file name of `url`.
@@ -315,6 +321,9 @@ fn validate_feature(f: &Feature) -> Result<(), String> {
 }
 
 fn validate_asset(a: &Asset) -> Result<(), String> {
+    if let Some(names) = &a.package {
+        return validate_package(a, names);
+    }
     if !is_http_url(&a.url) {
         return Err(format!("url '{}' must be an http(s) URL", a.url));
     }
@@ -362,6 +371,47 @@ fn validate_asset(a: &Asset) -> Result<(), String> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A package asset: known managers, plain package names, an absolute binary path in a system
+/// binary directory, and nothing of a download.
+fn validate_package(a: &Asset, names: &BTreeMap<String, String>) -> Result<(), String> {
+    if !a.url.is_empty() || a.sha256.is_some() || a.checksums.is_some() || a.digest.is_some() {
+        return Err("a package asset has no url, sha256, checksums or digest (its package manager verifies it)".into());
+    }
+    if names.is_empty() {
+        return Err("package names no package manager".into());
+    }
+    for (m, n) in names {
+        if !["apk", "opkg", "apt"].contains(&m.as_str()) {
+            return Err(format!(
+                "package manager '{m}' is not one of apk, opkg, apt"
+            ));
+        }
+        let plain = n.len() <= 64
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.bytes().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'+' | b'-')
+            });
+        if !plain {
+            return Err(format!(
+                "package name '{n}' ({m}) is not a plain package name"
+            ));
+        }
+    }
+    let path = a.path.as_deref().unwrap_or("");
+    let in_bin = ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"]
+        .iter()
+        .any(|d| {
+            path.strip_prefix(d)
+                .is_some_and(|rest| is_safe_component(rest, 64))
+        });
+    if !in_bin {
+        return Err(format!(
+            "a package asset's path must be its binary in /usr/bin, /usr/sbin, /bin or /sbin, got '{path}'"
+        ));
     }
     Ok(())
 }

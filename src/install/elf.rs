@@ -231,7 +231,10 @@ fn loader_dirs() -> Vec<String> {
         let Ok(text) = std::fs::read_to_string(path) else {
             return;
         };
-        for l in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()) {
+        for l in text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+        {
             if let Some(pattern) = l.strip_prefix("include ") {
                 // `include DIR/*.conf`: the files of DIR ending in the pattern's suffix.
                 let p = Path::new(pattern.trim());
@@ -251,7 +254,11 @@ fn loader_dirs() -> Vec<String> {
                     }
                 }
             } else {
-                out.extend(l.split([':', ' ', '\t']).filter(|d| d.starts_with('/')).map(String::from));
+                out.extend(
+                    l.split([':', ' ', '\t'])
+                        .filter(|d| d.starts_with('/'))
+                        .map(String::from),
+                );
             }
         }
     }
@@ -500,7 +507,11 @@ mod tests {
         let n = Needs::read(Path::new("/bin/ls")).unwrap();
         let interp = n.interp.expect("/bin/ls has a loader");
         assert!(Path::new(&interp).exists(), "{interp}");
-        assert!(n.needed.iter().any(|l| l.starts_with("libc.")), "{:?}", n.needed);
+        assert!(
+            n.needed.iter().any(|l| l.starts_with("libc.")),
+            "{:?}",
+            n.needed
+        );
         assert_eq!(check_runtime(Path::new("/bin/ls")), Ok(()));
         // The agent's own test binary is not static either, but a missing file is an error.
         assert!(check_runtime(Path::new("/nonexistent")).is_err());

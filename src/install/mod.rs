@@ -18,6 +18,7 @@ pub(crate) mod elf;
 mod fetch;
 mod layout;
 mod lifecycle;
+pub(crate) mod package;
 mod pipeline;
 mod request;
 mod uninstall;

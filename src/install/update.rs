@@ -464,6 +464,9 @@ impl Installer {
                             version: version.clone(),
                             arch: arch.to_owned(),
                         };
+                        if let Ok(Some(a)) = store.artifact(&key.id()) {
+                            remove_package(&store, &instances, &a);
+                        }
                         let _ = store.remove_artifact(&key.id());
                         let _ = store.clear_download_state(&key.id());
                     }
@@ -474,6 +477,41 @@ impl Installer {
             removed
         })
         .await
+    }
+}
+
+/// Removes the system package behind an artifact nothing uses any more, when the agent
+/// installed it and no instance's artifact (current or previous version) comes from it.
+fn remove_package(
+    store: &crate::store::Store,
+    instances: &[crate::store::Instance],
+    a: &crate::store::Artifact,
+) {
+    let Some(p) = a.package.as_ref().filter(|p| p.installed_by_agent) else {
+        return;
+    };
+    let same = |key: String| {
+        store
+            .artifact(&key)
+            .ok()
+            .flatten()
+            .and_then(|o| o.package)
+            .is_some_and(|o| o.manager == p.manager && o.name == p.name)
+    };
+    let in_use = instances.iter().any(|i| {
+        let key = |v: &str| format!("{}/{v}/{}", i.feature_id, i.arch);
+        same(key(&i.version))
+            || i.previous
+                .as_ref()
+                .is_some_and(|pr| same(key(&pr.version)) || same(key(&pr.target)))
+    });
+    let Some(m) = super::package::Manager::from_key(&p.manager) else {
+        return;
+    };
+    if in_use {
+        log::info!(target: "package-manager", "keeping {} package {}: another instance uses it", p.manager, p.name);
+    } else if let Err(e) = super::package::remove(m, &p.name) {
+        log::error!(target: "package-manager", "cannot remove {} package {}: {e}", p.manager, p.name);
     }
 }
 

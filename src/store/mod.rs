@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use records::{
     Artifact, DeviceRoute, DownloadState, IfStatus, Instance, InterfaceRecord, OnServiceDown,
-    Previous, Status, Step,
+    PackageRecord, Previous, Status, Step,
 };
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");

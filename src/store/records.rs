@@ -250,6 +250,21 @@ pub(crate) struct Artifact {
     /// SHA-256 of the binary as placed, to notice a file changed behind our back.
     pub binary_sha256: String,
     pub verified_by: String,
+    /// The system package that put the binary there, when it came from one.
+    #[serde(default)]
+    pub package: Option<PackageRecord>,
+}
+
+/// A system package behind an artifact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct PackageRecord {
+    /// `apk`, `opkg` or `apt`.
+    pub manager: String,
+    pub name: String,
+    pub version: String,
+    /// Installed by the agent (removed again when no instance uses it); false when the
+    /// system had it already (never removed by the agent).
+    pub installed_by_agent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum)]

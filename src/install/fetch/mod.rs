@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::elf::Machine;
+use super::elf::{self, Machine};
 use super::{Layout, StepError};
 use crate::catalogue::{ArchiveKind, Asset};
 use crate::code::Code;
@@ -152,6 +152,9 @@ impl Downloads {
             log::info!(target: "download-manager", "{id}: verified binary already in place");
             return Ok(artifact);
         }
+        if let Some(names) = &req.asset.package {
+            return self.run_package(req, names, rep);
+        }
         let (expected, mut verified_by) = self.expected_digest(&req.asset)?;
         let pinned = self.check_pin(&id, &expected, &mut verified_by)?;
         let dirs = self.layout.artifact(&req.key.feature, &req.key.version);
@@ -214,6 +217,7 @@ impl Downloads {
             binary_path: binary.to_string_lossy().into_owned(),
             binary_sha256: util::hex(&binary_sha256),
             verified_by,
+            package: None,
         };
         self.store
             .put_artifact(&artifact)
@@ -224,6 +228,94 @@ impl Downloads {
         }
         self.clear_state(&id)?;
         log::info!(target: "download-manager", "{id}: {} verified ({}) and installed at {}", req.asset.file_name(), artifact.verified_by, artifact.binary_path);
+        Ok(artifact)
+    }
+
+    /// A system package: the manager this system has installs it (unless it is installed
+    /// already), then its binary is checked like a download's. A binary that cannot run here
+    /// takes the package away again when the agent installed it.
+    fn run_package(
+        &self,
+        req: &FetchRequest,
+        names: &std::collections::BTreeMap<String, String>,
+        rep: &mut Reporter<'_>,
+    ) -> Result<Artifact, StepError> {
+        use crate::install::package::{self, Manager};
+        let id = req.key.id();
+        let m = Manager::detect().ok_or_else(|| {
+            StepError::new(
+                Step::Downloading,
+                Code::NoPackageManager,
+                format!("{} comes from a system package, and this system has none of apk, opkg, apt-get", req.key.feature),
+            )
+        })?;
+        let name = names.get(m.key()).ok_or_else(|| {
+            StepError::new(
+                Step::Downloading,
+                Code::NoPackageManager,
+                format!(
+                    "the catalogue names no {} package for {} (only {})",
+                    m.key(),
+                    req.key.feature,
+                    names.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        rep.phase(Phase::Downloading, 0, None);
+        let ensured = package::ensure(m, name)
+            .map_err(|e| StepError::new(Step::Downloading, Code::PackageFailed, e))?;
+        rep.phase(Phase::Verifying, 0, None);
+        // Distributions disagree on bin or sbin (OpenWrt's tor is in /usr/sbin, Debian's in
+        // /usr/bin): the catalogue's path first, then the same name in the other system
+        // binary directories.
+        let named = PathBuf::from(req.asset.path.as_deref().unwrap_or_default());
+        let file = named
+            .file_name()
+            .map(std::ffi::OsStr::to_os_string)
+            .unwrap_or_default();
+        let binary = std::iter::once(named.clone())
+            .chain(["/usr/bin", "/usr/sbin", "/bin", "/sbin"].map(|d| Path::new(d).join(&file)))
+            .find(|p| p.is_file())
+            .unwrap_or(named);
+        let checked = elf::check_file(&binary, self.machine)
+            .map_err(|m| StepError::new(Step::Verifying, Code::WrongArch, m))
+            .and_then(|()| {
+                elf::check_runtime(&binary)
+                    .map_err(|m| StepError::new(Step::Verifying, Code::WrongAbi, m))
+            })
+            .and_then(|()| {
+                verify::hash_file(&binary).map_err(|e| io_step(Step::Verifying, &binary, &e))
+            })
+            .and_then(|sha| {
+                // The version directory is what artifact collection walks.
+                let dirs = self.layout.artifact(&req.key.feature, &req.key.version);
+                fs::create_dir_all(&dirs.bin)
+                    .map_err(|e| io_step(Step::Installing, &dirs.bin, &e))?;
+                let artifact = Artifact {
+                    key: id.clone(),
+                    sha256: util::hex(&sha),
+                    binary_path: binary.to_string_lossy().into_owned(),
+                    binary_sha256: util::hex(&sha),
+                    verified_by: format!("package:{}:{name}={}", m.key(), ensured.version),
+                    package: Some(crate::store::PackageRecord {
+                        manager: m.key().into(),
+                        name: name.clone(),
+                        version: ensured.version.clone(),
+                        installed_by_agent: ensured.installed_by_agent,
+                    }),
+                };
+                self.store
+                    .put_artifact(&artifact)
+                    .map_err(|e| store_step(Step::Installing, &e))?;
+                Ok(artifact)
+            });
+        if checked.is_err() && ensured.installed_by_agent {
+            if let Err(e) = package::remove(m, name) {
+                log::error!(target: "package-manager", "{id}: cannot remove {name} again: {e}");
+            }
+        }
+        let artifact = checked?;
+        log::info!(target: "download-manager", "{id}: {} from {} package {name} {} ({})", artifact.binary_path, m.key(), ensured.version, if ensured.installed_by_agent { "installed" } else { "already installed" });
         Ok(artifact)
     }
 
