@@ -209,7 +209,7 @@ pub(crate) fn base64_encode(data: &[u8]) -> String {
 
 pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
