@@ -457,7 +457,18 @@ mod tests {
     fn builtin_catalogue_is_valid_and_lists_the_three_services() {
         let c = Catalogue::builtin().unwrap();
         for id in ["tor", "sing-box", "xray"] {
-            assert!(c.feature(id).is_some(), "{id} missing");
+            let f = c.feature(id).unwrap_or_else(|| panic!("{id} missing"));
+            for arch in ARCH_KEYS {
+                assert!(f.asset(arch).is_some(), "{id} has no {arch} asset");
+            }
+        }
+        // MIPS: soft-float builds, which run with or without an FPU (the agent's own MIPS
+        // builds are soft-float too); a hard-float one needs an FPU or the kernel's emulator.
+        for arch in ["mips", "mipsel"] {
+            let x = c.feature("xray").unwrap().asset(arch).unwrap();
+            assert_eq!(x.path.as_deref(), Some("xray_softfloat"));
+            let s = c.feature("sing-box").unwrap().asset(arch).unwrap();
+            assert!(s.url.ends_with("-softfloat.tar.gz"), "{}", s.url);
         }
     }
 

@@ -185,5 +185,8 @@ mod tests {
         assert_eq!(lookup(&text, "Xray-linux-64.zip").unwrap(), [0xaa; 32]);
         let text = format!("SHA256(one.zip)= {A}\nSHA256(two.zip)= {B}\n");
         assert_eq!(lookup(&text, "two.zip").unwrap(), [0xbb; 32]);
+        // OpenSSL 1.x spelling, as older Xray releases wrote it.
+        let text = format!("MD5= 0123\nSHA1= 4567\nSHA256= {B}\nSHA512= 89ab\n");
+        assert_eq!(lookup(&text, "Xray-linux-mips32le.zip").unwrap(), [0xbb; 32]);
     }
 }
