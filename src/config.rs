@@ -37,6 +37,7 @@ pub(crate) struct Config {
     pub feed: Feed,
     pub api: api::Limits,
     pub routing: routing::Settings,
+    pub updates: crate::install::updates::Settings,
 }
 
 #[derive(Debug)]
@@ -79,6 +80,15 @@ struct FileConfig {
     routing: FileRouting,
     #[serde(default)]
     github: FileGithub,
+    #[serde(default)]
+    updates: FileUpdates,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpdates {
+    /// Seconds between update checks; 0 turns them off.
+    check_interval_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,9 +399,18 @@ fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
                 .map(|_| PathBuf::from(FW4_RULESET_POST)),
         },
     };
+    let updates = crate::install::updates::Settings {
+        check_interval: secs(
+            "check_interval_secs",
+            file.updates.check_interval_secs,
+            crate::install::updates::Settings::default().check_interval,
+        )
+        .map_err(|e| ConfigError(e.0.replace("download.", "updates.")))?,
+    };
     Ok(Config {
         api,
         routing,
+        updates,
         supervisor,
         vlan,
         routers,

@@ -130,6 +130,14 @@ pub(crate) enum EventKind {
         signed_by: Option<String>,
         features: usize,
     },
+    /// An update check found a newer release of a feature (no instance; `instances` are the
+    /// ones it is newer for).
+    UpdateAvailable {
+        feature_id: String,
+        version: String,
+        current: String,
+        instances: Vec<String>,
+    },
     /// A device is routed through the event's instance (moved from another one, or new).
     DeviceRouted {
         device: String,
@@ -165,6 +173,7 @@ impl EventKind {
             EventKind::ServiceCrashed { .. } => "service.crashed",
             EventKind::Missed { .. } => "events.missed",
             EventKind::CatalogueReloaded { .. } => "catalogue.reloaded",
+            EventKind::UpdateAvailable { .. } => "update.available",
             EventKind::DeviceRouted { .. } => "device.routed",
             EventKind::DeviceUnrouted { .. } => "device.unrouted",
         }
@@ -230,6 +239,14 @@ impl Event {
                 features,
             } => json!({
                 "source": source, "serial": serial, "signedBy": signed_by, "features": features,
+            }),
+            EventKind::UpdateAvailable {
+                feature_id,
+                version,
+                current,
+                instances,
+            } => json!({
+                "featureId": feature_id, "version": version, "current": current, "instances": instances,
             }),
             EventKind::DeviceRouted { device, moved_from } => {
                 json!({ "device": device, "movedFrom": moved_from })

@@ -134,6 +134,28 @@ pub(crate) fn asset_digest(
     digest_in(&body, &a, &api)
 }
 
+/// The tag of the repository's latest release (`GET /repos/O/R/releases/latest`: the newest
+/// that is neither a draft nor a prerelease).
+pub(crate) fn latest_tag(
+    agent: &ureq::Agent,
+    s: &Settings,
+    owner: &str,
+    repo: &str,
+) -> Result<String, Error> {
+    let api = format!(
+        "{}/repos/{owner}/{repo}/releases/latest",
+        s.api_url.trim_end_matches('/')
+    );
+    let body = get_json(agent, s, &api)?;
+    let release: Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::Invalid(format!("{api}: not a release document: {e}")))?;
+    release
+        .get("tag_name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Invalid(format!("{api}: the release has no tag_name")))
+}
+
 fn digest_in(body: &[u8], a: &ReleaseAsset<'_>, api: &str) -> Result<[u8; 32], Error> {
     let release: Value = serde_json::from_slice(body)
         .map_err(|e| Error::Invalid(format!("{api}: not a release document: {e}")))?;

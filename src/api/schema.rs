@@ -375,6 +375,20 @@ impl MutationRoot {
         }
     }
 
+    /// Turns automatic updates on or off: with it on, an update check that finds a newer
+    /// release runs `updateInstance` to it (rolled back like any update when it fails).
+    async fn set_auto_update(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+        enabled: bool,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&instance_id)?;
+        Ok(InstanceObject(Arc::new(
+            installer(ctx).set_auto_update(id, enabled)?,
+        )))
+    }
+
     /// Removes an instance (its process, interface and files); the binary stays while another
     /// instance uses it.
     async fn uninstall_instance(
@@ -689,6 +703,11 @@ impl FeatureObject {
     async fn runs(&self) -> bool {
         self.0.runs()
     }
+    /// The latest version its upstream publishes, as the last update check found it (null
+    /// before the first check, or without an upstream).
+    async fn latest_version(&self, ctx: &Context<'_>) -> Option<String> {
+        installer(ctx).latest_version(&self.0.id)
+    }
 }
 
 pub(crate) struct InstanceObject(Arc<store::Instance>);
@@ -778,6 +797,14 @@ impl InstanceObject {
     /// What its routed devices do while its service is down.
     async fn on_service_down(&self) -> store::OnServiceDown {
         self.0.on_service_down
+    }
+    /// Whether an update check found a release newer than its version.
+    async fn update_available(&self, ctx: &Context<'_>) -> bool {
+        installer(ctx).update_available(&self.0.feature_id, &self.0.version)
+    }
+    /// Whether a newer release is installed automatically (`setAutoUpdate`).
+    async fn auto_update(&self) -> bool {
+        self.0.auto_update
     }
     /// The instance's network segment, when its router has interfaces.
     async fn interface(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<InterfaceObject>> {

@@ -95,6 +95,94 @@ pub(crate) struct Feature {
     pub assets: BTreeMap<String, Asset>,
     #[serde(default)]
     pub settings_schema: Option<Value>,
+    /// Where newer versions are published (update checks).
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
+}
+
+/// A feature's GitHub releases: `repo` is `https://HOST/OWNER/REPO`, `tag` the release tag
+/// with `{version}`, `assets` per arch the release file (and the binary inside it, and the
+/// checksums file beside it) with `{version}`. A newer version's asset is the current one's
+/// with these rendered (same verification and archive kind).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upstream {
+    pub repo: String,
+    pub tag: String,
+    pub assets: BTreeMap<String, UpstreamAsset>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamAsset {
+    pub name: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub checksums: Option<String>,
+}
+
+impl Upstream {
+    /// The version a release tag names (`v1.2.3` with tag `v{version}`: `1.2.3`).
+    pub(crate) fn version_of(&self, tag: &str) -> Option<String> {
+        let (pre, post) = self.tag.split_once("{version}")?;
+        let v = tag.strip_prefix(pre)?.strip_suffix(post)?;
+        is_safe_component(v, 64).then(|| v.to_owned())
+    }
+
+    /// `feature` at `version`: its assets rendered from the templates, the rest as it is.
+    pub(crate) fn render(&self, feature: &Feature, version: &str) -> Feature {
+        let t = |s: &str| s.replace("{version}", version);
+        let release = format!(
+            "{}/releases/download/{}",
+            self.repo.trim_end_matches('/'),
+            t(&self.tag)
+        );
+        let mut f = feature.clone();
+        f.version = version.to_owned();
+        f.assets = self
+            .assets
+            .iter()
+            .filter_map(|(arch, u)| {
+                let mut a = feature.assets.get(arch)?.clone();
+                a.url = format!("{release}/{}", t(&u.name));
+                a.path = u.path.as_deref().map(t).or(a.path);
+                a.checksums = u
+                    .checksums
+                    .as_deref()
+                    .map(|c| format!("{release}/{}", t(c)));
+                a.sha256 = None;
+                a.size = None;
+                Some((arch.clone(), a))
+            })
+            .collect();
+        f
+    }
+
+    /// `OWNER/REPO` of `repo`.
+    pub(crate) fn owner_repo(&self) -> Option<(&str, &str)> {
+        let path = self.repo.split_once("://")?.1.split_once('/')?.1;
+        let (o, r) = path.trim_end_matches('/').split_once('/')?;
+        (!o.is_empty() && !r.is_empty() && !r.contains('/')).then_some((o, r))
+    }
+}
+
+/// Whether version `a` is newer than `b`: their dot- or dash-separated parts compared in
+/// order, numbers as numbers (`1.10.0` > `1.9.3`); a version with more parts that starts
+/// like the other is newer (`1.2.1` > `1.2`). Unlike versions (a text part against a number)
+/// are never newer.
+pub(crate) fn newer(a: &str, b: &str) -> bool {
+    let parts = |v: &str| -> Vec<String> { v.split(['.', '-', '+']).map(str::to_owned).collect() };
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(x), Ok(y)) if x != y => return x > y,
+            (Ok(_), Ok(_)) => {}
+            _ if x == y => {}
+            _ => return false,
+        }
+    }
+    pa.len() > pb.len()
 }
 
 /// How a feature's binary runs as a service.
@@ -238,6 +326,15 @@ impl Catalogue {
             .collect()
     }
 
+    /// This catalogue with `f` added (a newer version an update check found).
+    pub(crate) fn with(&self, f: Feature) -> Catalogue {
+        let mut c = self.clone();
+        if c.feature_version(&f.id, &f.version).is_none() {
+            c.features.push(f);
+        }
+        c
+    }
+
     /// One entry per feature id: the current version of each.
     pub(crate) fn current(&self) -> impl Iterator<Item = &Feature> {
         self.features
@@ -279,7 +376,64 @@ impl Catalogue {
     }
 }
 
+fn validate_upstream(f: &Feature, u: &Upstream) -> Result<(), String> {
+    if !is_http_url(&u.repo) || u.owner_repo().is_none() {
+        return Err(format!(
+            "upstream repo '{}' must be https://HOST/OWNER/REPO",
+            u.repo
+        ));
+    }
+    if u.version_of(&u.tag.replace("{version}", &f.version))
+        .as_deref()
+        != Some(f.version.as_str())
+    {
+        return Err(format!(
+            "upstream tag '{}' must contain {{version}} once",
+            u.tag
+        ));
+    }
+    for (arch, a) in &u.assets {
+        if !f.assets.contains_key(arch) {
+            return Err(format!(
+                "upstream asset {arch} has no asset of the current version to follow"
+            ));
+        }
+        let names = [Some(&a.name), a.path.as_ref(), a.checksums.as_ref()];
+        if names
+            .into_iter()
+            .flatten()
+            .any(|n| !is_safe_member(&n.replace("{version}", "1")))
+        {
+            return Err(format!(
+                "upstream asset {arch}: names must be relative paths"
+            ));
+        }
+    }
+    for (arch, a) in &f.assets {
+        if u.assets.contains_key(arch) && a.digest.is_none() && u.assets[arch].checksums.is_none() {
+            return Err(format!(
+                "upstream asset {arch} gives newer versions no way to be verified (digest or checksums)"
+            ));
+        }
+    }
+    // The current version rendered from the templates must be the current assets.
+    let rendered = u.render(f, &f.version);
+    for (arch, a) in &rendered.assets {
+        let current = &f.assets[arch];
+        if a.url != current.url || a.path != current.path || a.checksums != current.checksums {
+            return Err(format!(
+                "upstream asset {arch} renders {} for {}, but the asset is {}",
+                a.url, f.version, current.url
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_feature(f: &Feature) -> Result<(), String> {
+    if let Some(u) = &f.upstream {
+        validate_upstream(f, u)?;
+    }
     if !is_feature_id(&f.id) {
         return Err("id must match ^[a-z0-9][a-z0-9-]{0,31}$".into());
     }
@@ -579,5 +733,47 @@ mod tests {
         for bad in ["", "/a", "a/../b", "./a", "a//b", "a\\b", ".."] {
             assert!(!is_safe_member(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn versions_compare_by_their_numbers() {
+        assert!(newer("1.10.0", "1.9.3"));
+        assert!(newer("1.2.1", "1.2"));
+        assert!(newer("25.10.15", "25.8.3"));
+        assert!(!newer("1.2.3", "1.2.3"));
+        assert!(!newer("1.9.3", "1.10.0"));
+        assert!(!newer("system", "1.0"));
+        assert!(
+            !newer("1.2.3-beta", "1.2.3-rc"),
+            "text parts are never newer"
+        );
+    }
+
+    #[test]
+    fn a_newer_release_renders_from_the_upstream_templates() {
+        let c = Catalogue::builtin().unwrap();
+        let sb = c.feature("sing-box").unwrap();
+        let u = sb.upstream.as_ref().unwrap();
+        assert_eq!(u.version_of("v1.15.0").as_deref(), Some("1.15.0"));
+        assert_eq!(u.version_of("1.15.0"), None);
+        let next = u.render(sb, "1.15.0");
+        let a = next.asset("aarch64").unwrap();
+        assert_eq!(
+            a.url,
+            "https://github.com/SagerNet/sing-box/releases/download/v1.15.0/sing-box-1.15.0-linux-arm64.tar.gz"
+        );
+        assert_eq!(
+            a.path.as_deref(),
+            Some("sing-box-1.15.0-linux-arm64/sing-box")
+        );
+        assert_eq!(a.digest.as_deref(), Some("github"));
+        let x = c.feature("xray").unwrap();
+        let next = x.upstream.as_ref().unwrap().render(x, "26.1.1");
+        assert_eq!(
+            next.asset("mips").unwrap().checksums.as_deref(),
+            Some(
+                "https://github.com/XTLS/Xray-core/releases/download/v26.1.1/Xray-linux-mips32.zip.dgst"
+            )
+        );
     }
 }

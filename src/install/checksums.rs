@@ -187,6 +187,9 @@ mod tests {
         assert_eq!(lookup(&text, "two.zip").unwrap(), [0xbb; 32]);
         // OpenSSL 1.x spelling, as older Xray releases wrote it.
         let text = format!("MD5= 0123\nSHA1= 4567\nSHA256= {B}\nSHA512= 89ab\n");
-        assert_eq!(lookup(&text, "Xray-linux-mips32le.zip").unwrap(), [0xbb; 32]);
+        assert_eq!(
+            lookup(&text, "Xray-linux-mips32le.zip").unwrap(),
+            [0xbb; 32]
+        );
     }
 }

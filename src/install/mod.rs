@@ -23,6 +23,7 @@ mod pipeline;
 mod request;
 mod uninstall;
 mod update;
+pub(crate) mod updates;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -121,6 +122,8 @@ pub(crate) struct Installer {
     pending_starts: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Outcome>>>,
     /// Latest progress per instance, for subscribers that arrive mid-install.
     progress: Mutex<HashMap<String, Progress>>,
+    /// What update checks found.
+    found: Mutex<updates::Found>,
     /// Held while artifacts are collected, and while a record starts using a version (a new
     /// instance, an update's target), so the collector never deletes a version in the moment
     /// between its look at the instances and its delete.
@@ -162,6 +165,7 @@ impl Installer {
             layout,
             progress: Mutex::new(HashMap::new()),
             artifacts_gate: tokio::sync::Mutex::new(()),
+            found: Mutex::new(updates::Found::default()),
         }
     }
 
@@ -203,6 +207,11 @@ impl Installer {
             .inspect_err(|e| {
                 log::error!(target: "api", "catalogue reload refused, keeping the one in use: {e}");
             })?;
+        // Newer versions update checks found stay offered unless the feed lists them itself.
+        let fresh = self
+            .discovered()
+            .into_iter()
+            .fold(fresh, |c, f| Arc::new(c.with(f)));
         *self.catalogue.write_locked() = Arc::clone(&fresh);
         log::info!(target: "api", "catalogue reloaded: {} (serial {}, {} features)", fresh.source, fresh.serial, fresh.features.len());
         self.bus.publish(

@@ -140,6 +140,9 @@ pub(crate) struct Instance {
     /// What its routed devices do while the service is down.
     #[serde(default)]
     pub on_service_down: OnServiceDown,
+    /// Update to a newer release as soon as an update check finds one (`setAutoUpdate`).
+    #[serde(default)]
+    pub auto_update: bool,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -175,6 +178,7 @@ impl Instance {
             previous: None,
             feature: None,
             on_service_down: OnServiceDown::Block,
+            auto_update: false,
             created_at: now,
             updated_at: now,
         }

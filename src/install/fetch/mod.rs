@@ -319,6 +319,12 @@ impl Downloads {
         Ok(artifact)
     }
 
+    /// The tag of the latest release of a feature's upstream repository.
+    pub(crate) fn latest_tag(&self, owner: &str, repo: &str) -> Result<String, String> {
+        crate::github::latest_tag(self.agent.get(), &self.github, owner, repo)
+            .map_err(|e| e.to_string())
+    }
+
     /// A recorded artifact counts only if the file is still there with the recorded hash.
     fn existing_artifact(&self, id: &str) -> Result<Option<Artifact>, StepError> {
         let Some(a) = self

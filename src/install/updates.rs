@@ -1,0 +1,174 @@
+//! Update checks: every `[updates] check_interval_secs` (default 6 h, as the seed's system;
+//! 0 = never) the latest GitHub release of each feature with an `upstream` is read. A newer
+//! version becomes an entry the catalogue offers (rendered from the upstream templates, so
+//! `updateInstance` can move to it), `features { latestVersion }` and `instance {
+//! updateAvailable }` say so, `update.available` is published once per version, and
+//! instances with `autoUpdate` are updated through `updateInstance` (with its rollback). A
+//! check alone never changes an instance; an automatic update that failed is not tried again
+//! for the same version.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalogue::{Feature, newer};
+use crate::events::EventKind;
+use crate::store::Status;
+use crate::util::{Locked, RwLocked};
+
+use super::{Installer, blocking};
+
+/// `[updates]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Between checks; zero: no checks.
+    pub check_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            check_interval: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// What the checks found, kept in memory (a restart checks again).
+#[derive(Default)]
+pub(crate) struct Found {
+    /// Feature id -> the latest version its upstream publishes.
+    latest: std::collections::BTreeMap<String, String>,
+    /// Newer versions made into catalogue entries (kept across catalogue reloads).
+    discovered: Vec<Feature>,
+    /// (instance, version) automatic updates already tried.
+    tried: std::collections::BTreeSet<(String, String)>,
+}
+
+impl Installer {
+    /// The latest version an update check found for `feature` (none before the first check).
+    pub(crate) fn latest_version(&self, feature: &str) -> Option<String> {
+        self.found.locked().latest.get(feature).cloned()
+    }
+
+    /// Whether a check found a version of `feature` newer than `version`.
+    pub(crate) fn update_available(&self, feature: &str, version: &str) -> bool {
+        self.latest_version(feature)
+            .is_some_and(|v| newer(&v, version))
+    }
+
+    /// Turns automatic updates of an instance on or off.
+    pub(crate) fn set_auto_update(
+        &self,
+        id: &str,
+        enabled: bool,
+    ) -> Result<crate::store::Instance, super::RequestError> {
+        self.existing(id)?;
+        let (_, after) = self
+            .store
+            .update_instance(id, |i| i.auto_update = enabled)?;
+        log::info!(target: "updates", "instance {id}: automatic updates {}", if enabled { "on" } else { "off" });
+        Ok(after)
+    }
+
+    /// Entries found by checks that `fresh` (a reloaded catalogue) does not list itself.
+    pub(super) fn discovered(&self) -> Vec<Feature> {
+        self.found.locked().discovered.clone()
+    }
+
+    /// Checks now and then every `interval`, for as long as the agent runs.
+    pub(crate) async fn check_updates_forever(self: Arc<Self>, interval: Duration) {
+        // The first check soon after start (a router that reboots daily still checks).
+        tokio::time::sleep(interval.min(Duration::from_secs(60))).await;
+        loop {
+            self.check_updates().await;
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    pub(crate) async fn check_updates(self: &Arc<Self>) {
+        let catalogue = self.catalogue();
+        let features: Vec<Feature> = catalogue
+            .current()
+            .filter(|f| f.upstream.is_some())
+            .cloned()
+            .collect();
+        for f in features {
+            let Some(u) = f.upstream.clone() else {
+                continue;
+            };
+            let Some((owner, repo)) = u.owner_repo().map(|(o, r)| (o.to_owned(), r.to_owned()))
+            else {
+                continue;
+            };
+            let downloads = Arc::clone(&self.downloads);
+            let tag = match blocking(move || downloads.latest_tag(&owner, &repo)).await {
+                Ok(t) => t,
+                Err(e) => {
+                    log::warn!(target: "updates", "{}: update check failed: {e}", f.id);
+                    continue;
+                }
+            };
+            let Some(version) = u.version_of(&tag) else {
+                log::warn!(target: "updates", "{}: the latest release's tag {tag:?} does not fit {:?}", f.id, u.tag);
+                continue;
+            };
+            let known = {
+                let mut found = self.found.locked();
+                let before = found.latest.insert(f.id.clone(), version.clone());
+                before.as_deref() == Some(version.as_str())
+            };
+            if !newer(&version, &f.version) {
+                log::debug!(target: "updates", "{}: {} is the latest release", f.id, f.version);
+                continue;
+            }
+            if self.catalogue().feature_version(&f.id, &version).is_none() {
+                let entry = u.render(&f, &version);
+                self.found.locked().discovered.push(entry.clone());
+                let mut catalogue = self.catalogue.write_locked();
+                *catalogue = Arc::new(catalogue.with(entry));
+            }
+            let instances: Vec<_> = self
+                .store
+                .instances()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| i.feature_id == f.id && newer(&version, &i.version))
+                .collect();
+            if !known {
+                log::info!(target: "updates", "{} {version} is out (the catalogue offers {})", f.id, f.version);
+                self.bus.publish(
+                    None,
+                    EventKind::UpdateAvailable {
+                        feature_id: f.id.clone(),
+                        version: version.clone(),
+                        current: f.version.clone(),
+                        instances: instances.iter().map(|i| i.id.clone()).collect(),
+                    },
+                );
+            }
+            for inst in instances.iter().filter(|i| {
+                i.auto_update
+                    && matches!(
+                        i.status,
+                        Status::Running | Status::Stopped | Status::Installed
+                    )
+            }) {
+                let first = self
+                    .found
+                    .locked()
+                    .tried
+                    .insert((inst.id.clone(), version.clone()));
+                if !first {
+                    continue;
+                }
+                match self.update(&inst.id, &version).await {
+                    Ok(_) => {
+                        log::info!(target: "updates", "instance {}: updating {} -> {version} automatically", inst.id, inst.version);
+                    }
+                    Err(e) => {
+                        log::warn!(target: "updates", "instance {}: automatic update to {version} refused: {}", inst.id, e.message);
+                    }
+                }
+            }
+        }
+    }
+}
