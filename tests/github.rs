@@ -209,6 +209,7 @@ fn pygithub_reads_the_simulator_as_it_reads_github() {
     assert_eq!(v["assets"]["old.zip"]["digest"], Value::Null);
     assert_eq!(v["listed"], json!(["a.tar.gz", "old.zip"]));
     assert_eq!(v["latest"], "v1");
+    assert_eq!(v["all_tags"], json!(["v2-rc1", "v1"]), "paginated by Link, newest first");
     assert_eq!(v["missing"], 404);
     assert_eq!(v["primary"]["exception"], "RateLimitExceededException");
     assert_eq!(v["primary"]["status"], 403);

@@ -26,6 +26,9 @@ for a in release.assets:
         out["fetched"][a.name] = "sha256:" + hashlib.sha256(r.read()).hexdigest()
 out["listed"] = sorted(a.name for a in repo.get_release(release.id).get_assets())
 out["latest"] = repo.get_latest_release().tag_name
+# One release per page: PyGithub follows the Link header through every page.
+paged = Github(base_url=api, auth=Auth.Token(token), retry=None, lazy=True, per_page=1)
+out["all_tags"] = [r.tag_name for r in paged.get_repo(full).get_releases()]
 try:
     repo.get_release("no-such-tag")
     out["missing"] = None

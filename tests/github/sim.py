@@ -220,7 +220,16 @@ class Handler(BaseHTTPRequestHandler):
             per = max(1, min(100, int((query.get("per_page") or ["30"])[0])))
             page = max(1, int((query.get("page") or ["1"])[0]))
             chosen = tags[(page - 1) * per:page * per]
-            return self.json(200, [SIM.release(base, api, o, r, t, cfg) for t in chosen], rate)
+            last = max(1, (len(tags) + per - 1) // per)
+            # RFC 8288 Link header, as GitHub paginates: next/last (and prev/first past page 1).
+            link = lambda p, rel: f'<{api}/repos/{o}/{r}/releases?per_page={per}&page={p}>; rel="{rel}"'
+            rels = []
+            if page < last:
+                rels += [link(page + 1, "next"), link(last, "last")]
+            if page > 1:
+                rels += [link(page - 1, "prev"), link(1, "first")]
+            extra = [("Link", ", ".join(rels))] if rels else []
+            return self.json(200, [SIM.release(base, api, o, r, t, cfg) for t in chosen], rate + extra)
         if rest == ["releases", "latest"]:
             stable = [t for t in tags if t not in cfg.get("prerelease", [])]
             if not stable:
