@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -34,27 +33,16 @@ impl Sim {
     fn start(dir: &Path, config: &Value) -> Sim {
         let (cfg, log) = (dir.join("sim.json"), dir.join("sim.log"));
         std::fs::write(&cfg, config.to_string()).unwrap();
-        let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/github/sim.py"))
-            .arg("--root")
-            .arg(dir.join("releases"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--log")
-            .arg(&log)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .expect("sim port")
-            .parse()
-            .unwrap();
+        let (child, port) = common::spawn_listening(
+            Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/github/sim.py"))
+                .arg("--root")
+                .arg(dir.join("releases"))
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--log")
+                .arg(&log),
+        );
         Sim {
             port,
             config: cfg,
@@ -209,7 +197,11 @@ fn pygithub_reads_the_simulator_as_it_reads_github() {
     assert_eq!(v["assets"]["old.zip"]["digest"], Value::Null);
     assert_eq!(v["listed"], json!(["a.tar.gz", "old.zip"]));
     assert_eq!(v["latest"], "v1");
-    assert_eq!(v["all_tags"], json!(["v2-rc1", "v1"]), "paginated by Link, newest first");
+    assert_eq!(
+        v["all_tags"],
+        json!(["v2-rc1", "v1"]),
+        "paginated by Link, newest first"
+    );
     assert_eq!(v["missing"], 404);
     assert_eq!(v["primary"]["exception"], "RateLimitExceededException");
     assert_eq!(v["primary"]["status"], 403);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,25 +40,14 @@ struct Sim {
 impl Sim {
     fn start(dir: &Path, args: &[&str]) -> Sim {
         let state = dir.join(format!("sim-{}.json", common::free_port()));
-        let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/routeros/sim.py"))
-            .arg("--state")
-            .arg(&state)
-            .args(["--password", "secret"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .expect("sim port")
-            .parse()
-            .unwrap();
+        let (child, port) = common::spawn_listening(
+            Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/routeros/sim.py"))
+                .arg("--state")
+                .arg(&state)
+                .args(["--password", "secret"])
+                .args(args),
+        );
         Sim { port, state, child }
     }
 

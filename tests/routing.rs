@@ -343,6 +343,11 @@ impl Net {
             .success()
     }
 
+    /// `nft ARGS` in the router's namespace.
+    fn nft(&self, args: &[&str]) {
+        run(&[&["ip", "netns", "exec", &self.router.name, "nft"][..], args].concat());
+    }
+
     /// A requesting `a.txt` in a loop (until the child is killed).
     fn requests_in_a_loop(&self) -> Running {
         let url = format!("http://{WAN_SERVER}:{}/a.txt", self.nginx.port);
@@ -655,26 +660,8 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     for dev in ["", "h", "v"] {
         net.router.ip(&["link", "del", &format!("nnc{vlan}{dev}")]);
     }
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.router.name,
-        "nft",
-        "delete",
-        "table",
-        "inet",
-        "nnc_agent",
-    ]);
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.router.name,
-        "nft",
-        "-f",
-        &boot.display().to_string(),
-    ]);
+    net.nft(&["delete", "table", "inet", "nnc_agent"]);
+    net.nft(&["-f", &boot.display().to_string()]);
     for port in ["lan-a", "lan-b"] {
         net.router.ip(&["link", "set", port, "up"]);
     }
@@ -695,17 +682,7 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         "{}",
         net.router.ip(&["rule", "show"])
     );
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.router.name,
-        "nft",
-        "delete",
-        "table",
-        "inet",
-        "nnc_agent",
-    ]);
+    net.nft(&["delete", "table", "inet", "nnc_agent"]);
     through(&net, &agent, seen);
     through(&net, &agent, seen);
     assert_eq!(

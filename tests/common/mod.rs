@@ -113,6 +113,23 @@ pub fn singbox_binary(arch: &str) -> PathBuf {
     p
 }
 
+/// Starts a simulator that prints `listening PORT` once ready; its stdout is read up to that.
+pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
+    use std::io::BufRead as _;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("no 'listening PORT' line: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
 /// Runs `tests/fixtures/mkfixtures.py` to build archives (good and hostile) into `dir`.
 pub fn make_fixtures(dir: &Path, args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mkfixtures.py");
