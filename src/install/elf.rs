@@ -2,8 +2,10 @@
 //!
 //! Reads the ELF header (class, byte order, machine, type) and, on ARM, the float ABI flags:
 //! a hard-float binary needs a VFP unit, and a dynamically linked soft-float one would look for
-//! the wrong C library. MIPS float ABI lives in `.MIPS.abiflags`, not the header; MIPS checks
-//! stop at class, byte order, machine and the o32 ABI.
+//! the wrong C library. MIPS float ABI lives in `.MIPS.abiflags` (`PT_MIPS_ABIFLAGS`), not the
+//! header: a hard-float MIPS binary is refused on a CPU whose `/proc/cpuinfo` shows no FPU
+//! (most MIPS routers: Go's hard-float builds die there with SIGILL, which is why Xray and
+//! sing-box publish soft-float ones).
 
 use std::io::Read;
 use std::path::Path;
@@ -13,6 +15,10 @@ use crate::platform::{self, EM_AARCH64, EM_ARM, EM_MIPS, EM_X86_64};
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
 const PT_INTERP: u32 = 3;
+const PT_MIPS_ABIFLAGS: u32 = 0x7000_0003;
+/// `Val_GNU_MIPS_ABI_FP_ANY` and `_SOFT`: no FPU instructions.
+const MIPS_FP_ANY: u8 = 0;
+const MIPS_FP_SOFT: u8 = 3;
 const EF_ARM_EABI_MASK: u32 = 0xff00_0000;
 const EF_ARM_ABI_FLOAT_SOFT: u32 = 0x200;
 const EF_ARM_ABI_FLOAT_HARD: u32 = 0x400;
@@ -27,6 +33,8 @@ pub(crate) struct Machine {
     pub little_endian: bool,
     pub machine: u16,
     pub arm_hard_float: bool,
+    /// A MIPS CPU with an FPU (hard-float binaries run).
+    pub mips_fpu: bool,
 }
 
 impl Machine {
@@ -37,6 +45,8 @@ impl Machine {
             little_endian: cfg!(target_endian = "little"),
             machine: platform::elf_machine(platform::host_arch()).unwrap_or(0),
             arm_hard_float: cfg!(target_abi = "eabihf"),
+            mips_fpu: cfg!(any(target_arch = "mips", target_arch = "mips32r6"))
+                && std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| cpuinfo_has_fpu(&c)),
         }
     }
 
@@ -55,6 +65,13 @@ impl Machine {
             if self.little_endian { "little" } else { "big" }
         )
     }
+}
+
+/// Linux prints `cpu model : NAME Vx.y  FPU Vx.y` on MIPS, the FPU part only when there is one.
+fn cpuinfo_has_fpu(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .any(|l| l.starts_with("cpu model") && l.contains(" FPU V"))
 }
 
 /// Checks the file at `path` against `want`; the error says what the file is instead.
@@ -119,13 +136,14 @@ pub(crate) fn check(head: &[u8], want: Machine) -> Result<(), String> {
         )
     };
     let flags = flags.ok_or_else(truncated)?;
-    let dynamic = has_interp(head, phoff, phentsize, phnum, &u32_at);
+    let dynamic = has_segment(head, phoff, phentsize, phnum, &u32_at, PT_INTERP).is_some();
 
     let found = Machine {
         class64,
         little_endian: little,
         machine,
         arm_hard_float: flags & EF_ARM_ABI_FLOAT_HARD != 0,
+        mips_fpu: false,
     };
     if e_type != ET_EXEC && e_type != ET_DYN {
         return Err(format!("ELF type {e_type} is not an executable"));
@@ -155,26 +173,40 @@ pub(crate) fn check(head: &[u8], want: Machine) -> Result<(), String> {
     {
         return Err(format!("MIPS binary is not o32 (e_flags {flags:#x})"));
     }
+    if machine == EM_MIPS && !want.mips_fpu {
+        // The abiflags segment: version u16, isa_level, isa_rev, gpr_size, cpr1_size,
+        // cpr2_size, fp_abi (u8 each).
+        let fp_abi = has_segment(head, phoff, phentsize, phnum, &u32_at, PT_MIPS_ABIFLAGS)
+            .and_then(|at| {
+                let off = if class64 {
+                    u64_at(at + 8)
+                } else {
+                    u32_at(at + 4).map(u64::from)
+                };
+                head.get(usize::try_from(off?).ok()? + 7).copied()
+            });
+        if let Some(fp) = fp_abi.filter(|fp| *fp != MIPS_FP_ANY && *fp != MIPS_FP_SOFT) {
+            return Err(format!(
+                "binary is MIPS hard-float (FP ABI {fp}) and this CPU has no FPU (/proc/cpuinfo): take the soft-float build"
+            ));
+        }
+    }
     Ok(())
 }
 
-fn has_interp(
+/// Where in `head` the program header of the first segment of type `kind` is.
+fn has_segment(
     head: &[u8],
     phoff: Option<u64>,
     phentsize: Option<u16>,
     phnum: Option<u16>,
     u32_at: &dyn Fn(usize) -> Option<u32>,
-) -> bool {
-    let (Some(off), Some(size), Some(num)) = (phoff, phentsize, phnum) else {
-        return false;
-    };
-    let Ok(off) = usize::try_from(off) else {
-        return false;
-    };
-    (0..usize::from(num)).any(|i| {
-        let at = off + i * usize::from(size);
-        at + 4 <= head.len() && u32_at(at) == Some(PT_INTERP)
-    })
+    kind: u32,
+) -> Option<usize> {
+    let (off, size, num) = (usize::try_from(phoff?).ok()?, phentsize?, phnum?);
+    (0..usize::from(num))
+        .map(|i| off + i * usize::from(size))
+        .find(|at| at + 4 <= head.len() && u32_at(*at) == Some(kind))
 }
 
 /// What a dynamically linked binary needs from this system that it does not have: its
@@ -431,6 +463,7 @@ mod tests {
         little_endian: true,
         machine: EM_ARM,
         arm_hard_float: true,
+        mips_fpu: false,
     };
 
     #[test]
@@ -451,6 +484,7 @@ mod tests {
             little_endian: true,
             machine: EM_MIPS,
             arm_hard_float: false,
+            mips_fpu: false,
         };
         let e = check(&header(false, false, EM_MIPS, EF_MIPS_ABI_O32), mipsel).unwrap_err();
         assert!(e.contains("big-endian MIPS"), "{e}");
@@ -497,6 +531,7 @@ mod tests {
             little_endian: true,
             machine: EM_X86_64,
             arm_hard_float: false,
+            mips_fpu: false,
         };
         assert!(check(&h, x86).unwrap_err().contains("not an executable"));
     }
@@ -515,5 +550,62 @@ mod tests {
         assert_eq!(check_runtime(Path::new("/bin/ls")), Ok(()));
         // The agent's own test binary is not static either, but a missing file is an error.
         assert!(check_runtime(Path::new("/nonexistent")).is_err());
+    }
+
+    /// A 32-bit MIPS header with one PT_MIPS_ABIFLAGS program header whose fp_abi is `fp`.
+    fn mips_with_fp_abi(little: bool, fp: u8) -> Vec<u8> {
+        let mut h = header(false, little, EM_MIPS, EF_MIPS_ABI_O32);
+        let put = |h: &mut Vec<u8>, o: usize, v: u32| {
+            let b = if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            };
+            h[o..o + 4].copy_from_slice(&b);
+        };
+        let put16 = |h: &mut Vec<u8>, o: usize, v: u16| {
+            let b = if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            };
+            h[o..o + 2].copy_from_slice(&b);
+        };
+        h.resize(52 + 32 + 24, 0);
+        put(&mut h, 28, 52); // e_phoff
+        put16(&mut h, 42, 32); // e_phentsize
+        put16(&mut h, 44, 1); // e_phnum
+        put(&mut h, 52, PT_MIPS_ABIFLAGS);
+        put(&mut h, 56, 84); // p_offset of the abiflags
+        h[84 + 7] = fp;
+        h
+    }
+
+    #[test]
+    fn mips_hard_float_needs_an_fpu() {
+        for little in [true, false] {
+            let soft = Machine {
+                class64: false,
+                little_endian: little,
+                machine: EM_MIPS,
+                arm_hard_float: false,
+                mips_fpu: false,
+            };
+            let fpu = Machine {
+                mips_fpu: true,
+                ..soft
+            };
+            assert_eq!(check(&mips_with_fp_abi(little, MIPS_FP_SOFT), soft), Ok(()));
+            assert_eq!(check(&mips_with_fp_abi(little, MIPS_FP_ANY), soft), Ok(()));
+            for hard in [1, 5, 6] {
+                let e = check(&mips_with_fp_abi(little, hard), soft).unwrap_err();
+                assert!(e.contains("hard-float") && e.contains("no FPU"), "{e}");
+                assert_eq!(check(&mips_with_fp_abi(little, hard), fpu), Ok(()));
+            }
+        }
+        assert!(cpuinfo_has_fpu("cpu model\t\t: MIPS 24Kf V7.4  FPU V0.0\n"));
+        assert!(!cpuinfo_has_fpu(
+            "system type : MediaTek MT7621\ncpu model\t\t: MIPS 1004Kc V2.15\n"
+        ));
     }
 }
