@@ -264,7 +264,10 @@ impl Net {
     }
 
     /// A plain `curl` from a LAN client: the body, or None when it did not get through.
+    /// A `curl` of `file` from `client`: the body, or None. On success it returns once nginx
+    /// has logged the request too (nginx logs after it answered).
     fn curl(&self, client: &TestNetns, file: &str) -> Option<String> {
+        let logged = self.sources(file).len();
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -278,9 +281,13 @@ impl Net {
             .arg(format!("http://{WAN_SERVER}:{}/{file}", self.nginx.port))
             .output()
             .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        if !out.status.success() {
+            return None;
+        }
+        common::wait_until("nginx to log the request", Duration::from_secs(5), || {
+            self.sources(file).len() > logged
+        });
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Where nginx saw requests for `file` come from, in order.
@@ -777,6 +784,35 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     );
     assert!(ping(&net.b), "control: B's ICMP goes out");
     in_service(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=0"]);
+
+    // A block holding the router's own LAN address gets no source rules (they would catch
+    // what the router sends from it): A still goes through X by its mark, and the router
+    // still answers A.
+    agent.data(
+        "mutation($d: [String!]!) { unrouteDevices(devices: $d) }",
+        json!({ "d": [A_MAC] }),
+    );
+    route(&agent, &x, &["192.0.2.0/28"]);
+    assert!(
+        !net.router.ip(&["rule", "show"]).contains("192.0.2.0/28"),
+        "{}",
+        net.router.ip(&["rule", "show"])
+    );
+    assert!(net.curl(&net.a, "a.txt").is_some());
+    assert_eq!(net.last_source("a.txt"), PROXY_OUT_X);
+    let ping_router = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a.name,
+            "ping",
+            "-c1",
+            "-W2",
+            "192.0.2.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(ping_router.status.success(), "the router answers A");
 
     // Uninstall takes its routes away (after the service), and everything is as it was.
     agent.uninstall(&x);

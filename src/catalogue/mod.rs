@@ -151,6 +151,8 @@ impl Upstream {
                     .checksums
                     .as_deref()
                     .map(|c| format!("{release}/{}", t(c)));
+                // A signature of the current checksums file says nothing about another one.
+                a.checksums_sig = None;
                 a.sha256 = None;
                 a.size = None;
                 Some((arch.clone(), a))
@@ -163,7 +165,12 @@ impl Upstream {
     pub(crate) fn owner_repo(&self) -> Option<(&str, &str)> {
         let path = self.repo.split_once("://")?.1.split_once('/')?.1;
         let (o, r) = path.trim_end_matches('/').split_once('/')?;
-        (!o.is_empty() && !r.is_empty() && !r.contains('/')).then_some((o, r))
+        let plain = |s: &str| {
+            is_safe_component(s, 100)
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        (plain(o) && plain(r)).then_some((o, r))
     }
 }
 
@@ -182,7 +189,8 @@ pub(crate) fn newer(a: &str, b: &str) -> bool {
             _ => return false,
         }
     }
-    pa.len() > pb.len()
+    // `1.2.1` is newer than `1.2`; `1.2.3-rc1` is not newer than `1.2.3` (a pre-release).
+    pa.len() > pb.len() && pa[pb.len()].starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// How a feature's binary runs as a service.
@@ -746,6 +754,10 @@ mod tests {
         assert!(
             !newer("1.2.3-beta", "1.2.3-rc"),
             "text parts are never newer"
+        );
+        assert!(
+            !newer("1.2.3-rc1", "1.2.3"),
+            "a pre-release is not newer than its release"
         );
     }
 

@@ -183,7 +183,8 @@ pub(crate) fn check(head: &[u8], want: Machine) -> Result<(), String> {
                 } else {
                     u32_at(at + 4).map(u64::from)
                 };
-                head.get(usize::try_from(off?).ok()? + 7).copied()
+                head.get(usize::try_from(off?).ok()?.checked_add(7)?)
+                    .copied()
             });
         if let Some(fp) = fp_abi.filter(|fp| *fp != MIPS_FP_ANY && *fp != MIPS_FP_SOFT) {
             return Err(format!(
@@ -205,8 +206,10 @@ fn has_segment(
 ) -> Option<usize> {
     let (off, size, num) = (usize::try_from(phoff?).ok()?, phentsize?, phnum?);
     (0..usize::from(num))
-        .map(|i| off + i * usize::from(size))
-        .find(|at| at + 4 <= head.len() && u32_at(*at) == Some(kind))
+        .filter_map(|i| off.checked_add(i * usize::from(size)))
+        .find(|at| {
+            at.checked_add(4).is_some_and(|end| end <= head.len()) && u32_at(*at) == Some(kind)
+        })
 }
 
 /// What a dynamically linked binary needs from this system that it does not have: its
@@ -229,6 +232,7 @@ pub(crate) fn check_runtime(path: &Path) -> Result<(), String> {
         .iter()
         .flat_map(|p| p.split(':'))
         .filter(|d| !d.is_empty())
+        .take(32)
         .map(|d| std::path::PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())))
         .collect();
     dirs.extend(loader_dirs().into_iter().map(std::path::PathBuf::from));
@@ -331,6 +335,9 @@ struct Needs {
 /// Largest program header table, dynamic section and string table read (bounded reads of a
 /// file that may be large: only those parts are read).
 const MAX_TABLE: u64 = 1 << 20;
+/// More `DT_NEEDED` / `DT_RUNPATH` entries than any real binary has: refused.
+const MAX_NEEDED: usize = 128;
+const MAX_RUNPATHS: usize = 8;
 
 impl Needs {
     fn read(path: &Path) -> std::io::Result<Needs> {
@@ -412,13 +419,26 @@ impl Needs {
         let Some(strtab) = strtab.and_then(|a| {
             loads
                 .iter()
-                .find(|(v, _, sz)| a >= *v && a < v + sz)
-                .map(|(v, o, _)| a - v + o)
+                .find(|(v, _, sz)| a >= *v && a - v < *sz)
+                .and_then(|(v, o, _)| (a - v).checked_add(*o))
         }) else {
             return Ok(needs);
         };
+        if names.len() > MAX_NEEDED || paths.len() > MAX_RUNPATHS {
+            return Err(std::io::Error::other(format!(
+                "{} needed libraries and {} run paths: more than a binary needs",
+                names.len(),
+                paths.len()
+            )));
+        }
         let strings = read_at(strtab, strsz)?;
-        let at = |o: u64| strings.get(usize::try_from(o).ok()?..).map(cstr);
+        // A name is at most 255 bytes and ends with a NUL there (a hostile table of one long
+        // string would otherwise be copied out once per entry).
+        let at = |o: u64| {
+            let s = strings.get(usize::try_from(o).ok()?..)?;
+            let end = s.iter().take(256).position(|c| *c == 0)?;
+            Some(String::from_utf8_lossy(&s[..end]).into_owned())
+        };
         needs.needed = names.into_iter().filter_map(at).collect();
         needs.runpath = paths.into_iter().filter_map(at).collect();
         Ok(needs)

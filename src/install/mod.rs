@@ -207,11 +207,17 @@ impl Installer {
             .inspect_err(|e| {
                 log::error!(target: "api", "catalogue reload refused, keeping the one in use: {e}");
             })?;
-        // Newer versions update checks found stay offered unless the feed lists them itself.
-        let fresh = self
-            .discovered()
-            .into_iter()
-            .fold(fresh, |c, f| Arc::new(c.with(f)));
+        // Newer versions update checks found stay offered, rendered again from the fresh
+        // catalogue's entry (a feed that dropped the feature or its upstream drops them too).
+        let fresh = self.discovered().into_iter().fold(fresh, |c, found| {
+            let again = c
+                .feature(&found.id)
+                .and_then(|f| Some(f.upstream.as_ref()?.render(f, &found.version)));
+            match again {
+                Some(f) => Arc::new(c.with(f)),
+                None => c,
+            }
+        });
         *self.catalogue.write_locked() = Arc::clone(&fresh);
         log::info!(target: "api", "catalogue reloaded: {} (serial {}, {} features)", fresh.source, fresh.serial, fresh.features.len());
         self.bus.publish(

@@ -68,7 +68,7 @@ pub(crate) fn installed_version(m: Manager, name: &str) -> Result<Option<String>
     let text = match (m, out) {
         (_, Ok(t)) => t,
         // dpkg-query exits 1 for a package it has never heard of.
-        (Manager::Apt, Err(e)) if e.contains("exit status: 1") => return Ok(None),
+        (Manager::Apt, Err(e)) if e.contains(": exit status: 1:") => return Ok(None),
         (_, Err(e)) => return Err(e),
     };
     Ok(parse_version(m, name, &text))
@@ -133,11 +133,43 @@ pub(crate) fn ensure(m: Manager, name: &str) -> Result<Ensured, String> {
     }
     let version = installed_version(m, name)?
         .ok_or_else(|| format!("{} reported success but {name} is not installed", m.key()))?;
+    quiet_service(name);
     log::info!(target: "package-manager", "installed {} package {name} {version}", m.key());
     Ok(Ensured {
         version,
         installed_by_agent: true,
     })
+}
+
+/// A package's own daemon, which its maintainer scripts start and enable (OpenWrt's init
+/// script, Debian's systemd unit), is stopped and disabled: the agent runs the binary itself,
+/// confined; the system's copy would run as root outside the sandbox, at every boot. Only for
+/// packages the agent installed (a package the system had keeps its owner's setup).
+fn quiet_service(name: &str) {
+    let init = format!("/etc/init.d/{name}");
+    let mut quieted = Vec::new();
+    if std::path::Path::new(&init).is_file() {
+        for verb in ["stop", "disable"] {
+            if run(&init, &[verb], Duration::from_secs(60)).is_ok() {
+                quieted.push(format!("{init} {verb}"));
+            }
+        }
+    }
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        let unit = format!("{name}.service");
+        if run(
+            "systemctl",
+            &["disable", "--now", &unit],
+            Duration::from_secs(60),
+        )
+        .is_ok()
+        {
+            quieted.push(format!("systemctl disable --now {unit}"));
+        }
+    }
+    if !quieted.is_empty() {
+        log::info!(target: "package-manager", "{name}: the package's own service is off ({})", quieted.join(", "));
+    }
 }
 
 /// Removes `name` (only called for packages the agent installed and nothing uses).
@@ -165,32 +197,18 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// timeout), stdout and stderr together; the tail of that output, or an error ending with it.
 fn run(tool: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
     let what = format!("{tool} {}", args.join(" "));
-    let (mut reader, writer) = std::io::pipe().map_err(|e| format!("{what}: {e}"))?;
+    // Output goes to an unlinked temporary file, not a pipe: a daemon a maintainer script
+    // starts may keep the descriptor for ever, and nothing here waits for it to close.
+    let out = output_file().map_err(|e| format!("{what}: {e}"))?;
     let mut child = Command::new(tool)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(Stdio::null())
-        .stdout(writer.try_clone().map_err(|e| format!("{what}: {e}"))?)
-        .stderr(writer)
+        .stdout(out.try_clone().map_err(|e| format!("{what}: {e}"))?)
+        .stderr(out.try_clone().map_err(|e| format!("{what}: {e}"))?)
         .process_group(0)
         .spawn()
         .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    // Read on a thread (the pipe closes when the group's last writer exits), keeping a tail.
-    let collector = std::thread::spawn(move || {
-        let mut tail: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            tail.extend_from_slice(&buf[..n]);
-            if tail.len() > 2 * OUTPUT_TAIL {
-                tail.drain(..tail.len() - OUTPUT_TAIL);
-            }
-        }
-        let from = tail.len().saturating_sub(OUTPUT_TAIL);
-        String::from_utf8_lossy(&tail[from..]).into_owned()
-    });
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -205,12 +223,42 @@ fn run(tool: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
             Err(e) => break Err(format!("{what}: {e}")),
         }
     };
-    let out = collector.join().unwrap_or_default();
+    let out = tail_of(out);
     match status {
         Ok(s) if s.success() => Ok(out),
         Ok(s) => Err(format!("{what}: {s}: {}", out.trim_end())),
         Err(e) => Err(format!("{e}: {}", out.trim_end())),
     }
+}
+
+/// A temporary file already unlinked (it goes when the last descriptor closes).
+fn output_file() -> std::io::Result<std::fs::File> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        ".nnc-package-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+/// The last `OUTPUT_TAIL` bytes written to `f`.
+fn tail_of(mut f: std::fs::File) -> String {
+    use std::io::Seek;
+    let len = f.seek(std::io::SeekFrom::End(0)).unwrap_or(0);
+    let from = len.saturating_sub(OUTPUT_TAIL as u64);
+    let mut tail = Vec::new();
+    let _ = f
+        .seek(std::io::SeekFrom::Start(from))
+        .and_then(|_| (&mut f).take(OUTPUT_TAIL as u64).read_to_end(&mut tail));
+    String::from_utf8_lossy(&tail).into_owned()
 }
 
 #[cfg(test)]

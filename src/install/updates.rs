@@ -86,9 +86,12 @@ impl Installer {
 
     pub(crate) async fn check_updates(self: &Arc<Self>) {
         let catalogue = self.catalogue();
+        // A feature whose checksums the feed signs is updated by the feed alone: a release
+        // found upstream would be vouched for by that release only.
         let features: Vec<Feature> = catalogue
             .current()
             .filter(|f| f.upstream.is_some())
+            .filter(|f| f.assets.values().all(|a| a.checksums_sig.is_none()))
             .cloned()
             .collect();
         for f in features {

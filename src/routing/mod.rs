@@ -603,8 +603,21 @@ impl Routing {
 fn source_rules(groups: &[nft::Group], refused: &[Device]) -> Result<(), String> {
     use crate::vif::netlink::{DEVICE_RULE_PREFS, Netlink, Rule, Select};
     let [lookup, prohibit] = DEVICE_RULE_PREFS;
+    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+    // A source rule also matches what the router itself sends from that address: a block
+    // holding one of the router's own addresses (the whole LAN, say) keeps only the marks,
+    // which see arriving packets alone, so the router still answers its LAN.
+    let own = nl.local_addresses().map_err(|e| e.to_string())?;
     let v4 = |d: &Device| match *d {
-        Device::V4 { net, prefix } => Some(Select::From(net, prefix)),
+        Device::V4 { net, prefix } => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            let mine = own.iter().find(|a| u32::from(**a) & mask == u32::from(net));
+            if let Some(a) = mine {
+                log::warn!(target: "routing", "{d} holds the router's own address {a}: routed by its marks only (no source rules)");
+                return None;
+            }
+            Some(Select::From(net, prefix))
+        }
         Device::Mac(_) => None,
     };
     let mut want = Vec::new();
@@ -630,8 +643,7 @@ fn source_rules(groups: &[nft::Group], refused: &[Device]) -> Result<(), String>
             table: None,
         });
     }
-    Netlink::open()
-        .and_then(|mut nl| nl.sync_rules(&DEVICE_RULE_PREFS, &want))
+    nl.sync_rules(&DEVICE_RULE_PREFS, &want)
         .map_err(|e| e.to_string())
 }
 

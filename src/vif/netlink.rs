@@ -394,12 +394,29 @@ impl Netlink {
     ) -> Result<bool, VifError> {
         let msg = Msg::new(rtnl::RTM_GETROUTE, rtnl::NLM_F_DUMP).rtmsg(0, 0);
         Ok(self.exchange(msg, "list routes")?.into_iter().any(|r| {
-            r == Reply::Route {
-                dst_len: 0,
-                table,
-                gateway: Some(gateway.octets()),
-            }
+            matches!(r, Reply::Route { dst_len: 0, table: t, gateway: Some(g), .. }
+                if t == table && g == gateway.octets())
         }))
+    }
+
+    /// The router's own IPv4 addresses (the `local` routes of table `local`).
+    pub(crate) fn local_addresses(&mut self) -> Result<Vec<Ipv4Addr>, VifError> {
+        const RT_TABLE_LOCAL: u32 = 255;
+        const RTN_LOCAL: u8 = 2;
+        let msg = Msg::new(rtnl::RTM_GETROUTE, rtnl::NLM_F_DUMP).rtmsg(0, 0);
+        Ok(self
+            .exchange(msg, "list routes")?
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Route {
+                    table: RT_TABLE_LOCAL,
+                    kind: RTN_LOCAL,
+                    dst: Some(d),
+                    ..
+                } => Some(Ipv4Addr::from(d)),
+                _ => None,
+            })
+            .collect())
     }
 }
 

@@ -39,6 +39,7 @@ pub(crate) const IFLA_VLAN_ID: u16 = 1;
 pub(crate) const VETH_INFO_PEER: u16 = 1;
 pub(crate) const IFA_ADDRESS: u16 = 1;
 pub(crate) const IFA_LOCAL: u16 = 2;
+pub(crate) const RTA_DST: u16 = 1;
 pub(crate) const RTA_OIF: u16 = 4;
 pub(crate) const RTA_GATEWAY: u16 = 5;
 pub(crate) const RTA_TABLE: u16 = 15;
@@ -207,6 +208,9 @@ pub(crate) enum Reply {
         dst_len: u8,
         table: u32,
         gateway: Option<[u8; 4]>,
+        /// `rtm_type` (`RTN_LOCAL` = 2 for the router's own addresses) and the destination.
+        kind: u8,
+        dst: Option<[u8; 4]>,
     },
     Rule {
         priority: u32,
@@ -255,12 +259,14 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
             }
             RTM_NEWROUTE => {
                 let dst_len = body.get(1).copied().unwrap_or(0);
+                let kind = body.get(7).copied().unwrap_or(0);
                 let mut table = u32::from(body.get(4).copied().unwrap_or(0));
-                let mut gateway = None;
+                let (mut gateway, mut dst) = (None, None);
                 for (t, v) in attrs(body, 12) {
                     match t {
                         RTA_TABLE => table = u32_at(v, 0).unwrap_or(table),
                         RTA_GATEWAY => gateway = v.try_into().ok(),
+                        RTA_DST => dst = v.try_into().ok(),
                         _ => {}
                     }
                 }
@@ -268,6 +274,8 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
                     dst_len,
                     table,
                     gateway,
+                    kind,
+                    dst,
                 }
             }
             RTM_NEWRULE => {
