@@ -473,6 +473,7 @@ impl Netlink {
                     priority,
                     fwmark,
                     src,
+                    other: false,
                     action,
                     table,
                 } = x

@@ -217,6 +217,9 @@ pub(crate) enum Reply {
         fwmark: u32,
         /// `from` address and prefix length, when the rule has one.
         src: Option<([u8; 4], u8)>,
+        /// It also selects by something this backend never sets (destination, tos,
+        /// interfaces, ports, protocol, uid): another tool's rule.
+        other: bool,
         action: u8,
         table: u32,
     },
@@ -283,7 +286,12 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
                 let src_len = body.get(2).copied().unwrap_or(0);
                 let mut table = u32::from(body.get(4).copied().unwrap_or(0));
                 let (mut priority, mut fwmark, mut src) = (0, 0, None);
+                // dst_len, tos; then FRA_DST, FRA_IIFNAME, FRA_OIFNAME, FRA_UID_RANGE,
+                // FRA_IP_PROTO, FRA_SPORT_RANGE, FRA_DPORT_RANGE.
+                let mut other =
+                    body.get(1).is_some_and(|l| *l != 0) || body.get(3).is_some_and(|t| *t != 0);
                 for (t, v) in attrs(body, 12) {
+                    other |= matches!(t, 1 | 3 | 17 | 20 | 22 | 23 | 24);
                     match t {
                         FRA_PRIORITY => priority = u32_at(v, 0).unwrap_or(0),
                         FRA_FWMARK => fwmark = u32_at(v, 0).unwrap_or(0),
@@ -296,6 +304,7 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
                     priority,
                     fwmark,
                     src,
+                    other,
                     action,
                     table,
                 }
