@@ -456,26 +456,28 @@ mod tests {
         h[4] = if class64 { 2 } else { 1 };
         h[5] = if little { 1 } else { 2 };
         h[6] = 1;
-        let put16 = |h: &mut Vec<u8>, o: usize, v: u16| {
-            let b = if little {
-                v.to_le_bytes()
-            } else {
-                v.to_be_bytes()
-            };
-            h[o..o + 2].copy_from_slice(&b);
-        };
-        let put32 = |h: &mut Vec<u8>, o: usize, v: u32| {
-            let b = if little {
-                v.to_le_bytes()
-            } else {
-                v.to_be_bytes()
-            };
-            h[o..o + 4].copy_from_slice(&b);
-        };
-        put16(&mut h, 16, ET_EXEC);
-        put16(&mut h, 18, machine);
-        put32(&mut h, if class64 { 48 } else { 36 }, flags);
+        put16(&mut h, little, 16, ET_EXEC);
+        put16(&mut h, little, 18, machine);
+        put32(&mut h, little, if class64 { 48 } else { 36 }, flags);
         h
+    }
+
+    fn put16(h: &mut [u8], little: bool, o: usize, v: u16) {
+        let b = if little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        };
+        h[o..o + 2].copy_from_slice(&b);
+    }
+
+    fn put32(h: &mut [u8], little: bool, o: usize, v: u32) {
+        let b = if little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        };
+        h[o..o + 4].copy_from_slice(&b);
     }
 
     const ARMHF: Machine = Machine {
@@ -568,35 +570,21 @@ mod tests {
             n.needed
         );
         assert_eq!(check_runtime(Path::new("/bin/ls")), Ok(()));
-        // The agent's own test binary is not static either, but a missing file is an error.
-        assert!(check_runtime(Path::new("/nonexistent")).is_err());
+        assert!(
+            check_runtime(Path::new("/nonexistent")).is_err(),
+            "a missing file"
+        );
     }
 
     /// A 32-bit MIPS header with one PT_MIPS_ABIFLAGS program header whose fp_abi is `fp`.
     fn mips_with_fp_abi(little: bool, fp: u8) -> Vec<u8> {
         let mut h = header(false, little, EM_MIPS, EF_MIPS_ABI_O32);
-        let put = |h: &mut Vec<u8>, o: usize, v: u32| {
-            let b = if little {
-                v.to_le_bytes()
-            } else {
-                v.to_be_bytes()
-            };
-            h[o..o + 4].copy_from_slice(&b);
-        };
-        let put16 = |h: &mut Vec<u8>, o: usize, v: u16| {
-            let b = if little {
-                v.to_le_bytes()
-            } else {
-                v.to_be_bytes()
-            };
-            h[o..o + 2].copy_from_slice(&b);
-        };
         h.resize(52 + 32 + 24, 0);
-        put(&mut h, 28, 52); // e_phoff
-        put16(&mut h, 42, 32); // e_phentsize
-        put16(&mut h, 44, 1); // e_phnum
-        put(&mut h, 52, PT_MIPS_ABIFLAGS);
-        put(&mut h, 56, 84); // p_offset of the abiflags
+        put32(&mut h, little, 28, 52); // e_phoff
+        put16(&mut h, little, 42, 32); // e_phentsize
+        put16(&mut h, little, 44, 1); // e_phnum
+        put32(&mut h, little, 52, PT_MIPS_ABIFLAGS);
+        put32(&mut h, little, 56, 84); // p_offset of the abiflags
         h[84 + 7] = fp;
         h
     }
