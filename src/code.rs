@@ -59,6 +59,7 @@ codes! {
     NoPackageManager = "NO_PACKAGE_MANAGER",
     NotFound = "NOT_FOUND",
     PackageFailed = "PACKAGE_FAILED",
+    PackageNotAllowed = "PACKAGE_NOT_ALLOWED",
     PinMismatch = "PIN_MISMATCH",
     ProvisioningFailed = "PROVISIONING_FAILED",
     QueryTooComplex = "QUERY_TOO_COMPLEX",

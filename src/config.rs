@@ -172,6 +172,7 @@ struct FileTrust {
     #[serde(default)]
     trusted_keys: Vec<PathBuf>,
     allow_downgrade: Option<bool>,
+    packages: Option<Vec<String>>,
 }
 
 /// Reads every trusted key: a file, or each file of a directory (like /etc/opkg/keys).
@@ -208,6 +209,7 @@ fn trust_config(t: &FileTrust) -> Result<trust::Policy, ConfigError> {
         require_signature,
         trusted_keys: keys,
         allow_downgrade: t.allow_downgrade.unwrap_or(false),
+        packages: t.packages.clone(),
     })
 }
 
@@ -761,6 +763,7 @@ mod tests {
                 require_signature: require,
                 trusted_keys: keys,
                 allow_downgrade: None,
+                packages: None,
             })
         };
         assert!(trust(None, vec![key.clone()]).unwrap().require_signature);

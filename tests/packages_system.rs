@@ -127,13 +127,16 @@ fn apt_packages_are_installed_shared_and_removed_only_when_the_agent_installed_t
             pkg("mine", MINE),
             pkg("theirs", THEIRS),
             pkg("nowhere", "nnc-test-absent"),
+            pkg("unlisted", "nnc-test-unlisted"),
         ],
     );
+    // The packages this router's owner lets a catalogue install.
+    let trust = format!("[trust]\npackages = [\"{MINE}\", \"{THEIRS}\", \"nnc-test-absent\"]\n");
     let apt = apt_conf.to_string_lossy().into_owned();
     let agent = Agent::start_in(
         &dir.join("agent"),
         &catalogue,
-        "",
+        &trust,
         None,
         &[("APT_CONFIG", &apt)],
     );
@@ -161,6 +164,16 @@ fn apt_packages_are_installed_shared_and_removed_only_when_the_agent_installed_t
             .as_str()
             .unwrap()
             .contains("Unable to locate package nnc-test-absent"),
+        "{i}"
+    );
+
+    // A package the router's owner did not allow: refused before apt runs (apt would have
+    // said PACKAGE_FAILED: the repository has no such package either).
+    let u = agent.install("unlisted", "u");
+    let i = agent.wait_done(&u, TIMEOUT);
+    assert_eq!(i["errorCode"], "PACKAGE_NOT_ALLOWED", "{i}");
+    assert!(
+        i["error"].as_str().unwrap().contains("[trust] packages"),
         "{i}"
     );
 

@@ -39,6 +39,19 @@ pub(crate) struct Policy {
     pub trusted_keys: Vec<signify::PublicKey>,
     /// Accept a catalogue whose `serial` is lower than one already seen.
     pub allow_downgrade: bool,
+    /// System packages a catalogue may have the package manager install (as root, with
+    /// their maintainer scripts): `[trust] packages`; `None` is the built-in catalogue's.
+    pub packages: Option<Vec<String>>,
+}
+
+impl Policy {
+    /// Whether a catalogue may install the system package `name`.
+    pub(crate) fn package_allowed(&self, name: &str) -> bool {
+        match &self.packages {
+            None => name == "tor",
+            Some(list) => list.iter().any(|p| p == name),
+        }
+    }
 }
 
 /// Where the catalogue comes from and what it must be to be used: `--catalogue` (none: the

@@ -261,6 +261,16 @@ impl Downloads {
                 ),
             )
         })?;
+        if !self.trust.package_allowed(name) {
+            return Err(StepError::new(
+                Step::Downloading,
+                Code::PackageNotAllowed,
+                format!(
+                    "the catalogue asks for the {} package {name}, which [trust] packages does not allow (it would run its maintainer scripts as root)",
+                    m.key()
+                ),
+            ));
+        }
         rep.phase(Phase::Downloading, 0, None);
         let ensured = package::ensure(m, name)
             .map_err(|e| StepError::new(Step::Downloading, Code::PackageFailed, e))?;
