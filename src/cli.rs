@@ -27,7 +27,8 @@ serve options (each also a key of the --config TOML file, with '_' for '-'):
   --listen ADDR        GraphQL address (default 127.0.0.1:8080; port 0 picks one)
   --catalogue SRC      catalogue JSON file path or http(s) URL (default: built-in)
   --token-file FILE    API bearer token (default {data-dir}/token, created 0600)
-  --log-level LEVEL    error|warn|info|debug|trace (default info)
+  --log-level LEVEL    error|warn|info|debug|trace (default info; release builds
+                       leave trace lines out: trace shows what debug does)
   --board NAME|FILE    board profile for defaults (x86_64-vm, aarch64-vm, mt7621,
                        ipq40xx, ath79, mikrotik-arm64, or a .toml file)
   --dev                enable GraphQL introspection
