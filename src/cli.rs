@@ -12,9 +12,10 @@ nnc-agent: installs, isolates and supervises network services on this router
 usage:
   nnc-agent serve [options]      run the agent (GraphQL on --listen)
   nnc-agent config schema GEN    the JSON Schema of a generator's settings (tor, sing-box, xray)
-  nnc-agent config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]
+  nnc-agent config render GEN [--settings JSON] [--link URL] [--listen IP] [--mark N] [--dir DIR]
                                  print the config the agent would write (settings checked
-                                 against the schema first, as installFeature does)
+                                 against the schema first, as installFeature does; --link
+                                 is settings.link, a share link)
   nnc-agent catalogue keygen PUB SEC [COMMENT]   a signify-compatible key pair (unencrypted)
   nnc-agent catalogue sign SEC FILE [SIG]        detached signature (default FILE.sig)
   nnc-agent catalogue verify PUB FILE [SIG]      check one: signify/usign or minisign (.minisig)
@@ -87,6 +88,7 @@ fn parse_config_command(args: &[String]) -> Result<Command, ConfigError> {
         }
         Some("render") if args.len() >= 2 => {
             let mut settings = "{}".to_owned();
+            let mut link = None;
             let mut listen = std::net::IpAddr::from([127, 0, 0, 1]);
             let mut mark = None;
             let mut dir = PathBuf::from("/var/lib/nnc/instance");
@@ -97,6 +99,7 @@ fn parse_config_command(args: &[String]) -> Result<Command, ConfigError> {
                 };
                 match flag.as_str() {
                     "--settings" => settings.clone_from(value),
+                    "--link" => link = Some(value.clone()),
                     "--listen" => {
                         listen = value.parse().map_err(|_| {
                             ConfigError(format!("--listen {value:?} is not an IP address"))
@@ -114,13 +117,14 @@ fn parse_config_command(args: &[String]) -> Result<Command, ConfigError> {
             Ok(Command::Config(configgen::Command::Render {
                 generator,
                 settings,
+                link,
                 listen,
                 mark,
                 dir,
             }))
         }
         _ => err(
-            "usage: nnc-agent config schema GEN | config render GEN [--settings JSON] [--listen IP] [--mark N] [--dir DIR]",
+            "usage: nnc-agent config schema GEN | config render GEN [--settings JSON] [--link URL] [--listen IP] [--mark N] [--dir DIR]",
         ),
     }
 }

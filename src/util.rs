@@ -1,5 +1,5 @@
-//! Small helpers shared by every module: time formatting, hex, constant-time comparison and
-//! randomness. Kept here so that no module grows its own copy.
+//! Small helpers shared by every module: time formatting, hex, base64, constant-time
+//! comparison and randomness. Kept here so that no module grows its own copy.
 
 use std::io::Read;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -34,6 +34,77 @@ impl<T> RwLocked<T> for RwLock<T> {
         self.write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub(crate) fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Strict standard base64 (padded), as signatures and keys are written.
+pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for (ci, chunk) in s.chunks(4).enumerate() {
+        let last = ci == s.len() / 4 - 1;
+        let mut n = 0u32;
+        let mut pad = 0;
+        for (i, &c) in chunk.iter().enumerate() {
+            let v = match c {
+                b'=' if last && i >= 2 => {
+                    pad += 1;
+                    0
+                }
+                _ if pad > 0 => return None,
+                _ => u32::try_from(ALPHABET.iter().position(|&a| a == c)?).ok()?,
+            };
+            n = n << 6 | v;
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// Base64 as share links and subscriptions carry it: the standard or the URL-safe alphabet,
+/// padded or not, line breaks ignored.
+pub(crate) fn base64_decode_lenient(s: &str) -> Option<Vec<u8>> {
+    let mut t: String = s
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while t.ends_with('=') {
+        t.pop();
+    }
+    while !t.len().is_multiple_of(4) {
+        t.push('=');
+    }
+    base64_decode(&t)
 }
 
 /// Milliseconds since the Unix epoch (the unit every record stores).
@@ -150,6 +221,22 @@ pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_round_trips_and_refuses_junk() {
+        for data in [&b""[..], b"E", b"Ed", b"Ed\x00", b"\xff\xfe\xfd\xfc"] {
+            assert_eq!(base64_decode(&base64_encode(data)).unwrap(), data);
+        }
+        assert_eq!(base64_encode(b"Ed"), "RWQ=");
+        for bad in ["RWQ", "R=WQ", "RW!=", "=AAA"] {
+            assert!(base64_decode(bad).is_none(), "{bad}");
+        }
+        // Share links: URL-safe alphabet, no padding, line breaks.
+        assert_eq!(base64_decode_lenient("-_8").unwrap(), b"\xfb\xff");
+        assert_eq!(base64_decode_lenient("RWQ\n").unwrap(), b"Ed");
+        assert_eq!(base64_decode_lenient("RWQ=").unwrap(), b"Ed");
+        assert!(base64_decode_lenient("R").is_none() && base64_decode_lenient("RW!").is_none());
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

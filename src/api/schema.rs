@@ -756,8 +756,11 @@ impl InstanceObject {
     async fn verified_by(&self) -> Option<&str> {
         self.0.verified_by.as_deref()
     }
-    async fn settings(&self) -> Json<Value> {
-        Json(self.0.settings.clone())
+    /// The settings it was installed with, secrets (`writeOnly` in the schema) redacted;
+    /// null when its feature's definition is unknown.
+    async fn settings(&self, ctx: &Context<'_>) -> Json<Value> {
+        let feature = installer(ctx).feature_for(&self.0, &self.0.version);
+        Json(feature.map_or(Value::Null, |f| f.redact(&self.0.settings)))
     }
     async fn created_at(&self) -> String {
         util::rfc3339(self.0.created_at)

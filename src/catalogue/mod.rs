@@ -271,12 +271,34 @@ impl Feature {
     /// Checks settings against the generator's schema AND the catalogue's: a catalogue can
     /// narrow what the agent's own renderer accepts, never widen it (a permissive schema
     /// must not let a line break into a torrc).
+    /// A share link is judged twice: as given, and as the outbound it expands to.
     pub(crate) fn check_settings(&self, settings: &Value) -> Result<(), String> {
         let own = self.generator().map(crate::configgen::Generator::schema);
         for schema in own.iter().chain(&self.settings_schema) {
             crate::configgen::validate(schema, settings)?;
         }
+        if let Some(g) = self.generator() {
+            let expanded = g.expand(settings)?;
+            for schema in own.iter().chain(&self.settings_schema) {
+                crate::configgen::validate(schema, &expanded)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Settings as answers show them: secrets redacted.
+    pub(crate) fn redact(&self, settings: &Value) -> Value {
+        self.schema().map_or_else(
+            || settings.clone(),
+            |s| crate::configgen::redact(&s, settings),
+        )
+    }
+
+    /// The secrets in settings, for scrubbing messages.
+    pub(crate) fn secrets(&self, settings: &Value) -> Vec<String> {
+        self.generator()
+            .map(|g| g.secrets(settings))
+            .unwrap_or_default()
     }
 }
 

@@ -6,6 +6,7 @@
 //! Every instance gets its own file under `{instance}/config/`; nothing is shared between two
 //! instances of one feature. Rendering is deterministic (snapshot tests rely on it).
 
+mod link;
 mod schema;
 mod singbox;
 mod tor;
@@ -143,12 +144,72 @@ impl Generator {
         s
     }
 
+    /// Settings as the renderer reads them: a `settings.link` parsed into `outbound` (and
+    /// checked against the outbound forms this generator has), then the rules a JSON Schema
+    /// cannot say. `settings` already passed the schema.
+    pub(crate) fn expand(self, settings: &Value) -> Result<Value, String> {
+        let mut s = settings.clone();
+        if let Some(link) = s.as_object_mut().and_then(|o| o.remove("link")) {
+            if s.get("outbound").is_some() {
+                return Err("settings.link and settings.outbound exclude each other".into());
+            }
+            let o = link::parse(link.as_str().unwrap_or_default())
+                .map_err(|e| format!("settings.link: {e}"))?;
+            let forms = &self.schema()["properties"]["outbound"];
+            let known = forms["oneOf"].as_array().is_some_and(|f| {
+                f.iter()
+                    .any(|f| f["properties"]["type"]["const"] == o["type"])
+            });
+            if !known {
+                return Err(format!(
+                    "settings.link: {} links are not supported by this feature's generator",
+                    o["type"].as_str().unwrap_or_default()
+                ));
+            }
+            schema::check(forms, &o, "settings.link")?;
+            s["outbound"] = o;
+        }
+        if let Some(o) = s.get("outbound") {
+            check_outbound(o)?;
+        }
+        Ok(s)
+    }
+
+    /// Renders `settings` (checked against the schema; a link is expanded here).
     pub(crate) fn render(self, ctx: &Context, settings: &Value) -> Result<Rendered, String> {
+        let settings = &self.expand(settings)?;
         match self {
             Generator::Tor => tor::render(ctx, settings),
             Generator::SingBox => singbox::render(ctx, settings),
             Generator::Xray => xray::render(ctx, settings),
         }
+    }
+
+    /// The secrets in `settings` (a link's among them): no message may repeat them.
+    pub(crate) fn secrets(self, settings: &Value) -> Vec<String> {
+        let mut found = Vec::new();
+        let schema = self.schema();
+        let mut all = vec![settings.clone()];
+        all.extend(self.expand(settings).ok());
+        for mut s in all {
+            walk_secrets(&schema, &mut s, &mut |v| {
+                if let Some(t) = v.as_str().filter(|t| !t.is_empty()) {
+                    found.push(t.to_owned());
+                }
+            });
+        }
+        found
+    }
+
+    /// What a checker's refusal means for the user, when the words are known: a sing-box
+    /// built without `with_utls` cannot run REALITY or a uTLS fingerprint at all.
+    pub(crate) fn explain_refusal(self, output: &str) -> Option<&'static str> {
+        (self == Generator::SingBox
+            && output.contains("uTLS")
+            && output.contains("not included in this build"))
+        .then_some(
+            "this sing-box build has no uTLS (`sing-box version` lists no with_utls tag): REALITY and tls.fingerprint need a build with it, such as upstream's release builds",
+        )
     }
 
     /// Arguments that run the service with `config`.
@@ -172,6 +233,97 @@ impl Generator {
     }
 }
 
+/// `settings` with every secret (`writeOnly` in `schema`) replaced: what answers show.
+pub(crate) fn redact(schema: &Value, settings: &Value) -> Value {
+    let mut s = settings.clone();
+    walk_secrets(schema, &mut s, &mut |v| *v = json!(REDACTED));
+    s
+}
+
+/// What answers show in place of a secret.
+pub(crate) const REDACTED: &str = "(redacted)";
+
+/// Calls `f` on every value `schema` marks `writeOnly`.
+fn walk_secrets(schema: &Value, v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
+    let schema = match schema.get("oneOf").and_then(Value::as_array) {
+        Some(forms) => match forms.iter().find(|s| schema::check(s, v, "").is_ok()) {
+            Some(s) => s,
+            None => return,
+        },
+        None => schema,
+    };
+    if schema.get("writeOnly") == Some(&Value::Bool(true)) {
+        return f(v);
+    }
+    match v {
+        Value::Object(o) => {
+            for (k, val) in o {
+                if let Some(s) = schema.pointer(&format!("/properties/{k}")) {
+                    walk_secrets(s, val, f);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for item in items {
+                    walk_secrets(s, item, f);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `text` with every secret replaced by `REDACTED`.
+pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut t = text.to_owned();
+    for s in secrets {
+        t = t.replace(s.as_str(), REDACTED);
+    }
+    t
+}
+
+/// Rules across fields of one outbound.
+fn check_outbound(o: &Value) -> Result<(), String> {
+    let tls_on = o.pointer("/tls/enabled").and_then(Value::as_bool);
+    if o.get("flow").is_some() {
+        let tcp = o
+            .get("transport")
+            .is_none_or(|t| t == "tcp" || t.get("type").is_some_and(|t| t == "tcp"));
+        if !tcp || tls_on != Some(true) {
+            return Err(
+                "settings.outbound.flow xtls-rprx-vision needs the tcp transport and tls.enabled"
+                    .into(),
+            );
+        }
+    }
+    if o.pointer("/tls/reality").is_some()
+        && (tls_on != Some(true) || o.pointer("/tls/serverName").is_none())
+    {
+        return Err("settings.outbound.tls.reality needs tls.enabled and tls.serverName".into());
+    }
+    if let Some(m) = o.get("method").and_then(Value::as_str)
+        && let Some(cipher) = m.strip_prefix("2022-blake3-")
+    {
+        let len = if cipher.starts_with("aes-128") {
+            16
+        } else {
+            32
+        };
+        let password = o["password"].as_str().unwrap_or_default();
+        // `iPSK:uPSK` for servers with several users: every key the same length.
+        let ok = password
+            .split(':')
+            .all(|k| crate::util::base64_decode(k).is_some_and(|key| key.len() == len));
+        if !ok {
+            return Err(format!(
+                "settings.outbound.password of {m} must be base64 of a {len}-byte key (openssl rand -base64 {len})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Replaces `{config}` in catalogue-given argument templates.
 pub(crate) fn expand(template: &[String], config: &Path) -> Vec<String> {
     let c = config.display().to_string();
@@ -185,6 +337,8 @@ pub(crate) enum Command {
     Render {
         generator: String,
         settings: String,
+        /// `--link`: a share link put into the settings as `link`.
+        link: Option<String>,
         listen: std::net::IpAddr,
         mark: Option<u32>,
         dir: PathBuf,
@@ -208,13 +362,17 @@ pub(crate) fn command(c: Command) -> Result<String, String> {
         Command::Render {
             generator,
             settings,
+            link,
             listen,
             mark,
             dir,
         } => {
             let g = find(&generator)?;
-            let settings: Value = serde_json::from_str(&settings)
+            let mut settings: Value = serde_json::from_str(&settings)
                 .map_err(|e| format!("--settings is not JSON: {e}"))?;
+            if let (Some(l), Some(o)) = (link, settings.as_object_mut()) {
+                o.insert("link".into(), json!(l));
+            }
             validate(&g.schema(), &settings)?;
             let ctx = Context {
                 listen,

@@ -1,7 +1,7 @@
 //! A JSON Schema subset, enough for the settings schemas the generators publish: `type`,
 //! `properties`, `required`, `additionalProperties: false`, `enum`, `const`, `oneOf`,
 //! `minimum`/`maximum`, `minLength`/`maxLength`, `items`/`maxItems`, and a few `format`s
-//! (`hostname`, `uuid`, `nickname`, `text`). Other keywords are not used by our schemas; a
+//! (`hostname`, `uuid`, `nickname`, `text`, `x25519`, `shortid`, `path`); `writeOnly` marks secrets. Other keywords are not used by our schemas; a
 //! validator elsewhere reads the same schema the standard way.
 
 use serde_json::Value;
@@ -51,6 +51,25 @@ fn format_ok(format: &str, s: &str) -> bool {
                     }
                 })
         }
+        // A REALITY public key: base64url (no padding) of 32 bytes.
+        "x25519" => {
+            s.len() == 43 && crate::util::base64_decode_lenient(s).is_some_and(|k| k.len() == 32)
+        }
+        // An HTTP request path: `/`, then printable ASCII, `%` only before two hex digits.
+        "path" => {
+            b.first() == Some(&b'/')
+                && b.iter()
+                    .all(|c| c.is_ascii_graphic() && *c != b'"' && *c != b'\\')
+                && b.iter().enumerate().all(|(i, c)| {
+                    *c != b'%'
+                        || b.get(i + 1..i + 3)
+                            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+                })
+        }
+        // A REALITY short id: up to 16 hex digits, an even number of them.
+        "shortid" => {
+            b.len() <= 16 && b.len().is_multiple_of(2) && b.iter().all(u8::is_ascii_hexdigit)
+        }
         // Tor relay nicknames: 1-19 letters and digits.
         "nickname" => (1..=19).contains(&b.len()) && b.iter().all(u8::is_ascii_alphanumeric),
         // Free text that goes into a config file: printable, no line breaks or quotes.
@@ -59,7 +78,7 @@ fn format_ok(format: &str, s: &str) -> bool {
     }
 }
 
-fn check(schema: &Value, v: &Value, path: &str) -> Result<(), String> {
+pub(super) fn check(schema: &Value, v: &Value, path: &str) -> Result<(), String> {
     if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
         let matching: Vec<usize> = options
             .iter()
@@ -68,13 +87,23 @@ fn check(schema: &Value, v: &Value, path: &str) -> Result<(), String> {
             .map(|(i, _)| i)
             .collect();
         if matching.len() != 1 {
-            // Report against the option whose `type` const matches, when there is one.
+            // Report against the option whose `type` const matches, when there is one, or
+            // the only option of the value's JSON type.
+            let same_type: Vec<&Value> = options
+                .iter()
+                .filter(|s| {
+                    s.get("type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| type_ok(t, v))
+                })
+                .collect();
             let hint = options
                 .iter()
                 .find(|s| {
                     s.pointer("/properties/type/const")
                         .is_some_and(|c| Some(c) == v.get("type"))
                 })
+                .or(same_type.first().filter(|_| same_type.len() == 1).copied())
                 .map(|s| check(s, v, path));
             return match hint {
                 Some(Err(e)) => Err(e),

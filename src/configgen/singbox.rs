@@ -13,20 +13,70 @@ pub(super) const FILE: &str = "config.json";
 fn server_properties() -> Value {
     json!({
         "server": { "type": "string", "format": "hostname" },
-        "serverPort": port_schema()
+        "serverPort": port_schema(),
+        "name": { "type": "string", "format": "text", "maxLength": 64,
+                  "description": "a label (a share link's #name)" }
     })
 }
 
-fn tls_schema() -> Value {
-    json!({
-        "type": "object",
-        "additionalProperties": false,
-        "properties": {
-            "enabled": { "type": "boolean" },
-            "serverName": { "type": "string", "format": "hostname" },
-            "insecure": { "type": "boolean" }
-        }
-    })
+/// Secrets: accepted, written into the config file, never shown again (JSON Schema's
+/// `writeOnly`; `redact` replaces them in answers and `secrets` collects them for scrubbing).
+fn secret(mut schema: Value) -> Value {
+    schema["writeOnly"] = json!(true);
+    schema
+}
+
+/// uTLS ClientHello fingerprints both sing-box and Xray know.
+const FINGERPRINTS: [&str; 10] = [
+    "chrome",
+    "firefox",
+    "edge",
+    "safari",
+    "360",
+    "qq",
+    "ios",
+    "android",
+    "random",
+    "randomized",
+];
+
+fn tls_schema(reality: bool) -> Value {
+    let mut props = json!({
+        "enabled": { "type": "boolean" },
+        "serverName": { "type": "string", "format": "hostname" },
+        "insecure": { "type": "boolean" },
+        "alpn": { "type": "array", "maxItems": 8,
+                  "items": { "type": "string", "format": "text", "minLength": 1, "maxLength": 32 } },
+        "fingerprint": { "enum": FINGERPRINTS,
+                         "description": "uTLS fingerprint (sing-box: a build with the with_utls tag)" }
+    });
+    if reality {
+        props["reality"] = json!({
+            "type": "object", "additionalProperties": false, "required": ["publicKey"],
+            "description": "REALITY (needs tls.serverName; sing-box: a build with with_utls)",
+            "properties": {
+                "publicKey": { "type": "string", "format": "x25519" },
+                "shortId": secret(json!({ "type": "string", "format": "shortid" })),
+                "spiderX": { "type": "string", "format": "path", "maxLength": 256, "description": "Xray only" }
+            }
+        });
+    }
+    json!({ "type": "object", "additionalProperties": false, "properties": props })
+}
+
+/// `tcp`, `ws`, `grpc` (the older string form) or an object with the transport's fields.
+fn transport_schema() -> Value {
+    let text = |max: u64| json!({ "type": "string", "format": "text", "maxLength": max });
+    json!({ "oneOf": [
+        { "enum": ["tcp", "ws", "grpc"] },
+        { "type": "object", "additionalProperties": false, "required": ["type"],
+          "properties": {
+            "type": { "enum": ["ws", "grpc", "httpupgrade"] },
+            "path": { "type": "string", "format": "path", "maxLength": 256 },
+            "host": { "type": "string", "format": "hostname" },
+            "serviceName": text(128)
+          } }
+    ] })
 }
 
 /// One allowed outbound form: `type` fixed to `kind`, plus its own fields.
@@ -41,15 +91,17 @@ fn outbound(kind: &str, required: &[&str], extra: Value) -> Value {
     json!({ "type": "object", "additionalProperties": false, "required": req, "properties": props })
 }
 
-/// The allowed outbound forms. Xray adds its transports (`tcp`, `ws`, `grpc`) to every form.
-pub(super) fn outbound_schema(with_hysteria: bool, transports: Option<&[&str]>) -> Value {
-    let password = json!({ "type": "string", "format": "text", "minLength": 1, "maxLength": 128 });
-    let uuid = json!({ "type": "string", "format": "uuid" });
+/// The allowed outbound forms; Xray has no hysteria2 and tuic.
+pub(super) fn outbound_schema(quic_protocols: bool) -> Value {
+    let password =
+        secret(json!({ "type": "string", "format": "text", "minLength": 1, "maxLength": 128 }));
+    let uuid = secret(json!({ "type": "string", "format": "uuid" }));
     let mut forms = vec![
         outbound(
             "vless",
             &["uuid"],
-            json!({ "uuid": uuid, "tls": tls_schema() }),
+            json!({ "uuid": uuid, "flow": { "enum": ["xtls-rprx-vision"] },
+                    "tls": tls_schema(true), "transport": transport_schema() }),
         ),
         outbound(
             "vmess",
@@ -57,38 +109,53 @@ pub(super) fn outbound_schema(with_hysteria: bool, transports: Option<&[&str]>) 
             json!({
                 "uuid": uuid,
                 "security": { "enum": ["auto", "none", "zero", "aes-128-gcm", "chacha20-poly1305"] },
-                "tls": tls_schema()
+                "alterId": { "type": "integer", "minimum": 0, "maximum": 65535 },
+                "tls": tls_schema(false),
+                "transport": transport_schema()
             }),
         ),
         outbound(
             "trojan",
             &["password"],
-            json!({ "password": password, "tls": tls_schema() }),
+            json!({ "password": password, "tls": tls_schema(true), "transport": transport_schema() }),
         ),
         outbound(
             "shadowsocks",
             &["method", "password"],
             json!({
-                "method": { "enum": ["aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305"] },
+                "method": { "enum": ["aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305",
+                                     "2022-blake3-aes-128-gcm", "2022-blake3-aes-256-gcm",
+                                     "2022-blake3-chacha20-poly1305"],
+                            "description": "a 2022 cipher's password is base64 of a 16-byte (aes-128) or 32-byte key" },
                 "password": password
             }),
         ),
     ];
-    if with_hysteria {
+    if quic_protocols {
         forms.push(outbound(
             "hysteria2",
             &["password"],
-            json!({ "password": password, "tls": tls_schema() }),
+            json!({ "password": password, "tls": tls_schema(false),
+                    "obfs": { "type": "object", "additionalProperties": false, "required": ["type", "password"],
+                              "properties": { "type": { "const": "salamander" }, "password": password } } }),
+        ));
+        forms.push(outbound(
+            "tuic",
+            &["uuid", "password"],
+            json!({ "uuid": uuid, "password": password, "tls": tls_schema(false),
+                    "congestionControl": { "enum": ["cubic", "new_reno", "bbr"] },
+                    "udpRelayMode": { "enum": ["native", "quic"] } }),
         ));
     }
-    if let Some(t) = transports {
-        for f in &mut forms {
-            if let Some(p) = f.get_mut("properties").and_then(Value::as_object_mut) {
-                p.insert("transport".into(), json!({ "enum": t }));
-            }
-        }
-    }
     json!({ "oneOf": forms })
+}
+
+/// `settings.link`: one share link instead of `outbound`.
+pub(super) fn link_schema() -> Value {
+    secret(
+        json!({ "type": "string", "format": "text", "minLength": 1, "maxLength": 4096,
+                   "description": "a share link (vless://, vmess://, trojan://, ss://, hysteria2://, tuic://) instead of outbound" }),
+    )
 }
 
 pub(super) fn schema() -> Value {
@@ -101,28 +168,68 @@ pub(super) fn schema() -> Value {
             "redirectPort": port_schema(),
             "logLevel": { "enum": ["trace", "debug", "info", "warn", "error", "fatal", "panic"] },
             "dnsUpstream": super::dns_upstream_schema(),
-            "outbound": outbound_schema(true, None)
+            "outbound": outbound_schema(true),
+            "link": link_schema()
         }
     })
 }
 
 fn tls_json(t: Option<&Value>, server: &str, required: bool) -> Option<Value> {
-    let enabled = t
-        .and_then(|t| t.get("enabled"))
-        .and_then(Value::as_bool)
-        .unwrap_or(required);
-    if !enabled {
+    let get = |k: &str| t.and_then(|t| t.get(k));
+    if !get("enabled").and_then(Value::as_bool).unwrap_or(required) {
         return None;
     }
-    let name = t
-        .and_then(|t| t.get("serverName"))
+    let name = get("serverName").and_then(Value::as_str).unwrap_or(server);
+    let insecure = get("insecure").and_then(Value::as_bool).unwrap_or(false);
+    let mut tls = json!({ "enabled": true, "server_name": name, "insecure": insecure });
+    if let Some(a) = get("alpn") {
+        tls["alpn"] = a.clone();
+    }
+    let reality = get("reality");
+    // REALITY runs on uTLS: without a fingerprint it borrows Chrome's.
+    let fingerprint = get("fingerprint")
         .and_then(Value::as_str)
-        .unwrap_or(server);
-    let insecure = t
-        .and_then(|t| t.get("insecure"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    Some(json!({ "enabled": true, "server_name": name, "insecure": insecure }))
+        .or(reality.map(|_| "chrome"));
+    if let Some(f) = fingerprint {
+        tls["utls"] = json!({ "enabled": true, "fingerprint": f });
+    }
+    if let Some(r) = reality {
+        tls["reality"] = json!({ "enabled": true, "public_key": r["publicKey"],
+                                 "short_id": r.get("shortId").and_then(Value::as_str).unwrap_or("") });
+    }
+    Some(tls)
+}
+
+/// The V2Ray transport, when it is not plain TCP.
+fn transport_json(t: Option<&Value>) -> Option<Value> {
+    let t = t?;
+    let kind = t.get("type").unwrap_or(t).as_str()?;
+    let mut out = json!({ "type": kind });
+    let get = |k: &str| t.get(k).cloned();
+    match kind {
+        "ws" => {
+            if let Some(p) = get("path") {
+                out["path"] = p;
+            }
+            if let Some(h) = get("host") {
+                out["headers"] = json!({ "Host": h });
+            }
+        }
+        "httpupgrade" => {
+            for k in ["path", "host"] {
+                if let Some(v) = get(k) {
+                    out[k] = v;
+                }
+            }
+        }
+        "grpc" => {
+            if let Some(s) = get("serviceName") {
+                out["service_name"] = s;
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 fn user_outbound(o: &Value) -> Value {
@@ -133,31 +240,38 @@ fn user_outbound(o: &Value) -> Value {
     out.insert("tag".into(), json!("proxy"));
     out.insert("server".into(), json!(server));
     out.insert("server_port".into(), o["serverPort"].clone());
-    match kind {
-        "vless" => {
-            out.insert("uuid".into(), o["uuid"].clone());
-        }
-        "vmess" => {
-            out.insert("uuid".into(), o["uuid"].clone());
-            out.insert(
-                "security".into(),
-                json!(o.get("security").and_then(Value::as_str).unwrap_or("auto")),
-            );
-        }
-        "shadowsocks" => {
-            out.insert("method".into(), o["method"].clone());
-            out.insert("password".into(), o["password"].clone());
-        }
-        _ => {
-            out.insert("password".into(), o["password"].clone());
+    let fields: &[(&str, &str)] = match kind {
+        "vless" => &[("uuid", "uuid"), ("flow", "flow")],
+        "vmess" => &[("uuid", "uuid"), ("alterId", "alter_id")],
+        "shadowsocks" => &[("method", "method"), ("password", "password")],
+        "tuic" => &[
+            ("uuid", "uuid"),
+            ("password", "password"),
+            ("congestionControl", "congestion_control"),
+            ("udpRelayMode", "udp_relay_mode"),
+        ],
+        _ => &[("password", "password"), ("obfs", "obfs")],
+    };
+    for (from, to) in fields {
+        if let Some(v) = o.get(*from) {
+            out.insert((*to).into(), v.clone());
         }
     }
-    // trojan and hysteria2 are TLS protocols: TLS is on unless turned off explicitly.
-    let tls_default = matches!(kind, "trojan" | "hysteria2");
+    if kind == "vmess" {
+        out.insert(
+            "security".into(),
+            json!(o.get("security").and_then(Value::as_str).unwrap_or("auto")),
+        );
+    }
+    // trojan, hysteria2 and tuic are TLS protocols: TLS is on unless turned off explicitly.
+    let tls_default = matches!(kind, "trojan" | "hysteria2" | "tuic");
     if kind != "shadowsocks"
         && let Some(tls) = tls_json(o.get("tls"), server, tls_default)
     {
         out.insert("tls".into(), tls);
+    }
+    if let Some(t) = transport_json(o.get("transport")) {
+        out.insert("transport".into(), t);
     }
     Value::Object(out)
 }

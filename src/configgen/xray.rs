@@ -2,7 +2,7 @@
 //! `dokodemo-door` (transparent) inbound on the instance's address, the user's proxy outbound
 //! (or `freedom` without one: never both), with `sockopt.mark` set to the instance's routing mark.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{Context, DNS_PORT, Rendered, TRANSPARENT_PORT, port, port_schema};
 
@@ -17,16 +17,81 @@ pub(super) fn schema() -> Value {
             "transparentPort": port_schema(),
             "logLevel": { "enum": ["debug", "info", "warning", "error", "none"] },
             "dnsUpstream": super::dns_upstream_schema(),
-            "outbound": super::singbox::outbound_schema(false, Some(&["tcp", "ws", "grpc"]))
+            "outbound": super::singbox::outbound_schema(false),
+            "link": super::singbox::link_schema()
         }
     })
 }
 
-fn stream(mark: Option<u32>, tls: bool, server: &str, network: &str) -> Value {
+/// `streamSettings`: the transport, TLS or REALITY, and the routing mark. `o` is the user's
+/// outbound (None: `freedom`).
+fn stream(mark: Option<u32>, o: Option<&Value>) -> Value {
+    let t = o.and_then(|o| o.get("transport"));
+    let network = t
+        .and_then(|t| t.get("type").unwrap_or(t).as_str())
+        .unwrap_or("tcp");
     let mut s = json!({ "network": network });
-    if tls {
-        s["security"] = json!("tls");
-        s["tlsSettings"] = json!({ "serverName": server });
+    let field = |k: &str| t.and_then(|t| t.get(k)).cloned();
+    match network {
+        "ws" => {
+            let mut ws = Map::new();
+            if let Some(p) = field("path") {
+                ws.insert("path".into(), p);
+            }
+            if let Some(h) = field("host") {
+                ws.insert("headers".into(), json!({ "Host": h }));
+            }
+            if !ws.is_empty() {
+                s["wsSettings"] = Value::Object(ws);
+            }
+        }
+        "httpupgrade" => {
+            s["httpupgradeSettings"] = json!({ "path": field("path").unwrap_or(json!("/")) });
+            if let Some(h) = field("host") {
+                s["httpupgradeSettings"]["host"] = h;
+            }
+        }
+        "grpc" => {
+            if let Some(n) = field("serviceName") {
+                s["grpcSettings"] = json!({ "serviceName": n });
+            }
+        }
+        _ => {}
+    }
+    if let Some(o) = o {
+        let kind = o["type"].as_str().unwrap_or_default();
+        let tls = o.get("tls");
+        let get = |k: &str| tls.and_then(|t| t.get(k));
+        let on = get("enabled")
+            .and_then(Value::as_bool)
+            .unwrap_or(kind == "trojan");
+        if on && kind != "shadowsocks" {
+            let name = get("serverName").unwrap_or(&o["server"]).clone();
+            let fingerprint = get("fingerprint").cloned();
+            if let Some(r) = get("reality") {
+                let mut rs = json!({ "serverName": name, "publicKey": r["publicKey"],
+                    "fingerprint": fingerprint.unwrap_or(json!("chrome")),
+                    "shortId": r.get("shortId").cloned().unwrap_or(json!("")) });
+                if let Some(x) = r.get("spiderX") {
+                    rs["spiderX"] = x.clone();
+                }
+                s["security"] = json!("reality");
+                s["realitySettings"] = rs;
+            } else {
+                let mut ts = json!({ "serverName": name });
+                if get("insecure") == Some(&Value::Bool(true)) {
+                    ts["allowInsecure"] = json!(true);
+                }
+                if let Some(a) = get("alpn") {
+                    ts["alpn"] = a.clone();
+                }
+                if let Some(f) = fingerprint {
+                    ts["fingerprint"] = f;
+                }
+                s["security"] = json!("tls");
+                s["tlsSettings"] = ts;
+            }
+        }
     }
     if let Some(m) = mark {
         s["sockopt"] = json!({ "mark": m });
@@ -36,33 +101,31 @@ fn stream(mark: Option<u32>, tls: bool, server: &str, network: &str) -> Value {
 
 fn user_outbound(o: &Value, mark: Option<u32>) -> Value {
     let kind = o["type"].as_str().unwrap_or_default();
-    let server = o["server"].as_str().unwrap_or_default();
+    let server = &o["server"];
     let port = &o["serverPort"];
-    let tls_on = |default: bool| {
-        o.pointer("/tls/enabled")
-            .and_then(Value::as_bool)
-            .unwrap_or(default)
+    let settings = match kind {
+        "vless" => {
+            let mut user = json!({ "id": o["uuid"], "encryption": "none" });
+            if let Some(f) = o.get("flow") {
+                user["flow"] = f.clone();
+            }
+            json!({ "vnext": [{ "address": server, "port": port, "users": [user] }] })
+        }
+        "vmess" => {
+            let mut user = json!({ "id": o["uuid"], "security": o.get("security").and_then(Value::as_str).unwrap_or("auto") });
+            if let Some(a) = o.get("alterId") {
+                user["alterId"] = a.clone();
+            }
+            json!({ "vnext": [{ "address": server, "port": port, "users": [user] }] })
+        }
+        "trojan" => {
+            json!({ "servers": [{ "address": server, "port": port, "password": o["password"] }] })
+        }
+        _ => {
+            json!({ "servers": [{ "address": server, "port": port, "method": o["method"], "password": o["password"] }] })
+        }
     };
-    let (settings, tls) = match kind {
-        "vless" => (
-            json!({ "vnext": [{ "address": server, "port": port, "users": [{ "id": o["uuid"], "encryption": "none" }] }] }),
-            tls_on(false),
-        ),
-        "vmess" => (
-            json!({ "vnext": [{ "address": server, "port": port, "users": [{ "id": o["uuid"], "security": o.get("security").and_then(Value::as_str).unwrap_or("auto") }] }] }),
-            tls_on(false),
-        ),
-        "trojan" => (
-            json!({ "servers": [{ "address": server, "port": port, "password": o["password"] }] }),
-            tls_on(true),
-        ),
-        _ => (
-            json!({ "servers": [{ "address": server, "port": port, "method": o["method"], "password": o["password"] }] }),
-            false,
-        ),
-    };
-    let network = o.get("transport").and_then(Value::as_str).unwrap_or("tcp");
-    json!({ "tag": "proxy", "protocol": kind, "settings": settings, "streamSettings": stream(mark, tls, server, network) })
+    json!({ "tag": "proxy", "protocol": kind, "settings": settings, "streamSettings": stream(mark, Some(o)) })
 }
 
 pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
@@ -73,7 +136,7 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     let outbounds = match s.get("outbound") {
         Some(o) => vec![user_outbound(o, ctx.mark)],
         None => vec![
-            json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, false, "", "tcp") }),
+            json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, None) }),
         ],
     };
     super::check_reserved(ctx, s, &["socksPort", "transparentPort"])?;

@@ -342,6 +342,9 @@ impl Installer {
         let name = binary
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        // A checker may quote the config: its words never carry the settings' secrets on.
+        let secrets = feature.secrets(&inst.settings);
+        let generator = feature.generator();
         blocking(move || {
             spec.cgroup = cgroups.leaf(&leaf, &limits).map_err(fail)?;
             spec.rlimits = supervisor::rlimits(spec.cgroup.is_some(), &limits);
@@ -359,6 +362,7 @@ impl Installer {
                 return Ok(());
             }
             let text = strip_ansi(&String::from_utf8_lossy(&end.output));
+            let text = configgen::scrub(&text, &secrets);
             let tail: Vec<&str> = text.lines().rev().take(12).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             let status = match (end.code, end.signal) {
@@ -366,8 +370,11 @@ impl Installer {
                 (_, Some(s)) => format!("killed by signal {s}"),
                 _ => "no status".into(),
             };
+            let hint = generator
+                .and_then(|g| g.explain_refusal(&text))
+                .map_or_else(String::new, |h| format!("{h}. "));
             Err(fail(format!(
-                "{name} rejected the generated config ({status}): {}",
+                "{hint}{name} rejected the generated config ({status}): {}",
                 tail.join("\n")
             )))
         })

@@ -26,7 +26,7 @@ pub(crate) fn is_minisig(text: &str) -> bool {
 fn decode(line: Option<&str>, what: &str, len: usize) -> Result<Vec<u8>, TrustError> {
     let bad = |m: String| TrustError::Format(format!("minisign signature: {m}"));
     let line = line.ok_or_else(|| bad(format!("no {what} line")))?;
-    let raw = signify::base64_decode(line.trim())
+    let raw = crate::util::base64_decode(line.trim())
         .ok_or_else(|| bad(format!("the {what} is not base64")))?;
     if raw.len() != len {
         return Err(bad(format!(

@@ -16,6 +16,7 @@ use ed25519_compact::{KeyPair, PublicKey as EdPublic, SecretKey, Seed, Signature
 use sha2::{Digest, Sha512};
 
 use super::TrustError;
+use crate::util::{base64_decode, base64_encode};
 
 const COMMENT: &str = "untrusted comment: ";
 
@@ -185,69 +186,9 @@ pub(crate) fn sign(
     ))
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-pub(crate) fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for (ci, chunk) in s.chunks(4).enumerate() {
-        let last = ci == s.len() / 4 - 1;
-        let mut n = 0u32;
-        let mut pad = 0;
-        for (i, &c) in chunk.iter().enumerate() {
-            let v = match c {
-                b'=' if last && i >= 2 => {
-                    pad += 1;
-                    0
-                }
-                _ if pad > 0 => return None,
-                _ => u32::try_from(ALPHABET.iter().position(|&a| a == c)?).ok()?,
-            };
-            n = n << 6 | v;
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..4 - pad]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips_and_refuses_junk() {
-        for data in [&b""[..], b"E", b"Ed", b"Ed\x00", b"\xff\xfe\xfd\xfc"] {
-            assert_eq!(base64_decode(&base64_encode(data)).unwrap(), data);
-        }
-        assert_eq!(base64_encode(b"Ed"), "RWQ=");
-        for bad in ["RWQ", "R=WQ", "RW!=", "=AAA"] {
-            assert!(base64_decode(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn our_keys_sign_and_verify_and_refuse_tampering() {

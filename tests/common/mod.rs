@@ -717,7 +717,16 @@ pub struct EventStream {
 impl EventStream {
     fn start(agent: &Agent) -> EventStream {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/subscribe.py");
-        let mut child = Command::new(python())
+        // In the agent's network namespace, when it has one.
+        let mut cmd = match &agent.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str(), &python()]);
+                c
+            }
+            None => Command::new(python()),
+        };
+        let mut child = cmd
             .arg(&script)
             .args([&agent.url(), &agent.token, "events", "1000000"])
             .stdout(Stdio::piped())
@@ -827,4 +836,20 @@ pub fn read(path: &Path) -> Vec<u8> {
         .read_to_end(&mut v)
         .unwrap();
     v
+}
+
+/// Unpadded URL-safe base64 (REALITY keys), the alphabet of RFC 4648 §5.
+pub fn base64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
 }
