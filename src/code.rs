@@ -58,6 +58,8 @@ codes! {
     NotAService = "NOT_A_SERVICE",
     NoPackageManager = "NO_PACKAGE_MANAGER",
     NotFound = "NOT_FOUND",
+    SubscriptionFailed = "SUBSCRIPTION_FAILED",
+    UnknownOutbound = "UNKNOWN_OUTBOUND",
     PackageFailed = "PACKAGE_FAILED",
     PackageNotAllowed = "PACKAGE_NOT_ALLOWED",
     PinMismatch = "PIN_MISMATCH",

@@ -148,6 +148,18 @@ pub(crate) enum EventKind {
         device: String,
         moved_to: Option<String>,
     },
+    /// A subscription was fetched: how many servers are usable, how many links were not,
+    /// and whether the servers changed (then the service runs on the new ones).
+    SubscriptionRefreshed {
+        servers: usize,
+        skipped: usize,
+        changed: bool,
+    },
+    /// A subscription refresh changed nothing: why (the service runs on as it was).
+    SubscriptionFailed {
+        code: &'static str,
+        error: String,
+    },
     ServiceCrashed {
         exit_code: Option<i32>,
         signal: Option<i32>,
@@ -176,6 +188,8 @@ impl EventKind {
             EventKind::UpdateAvailable { .. } => "update.available",
             EventKind::DeviceRouted { .. } => "device.routed",
             EventKind::DeviceUnrouted { .. } => "device.unrouted",
+            EventKind::SubscriptionRefreshed { .. } => "subscription.refreshed",
+            EventKind::SubscriptionFailed { .. } => "subscription.failed",
         }
     }
 }
@@ -253,6 +267,14 @@ impl Event {
             }
             EventKind::DeviceUnrouted { device, moved_to } => {
                 json!({ "device": device, "movedTo": moved_to })
+            }
+            EventKind::SubscriptionRefreshed {
+                servers,
+                skipped,
+                changed,
+            } => json!({ "servers": servers, "skipped": skipped, "changed": changed }),
+            EventKind::SubscriptionFailed { code, error } => {
+                json!({ "code": code, "error": error })
             }
             EventKind::ServiceCrashed {
                 exit_code,

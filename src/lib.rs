@@ -142,6 +142,9 @@ fn serve(cfg: Config) -> Result<(), String> {
         }
         follow_services(&installer);
         let resumed = installer.resume_interrupted().map_err(|e| e.to_string())?;
+        installer
+            .recover_reconfiguring()
+            .map_err(|e| e.to_string())?;
         let rolled_back = installer.recover_updates().await.map_err(|e| e.to_string())?;
         installer
             .resume_uninstalls()
@@ -161,6 +164,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         if let Some(b) = &cfg.board {
             log::info!(target: "api", "board {}: {}", b.name, b.description);
         }
+        tokio::spawn(Arc::clone(&installer).refresh_subscriptions_forever());
         let interval = cfg.updates.check_interval;
         if !interval.is_zero() {
             tokio::spawn(Arc::clone(&installer).check_updates_forever(interval));

@@ -233,7 +233,28 @@ fn snapshot_cases() -> Vec<(&'static str, &'static str, Value, &'static str, Opt
             vif,
             mark,
         ),
+        (
+            "sing-box-outbounds-urltest",
+            "sing-box",
+            json!({ "probeUrl": "http://192.0.2.80/generate_204", "outbounds": [
+                { "type": "trojan", "server": "a.example.org", "serverPort": 443, "password": "pw", "name": "A" },
+                { "type": "shadowsocks", "server": "192.0.2.3", "serverPort": 8388, "method": "aes-128-gcm", "password": "pw", "name": "A" },
+                { "type": "vless", "server": "2001:db8::9", "serverPort": 443, "uuid": UUID, "tls": { "enabled": true } }
+            ] }),
+            vif,
+            mark,
+        ),
         ("xray-default", "xray", json!({}), "127.0.0.1", None),
+        (
+            "xray-outbounds-first",
+            "xray",
+            json!({ "outbounds": [
+                { "type": "trojan", "server": "a.example.org", "serverPort": 443, "password": "pw", "name": "A" },
+                { "type": "shadowsocks", "server": "192.0.2.3", "serverPort": 8388, "method": "aes-128-gcm", "password": "pw" }
+            ] }),
+            vif,
+            mark,
+        ),
         (
             "xray-vless-reality-vision",
             "xray",
@@ -386,6 +407,7 @@ fn sample_string(format: Option<&str>, min: u64, max: u64, rng: &mut Rng) -> Str
             )
         }
         Some("ipv4") => format!("198.51.100.{}", 1 + rng.below(254)),
+        Some("url") => format!("http://192.0.2.{}/p{}", 1 + rng.below(254), rng.below(100)),
         Some("x25519") => {
             let key: Vec<u8> = (0..32).map(|_| rng.next() as u8).collect();
             common::base64url(&key)
@@ -482,7 +504,8 @@ fn sample(schema: &Value, rng: &mut Rng) -> Value {
             rng
         )),
         Some("array") => {
-            let n = rng.below(num("maxItems").unwrap_or(4) + 1);
+            let min = num("minItems").unwrap_or(0);
+            let n = min + rng.below(num("maxItems").unwrap_or(4).min(4).saturating_sub(min) + 1);
             Value::Array((0..n).map(|_| sample(&schema["items"], rng)).collect())
         }
         other => panic!("the sampler does not know type {other:?} in {schema}"),
@@ -495,15 +518,31 @@ fn sample(schema: &Value, rng: &mut Rng) -> Value {
 /// rules across fields `expand` enforces (tested in tests/links.rs).
 fn checker_only(generator: &str, settings: &mut Value) {
     let s = settings.as_object_mut().unwrap();
-    // Links have their own corpus (tests/links.rs); one excludes `outbound`.
+    // Links have their own corpus (tests/links.rs), a subscription is fetched by the agent
+    // (tests/traffic.rs); `outbound` and `outbounds` exclude each other.
     s.remove("link");
+    s.remove("subscription");
+    if s.contains_key("outbound") {
+        s.remove("outbounds");
+    }
     if generator == "tor" {
         s.remove("bridges");
         return;
     }
-    let Some(o) = s.get_mut("outbound") else {
-        return;
-    };
+    if let Some(o) = s.get_mut("outbound") {
+        checker_only_outbound(generator, o);
+    }
+    for o in s
+        .get_mut("outbounds")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        checker_only_outbound(generator, o);
+    }
+}
+
+fn checker_only_outbound(generator: &str, o: &mut Value) {
     let kind = o["type"].as_str().unwrap().to_owned();
     if let Some(tls) = o.get_mut("tls").and_then(Value::as_object_mut) {
         tls.remove("reality");

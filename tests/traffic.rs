@@ -379,6 +379,8 @@ fn tor_answers_socks5_on_its_segment() {
 
 /// The proxy servers' address in the "internet" (nginx is on `WAN_SERVER`).
 const PROXY_SERVER: &str = "198.51.100.3";
+/// Where the Shadowsocks server's requests leave from.
+const SS_EGRESS: &str = "198.51.100.4";
 
 /// A real sing-box in the internet namespace serving VLESS + TLS + Vision, Hysteria2 with
 /// salamander obfuscation and Shadowsocks 2022, with a self-signed certificate.
@@ -404,6 +406,8 @@ fn proxy_servers(net: &Net) -> ProxyServers {
     std::fs::create_dir_all(&dir).unwrap();
     net._internet
         .ip(&["addr", "add", &format!("{PROXY_SERVER}/24"), "dev", "eth0"]);
+    net._internet
+        .ip(&["addr", "add", &format!("{SS_EGRESS}/24"), "dev", "eth0"]);
     run(&[
         "openssl",
         "req",
@@ -429,16 +433,19 @@ fn proxy_servers(net: &Net) -> ProxyServers {
     let config = json!({
         "log": { "level": "warn" },
         "inbounds": [
-            { "type": "vless", "listen": PROXY_SERVER, "listen_port": 8443,
+            { "type": "vless", "tag": "vision", "listen": PROXY_SERVER, "listen_port": 8443,
               "users": [{ "uuid": LINK_UUID, "flow": "xtls-rprx-vision" }], "tls": tls },
             { "type": "hysteria2", "listen": PROXY_SERVER, "listen_port": 8444,
               "obfs": { "type": "salamander", "password": OBFS_PASSWORD },
               "users": [{ "password": HY2_PASSWORD }], "tls": tls },
-            { "type": "shadowsocks", "listen": PROXY_SERVER, "listen_port": 8388,
+            { "type": "shadowsocks", "tag": "ss2022", "listen": PROXY_SERVER, "listen_port": 8388,
               "method": "2022-blake3-aes-128-gcm", "password": SS2022_KEY }
         ],
-        // Its requests leave from its own address (nginx is on the same host).
-        "outbounds": [{ "type": "direct", "inet4_bind_address": PROXY_SERVER }]
+        // Its requests leave from its own address (nginx is on the same host); what came
+        // in over Shadowsocks from another, so nginx tells which server carried a request.
+        "outbounds": [{ "type": "direct", "tag": "out", "inet4_bind_address": PROXY_SERVER },
+                      { "type": "direct", "tag": "out-ss", "inet4_bind_address": SS_EGRESS }],
+        "route": { "rules": [{ "inbound": ["ss2022"], "outbound": "out-ss" }], "final": "out" }
     });
     let file = dir.join("server.json");
     std::fs::write(&file, config.to_string()).unwrap();
@@ -513,10 +520,13 @@ fn instances_installed_from_share_links_carry_lan_traffic_through_real_servers()
             "{name}"
         );
         let log = net.nginx.requests_for("/hello.txt");
+        let egress = if *name == "ss2022" {
+            SS_EGRESS
+        } else {
+            PROXY_SERVER
+        };
         assert!(
-            log.last()
-                .unwrap()
-                .ends_with(&format!("from={PROXY_SERVER}")),
+            log.last().unwrap().ends_with(&format!("from={egress}")),
             "{name}: nginx should see the proxy server, not the router: {log:?}"
         );
         ids.push(id);
@@ -588,6 +598,233 @@ fn instances_installed_from_share_links_carry_lan_traffic_through_real_servers()
         SS2022_KEY,
         "k2UwYq1T0lB8hmR3nV6sJg%3D%3D",
     ] {
+        assert!(!seen.contains(secret), "{secret} leaked:\n{seen}");
+    }
+    drop(servers);
+}
+
+/// The source nginx saw for the last request (after a successful curl through `proxy`).
+fn egress_of(net: &Net, proxy: &str) -> String {
+    assert_eq!(net.curl_via(proxy), "hello from the internet\n");
+    let log = net.nginx.requests_for("/hello.txt");
+    log.last()
+        .unwrap()
+        .rsplit("from=")
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A subscription as providers serve it: base64 of one link per line.
+fn subscription_body(links: &[String]) -> String {
+    let text = links.join("\n");
+    common::base64url(text.as_bytes())
+        .replace('-', "+")
+        .replace('_', "/")
+}
+
+#[test]
+fn a_subscription_picks_a_live_server_switches_on_select_and_a_bad_refresh_changes_nothing() {
+    let net = net("subscr");
+    let servers = proxy_servers(&net);
+    let agent = net.agent(&[net.singbox()]);
+    let events = agent.events();
+    let [(_, vision), _, (_, ss)] = share_links();
+    let dead = format!(
+        "ss://2022-blake3-aes-128-gcm:{}@{PROXY_SERVER}:8399#dead",
+        SS2022_KEY.replace('=', "%3D")
+    );
+    let write = |body: &str| std::fs::write(net.www.join("sub.txt"), body).unwrap();
+    write(&subscription_body(&[
+        dead.clone(),
+        vision.clone(),
+        ss.clone(),
+        "tuic://no-password@192.0.2.1:443#broken".into(),
+    ]));
+    // The token in the URL is a secret like the servers' passwords.
+    let url = format!("{}?token=SUBTOKEN-7f3a9", net.nginx.url("sub.txt"));
+    let probe = format!("http://{WAN_SERVER}:{}/probe", net.nginx.port);
+    std::fs::write(net.www.join("probe"), "ok\n").unwrap();
+    let id = agent.install_with(
+        "sing-box",
+        "subscribed",
+        json!({ "subscription": url, "subscriptionRefresh": 0, "probeUrl": probe }),
+    );
+    let p = running(&agent, &id);
+    let vlan = p["interface"]["vlanId"].as_u64().unwrap();
+    let service = p["interface"]["serviceAddress"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    net.plug_lan_client(vlan);
+    let proxy = format!("{service}:2080");
+    let q = "query($id: ID!) { instance(id: $id) { status error errorCode settings selectedOutbound outbounds { tag type server serverPort selected } subscription { servers skipped } } }";
+    let shown = |agent: &common::Agent| agent.data(q, json!({ "id": id }))["instance"].clone();
+    let i = shown(&agent);
+    assert_eq!(
+        i["outbounds"],
+        json!([
+            { "tag": "dead", "type": "shadowsocks", "server": PROXY_SERVER, "serverPort": 8399, "selected": false },
+            { "tag": "VLESS Vision", "type": "vless", "server": PROXY_SERVER, "serverPort": 8443, "selected": false },
+            { "tag": "SS2022", "type": "shadowsocks", "server": PROXY_SERVER, "serverPort": 8388, "selected": false }
+        ]),
+        "{i}"
+    );
+    assert_eq!(i["selectedOutbound"], "auto");
+    assert_eq!(i["subscription"]["servers"], 3);
+    let skipped = i["subscription"]["skipped"].to_string();
+    assert!(
+        skipped.contains("line 4") && skipped.contains("no :password"),
+        "{skipped}"
+    );
+    assert_eq!(
+        i["settings"],
+        json!({ "subscription": "(redacted)", "subscriptionRefresh": 0, "probeUrl": probe })
+    );
+
+    // urltest measures all three through the probe URL; a live one carries the traffic.
+    let mut first = String::new();
+    common::wait_until("a request through the subscription", TIMEOUT, || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.lan.name,
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .args(["--socks5-hostname", &proxy])
+            .arg(format!("http://{WAN_SERVER}:{}/hello.txt", net.nginx.port))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let log = net.nginx.requests_for("/hello.txt");
+            first = log
+                .last()
+                .unwrap()
+                .rsplit("from=")
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+        out.status.success()
+    });
+    assert!(first == PROXY_SERVER || first == SS_EGRESS, "{first}");
+
+    // selectOutbound pins a server (the service restarts once on a checked config).
+    let select = |tag: &str| {
+        agent.gql(
+            "mutation($id: ID!, $t: String!) { selectOutbound(instanceId: $id, tag: $t) { status selectedOutbound } }",
+            json!({ "id": id, "t": tag }),
+        )
+    };
+    let r = select("SS2022");
+    assert_eq!(
+        r["data"]["selectOutbound"],
+        json!({ "status": "RUNNING", "selectedOutbound": "SS2022" }),
+        "{r}"
+    );
+    assert_eq!(egress_of(&net, &proxy), SS_EGRESS);
+    let r = select("VLESS Vision");
+    assert_eq!(
+        r["data"]["selectOutbound"]["selectedOutbound"], "VLESS Vision",
+        "{r}"
+    );
+    assert_eq!(egress_of(&net, &proxy), PROXY_SERVER);
+    let r = select("nope");
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "UNKNOWN_OUTBOUND",
+        "{r}"
+    );
+    let refresh = || {
+        agent.gql(
+            "mutation($id: ID!) { refreshSubscription(instanceId: $id) { status subscription { servers } } }",
+            json!({ "id": id }),
+        )
+    };
+    let config_file = agent
+        .data_dir
+        .join(format!("instances/{id}/config/config.json"));
+    let config_before = std::fs::read_to_string(&config_file).unwrap();
+
+    // A malformed list, then one whose only server this sing-box cannot run (REALITY needs
+    // uTLS): each refresh fails, says why, and changes nothing.
+    let reality = format!(
+        "vless://{LINK_UUID}@{PROXY_SERVER}:8443?security=reality&sni=www.example.com&pbk=jNXHt1yRo0vDuchQlIP6Z0ZvjT3KtzVI-T4E7RoLJS0#reality"
+    );
+    for (body, code, words) in [
+        (
+            "<html>Service Unavailable</html>".to_owned(),
+            "SUBSCRIPTION_FAILED",
+            "neither a list of share links nor base64",
+        ),
+        (subscription_body(&[reality]), "CONFIG_REJECTED", "no uTLS"),
+    ] {
+        write(&body);
+        let r = refresh();
+        let e = &r["errors"][0];
+        assert_eq!(e["extensions"]["code"], code, "{r}");
+        assert!(e["message"].as_str().unwrap().contains(words), "{r}");
+        let i = shown(&agent);
+        assert_eq!(
+            (&i["status"], &i["errorCode"]),
+            (&json!("RUNNING"), &json!(code)),
+            "{i}"
+        );
+        assert!(
+            i["error"]
+                .as_str()
+                .unwrap()
+                .contains("the servers are unchanged"),
+            "{i}"
+        );
+        assert_eq!(i["subscription"]["servers"], 3, "{i}");
+        assert_eq!(
+            std::fs::read_to_string(&config_file).unwrap(),
+            config_before
+        );
+        assert_eq!(
+            egress_of(&net, &proxy),
+            PROXY_SERVER,
+            "still on the pinned server"
+        );
+        events.wait_for("subscription.failed", &id, TIMEOUT);
+    }
+
+    // A good refresh with other servers: applied, the pin kept where it still exists.
+    write(&subscription_body(&[vision.clone(), ss.clone()]));
+    let r = refresh();
+    assert_eq!(
+        r["data"]["refreshSubscription"],
+        json!({ "status": "RUNNING", "subscription": { "servers": 2 } }),
+        "{r}"
+    );
+    let i = shown(&agent);
+    assert_eq!(
+        (&i["error"], &i["selectedOutbound"]),
+        (&Value::Null, &json!("VLESS Vision")),
+        "{i}"
+    );
+    assert_eq!(egress_of(&net, &proxy), PROXY_SERVER);
+    let refreshed = events.wait_for("subscription.refreshed", &id, TIMEOUT);
+    assert_eq!(
+        (
+            &refreshed["payload"]["servers"],
+            &refreshed["payload"]["changed"]
+        ),
+        (&json!(2), &json!(true)),
+        "{refreshed}"
+    );
+
+    agent.uninstall(&id);
+    let seen = format!(
+        "{}\n{}",
+        agent.log(),
+        serde_json::to_string(&events.all()).unwrap()
+    );
+    for secret in ["SUBTOKEN-7f3a9", LINK_UUID, SS2022_KEY] {
         assert!(!seen.contains(secret), "{secret} leaked:\n{seen}");
     }
     drop(servers);

@@ -389,6 +389,33 @@ impl MutationRoot {
         )))
     }
 
+    /// Pins one of an instance's servers (a tag from `instance { outbounds }`, or `auto` for
+    /// the automatic choice). The new config is checked first, then the service restarts on
+    /// it once; if it does not become healthy the previous choice is back.
+    async fn select_outbound(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+        tag: String,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&instance_id)?;
+        let inst = installer(ctx).select_outbound(id, &tag).await?;
+        Ok(InstanceObject(Arc::new(inst)))
+    }
+
+    /// Fetches the instance's subscription now. The same servers change nothing; new ones
+    /// are applied like `selectOutbound`; a failed fetch, parse or check changes nothing
+    /// and says why (the error, `instance { error }`, event `subscription.failed`).
+    async fn refresh_subscription(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&instance_id)?;
+        let inst = installer(ctx).refresh_subscription(id).await?;
+        Ok(InstanceObject(Arc::new(inst)))
+    }
+
     /// Removes an instance (its process, interface and files); the binary stays while another
     /// instance uses it.
     async fn uninstall_instance(
@@ -809,6 +836,42 @@ impl InstanceObject {
     async fn auto_update(&self) -> bool {
         self.0.auto_update
     }
+    /// Its servers when it has several (`settings.outbounds`, or its subscription's as last
+    /// fetched), each under the tag `selectOutbound` takes. No secrets.
+    async fn outbounds(&self) -> Vec<OutboundObject> {
+        let list = crate::install::servers(&self.0);
+        let pinned = self.0.selected_outbound.as_deref();
+        crate::configgen::tags(&list)
+            .into_iter()
+            .zip(&list)
+            .map(|(tag, o)| OutboundObject {
+                selected: pinned == Some(tag.as_str()),
+                tag,
+                kind: o["type"].as_str().unwrap_or_default().to_owned(),
+                server: o["server"].as_str().unwrap_or_default().to_owned(),
+                server_port: o["serverPort"].as_u64().unwrap_or_default(),
+            })
+            .collect()
+    }
+    /// The pinned server's tag, `auto` when none is (sing-box picks by latency, Xray the
+    /// first), null without a list of servers.
+    async fn selected_outbound(&self) -> Option<String> {
+        let has_list = !crate::install::servers(&self.0).is_empty();
+        has_list.then(|| {
+            self.0
+                .selected_outbound
+                .clone()
+                .unwrap_or_else(|| crate::configgen::AUTO.to_owned())
+        })
+    }
+    /// Its subscription's last accepted fetch.
+    async fn subscription(&self) -> Option<SubscriptionObject> {
+        self.0.fetched.as_ref().map(|f| SubscriptionObject {
+            fetched_at: util::rfc3339(f.at),
+            servers: f.servers.len(),
+            skipped: f.skipped.clone(),
+        })
+    }
     /// The instance's network segment, when its router has interfaces.
     async fn interface(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<InterfaceObject>> {
         let rec = installer(ctx)
@@ -880,6 +943,30 @@ impl LogLineObject {
     async fn at(&self) -> String {
         util::rfc3339(self.0.at_ms)
     }
+}
+
+/// One of an instance's servers.
+#[derive(async_graphql::SimpleObject)]
+#[graphql(name = "Outbound")]
+pub(crate) struct OutboundObject {
+    tag: String,
+    #[graphql(name = "type")]
+    kind: String,
+    server: String,
+    server_port: u64,
+    /// Pinned by `selectOutbound`.
+    selected: bool,
+}
+
+/// What an instance's subscription held when it was last fetched and accepted.
+#[derive(async_graphql::SimpleObject)]
+#[graphql(name = "Subscription")]
+pub(crate) struct SubscriptionObject {
+    fetched_at: String,
+    /// Usable servers.
+    servers: usize,
+    /// The links that were not usable: `line N: why`.
+    skipped: Vec<String>,
 }
 
 pub(crate) struct ProgressObject(Progress);

@@ -144,40 +144,116 @@ impl Generator {
         s
     }
 
-    /// Settings as the renderer reads them: a `settings.link` parsed into `outbound` (and
-    /// checked against the outbound forms this generator has), then the rules a JSON Schema
-    /// cannot say. `settings` already passed the schema.
+    /// Settings as the renderer reads them: a `settings.link` parsed into `outbound`, a
+    /// subscription's fetched servers (`FETCHED`, put there by the installer) as `outbounds`,
+    /// then the rules a JSON Schema cannot say. `settings` already passed the schema.
     pub(crate) fn expand(self, settings: &Value) -> Result<Value, String> {
         let mut s = settings.clone();
-        if let Some(link) = s.as_object_mut().and_then(|o| o.remove("link")) {
-            if s.get("outbound").is_some() {
-                return Err("settings.link and settings.outbound exclude each other".into());
-            }
-            let o = link::parse(link.as_str().unwrap_or_default())
-                .map_err(|e| format!("settings.link: {e}"))?;
-            let forms = &self.schema()["properties"]["outbound"];
-            let known = forms["oneOf"].as_array().is_some_and(|f| {
-                f.iter()
-                    .any(|f| f["properties"]["type"]["const"] == o["type"])
-            });
-            if !known {
-                return Err(format!(
-                    "settings.link: {} links are not supported by this feature's generator",
-                    o["type"].as_str().unwrap_or_default()
-                ));
-            }
-            schema::check(forms, &o, "settings.link")?;
-            s["outbound"] = o;
+        let Some(obj) = s.as_object_mut() else {
+            return Ok(s);
+        };
+        let fetched = obj.remove(FETCHED);
+        let given: Vec<&str> = ["link", "outbound", "outbounds", "subscription"]
+            .into_iter()
+            .filter(|k| obj.contains_key(*k))
+            .collect();
+        if let [a, b, ..] = given[..] {
+            return Err(format!(
+                "settings.{a} and settings.{b} exclude each other: give one"
+            ));
         }
-        if let Some(o) = s.get("outbound") {
+        if let Some(link) = obj.remove("link") {
+            let o = self.outbound_from_link(link.as_str().unwrap_or_default())?;
+            obj.insert("outbound".into(), o);
+        }
+        if obj.contains_key("subscription") {
+            let refresh = obj.get("subscriptionRefresh").and_then(Value::as_u64);
+            if refresh.is_some_and(|r| r > 0 && r < 300) {
+                return Err(
+                    "settings.subscriptionRefresh must be 0 (never) or at least 300 seconds".into(),
+                );
+            }
+            if let Some(list) = fetched {
+                obj.remove("subscription");
+                obj.insert("outbounds".into(), list);
+            }
+        }
+        if let Some(o) = obj.get("outbound") {
+            check_outbound(o)?;
+        }
+        for o in obj
+            .get("outbounds")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             check_outbound(o)?;
         }
         Ok(s)
     }
 
+    /// One share link as an outbound of a form this generator has.
+    fn outbound_from_link(self, link: &str) -> Result<Value, String> {
+        let o = link::parse(link).map_err(|e| format!("settings.link: {e}"))?;
+        let forms = &self.schema()["properties"]["outbound"];
+        let known = forms["oneOf"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|f| f["properties"]["type"]["const"] == o["type"])
+        });
+        if !known {
+            return Err(format!(
+                "settings.link: {} links are not supported by this feature's generator",
+                o["type"].as_str().unwrap_or_default()
+            ));
+        }
+        schema::check(forms, &o, "settings.link")?;
+        check_outbound(&o)?;
+        Ok(o)
+    }
+
+    /// A subscription's body (base64 of a list of links, or the plain list; one link per
+    /// line): the servers this generator can use, and for each line it cannot, why. At least
+    /// one usable server, or nothing.
+    pub(crate) fn subscription(self, body: &str) -> Result<(Vec<Value>, Vec<String>), String> {
+        let body = body.trim();
+        let text = if body.contains("://") {
+            body.to_owned()
+        } else {
+            crate::util::base64_decode_lenient(body)
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|t| t.contains("://"))
+                .ok_or("the subscription is neither a list of share links nor base64 of one")?
+        };
+        let (mut servers, mut skipped) = (Vec::new(), Vec::new());
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match self.outbound_from_link(line) {
+                Ok(o) if servers.len() < MAX_OUTBOUNDS => servers.push(o),
+                Ok(_) => skipped.push(format!("line {}: more than {MAX_OUTBOUNDS} servers", n + 1)),
+                Err(e) => skipped.push(format!(
+                    "line {}: {}",
+                    n + 1,
+                    e.trim_start_matches("settings.link: ")
+                )),
+            }
+        }
+        if servers.is_empty() {
+            let first = skipped.first().map_or("no links", String::as_str);
+            return Err(format!("no usable server in the subscription ({first})"));
+        }
+        Ok((servers, skipped))
+    }
+
     /// Renders `settings` (checked against the schema; a link is expanded here).
     pub(crate) fn render(self, ctx: &Context, settings: &Value) -> Result<Rendered, String> {
         let settings = &self.expand(settings)?;
+        if settings.get("subscription").is_some() {
+            // Never a config without the servers (it would go out directly).
+            return Err("the subscription has not been fetched yet (the agent fetches it when it installs the instance)".into());
+        }
         match self {
             Generator::Tor => tor::render(ctx, settings),
             Generator::SingBox => singbox::render(ctx, settings),
@@ -240,15 +316,53 @@ pub(crate) fn redact(schema: &Value, settings: &Value) -> Value {
     s
 }
 
+/// Where the installer puts a subscription's fetched servers in the settings it renders
+/// (not a setting: the schema refuses it from clients).
+pub(crate) const FETCHED: &str = "_fetched";
+/// Where the installer puts the server `selectOutbound` pinned.
+pub(crate) const SELECTED: &str = "_selected";
+/// The selector's automatic choice (sing-box's `urltest`; Xray: the first server).
+pub(crate) const AUTO: &str = "auto";
+pub(crate) const MAX_OUTBOUNDS: usize = 64;
+
+/// The outbound tags of a list of servers: each one's name, made unique (`name #N`), or
+/// `server-N`; never one of the tags the generators use themselves.
+pub(crate) fn tags(outbounds: &[Value]) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::with_capacity(outbounds.len());
+    for (i, o) in outbounds.iter().enumerate() {
+        let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
+        let mut tag = if name.is_empty() {
+            format!("server-{}", i + 1)
+        } else {
+            name.to_owned()
+        };
+        if tags.contains(&tag) || matches!(tag.as_str(), AUTO | "proxy" | "direct") {
+            tag = format!("{tag} #{}", i + 1);
+        }
+        tags.push(tag);
+    }
+    tags
+}
+
 /// What answers show in place of a secret.
 pub(crate) const REDACTED: &str = "(redacted)";
 
 /// Calls `f` on every value `schema` marks `writeOnly`.
 fn walk_secrets(schema: &Value, v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
     let schema = match schema.get("oneOf").and_then(Value::as_array) {
-        Some(forms) => match forms.iter().find(|s| schema::check(s, v, "").is_ok()) {
+        // The form the value is (else the one its `type` names); without one, every
+        // string in it counts as a secret: fail closed.
+        Some(forms) => match forms
+            .iter()
+            .find(|s| schema::check(s, v, "").is_ok())
+            .or_else(|| {
+                forms.iter().find(|s| {
+                    s.pointer("/properties/type/const")
+                        .is_some_and(|c| Some(c) == v.get("type"))
+                })
+            }) {
             Some(s) => s,
-            None => return,
+            None => return every_string(v, f),
         },
         None => schema,
     };
@@ -270,6 +384,15 @@ fn walk_secrets(schema: &Value, v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
                 }
             }
         }
+        _ => {}
+    }
+}
+
+fn every_string(v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
+    match v {
+        Value::String(_) => f(v),
+        Value::Array(items) => items.iter_mut().for_each(|i| every_string(i, f)),
+        Value::Object(o) => o.values_mut().for_each(|i| every_string(i, f)),
         _ => {}
     }
 }
@@ -382,5 +505,108 @@ pub(crate) fn command(c: Command) -> Result<String, String> {
             };
             g.render(&ctx, &settings).map(|r| r.text)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_keep_the_usable_servers_and_say_why_others_are_not() {
+        let list = "trojan://pw@a.example.org:443#A\n\n# a comment\nvless://x@b.example.org:443\n\
+                    tuic://123e4567-e89b-12d3-a456-426614174000:pw@c.example.org:443#T\n\
+                    ss://YWVzLTEyOC1nY206cHc@192.0.2.3:8388#A\n";
+        let (servers, skipped) = Generator::SingBox.subscription(list).unwrap();
+        assert_eq!(servers.len(), 3);
+        assert_eq!(skipped, ["line 4: settings.link.uuid is not a valid uuid"]);
+        assert_eq!(tags(&servers), ["A", "T", "A #3"]);
+        // The same list in base64 (URL-safe, unpadded), and for Xray, which has no TUIC.
+        let b64 = crate::util::base64_encode(list.as_bytes())
+            .replace('+', "-")
+            .replace('/', "_");
+        let (servers, skipped) = Generator::Xray
+            .subscription(b64.trim_end_matches('='))
+            .unwrap();
+        assert_eq!((servers.len(), skipped.len()), (2, 2), "{skipped:?}");
+        assert!(
+            skipped[1].contains("tuic links are not supported"),
+            "{skipped:?}"
+        );
+        for bad in ["<html>503</html>", "", "dHJvamFu"] {
+            let e = Generator::SingBox.subscription(bad).unwrap_err();
+            assert!(
+                e.contains("neither a list of share links nor base64"),
+                "{bad}: {e}"
+            );
+        }
+        let e = Generator::SingBox
+            .subscription("vless://nope@x.example:1\nhttp://x\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("no usable server in the subscription (line 1:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tags_are_unique_and_never_the_generators_own() {
+        let named = |n: &str| json!({ "name": n });
+        let list = [
+            named("proxy"),
+            json!({}),
+            named("auto"),
+            named("x"),
+            named("x"),
+            json!({}),
+        ];
+        assert_eq!(
+            tags(&list),
+            ["proxy #1", "server-2", "auto #3", "x", "x #5", "server-6"]
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_answers_and_found_for_scrubbing() {
+        let g = Generator::SingBox;
+        let uuid = "123e4567-e89b-12d3-a456-426614174000";
+        let s = json!({ "mixedPort": 2080, "outbounds": [
+            { "type": "vless", "server": "a.example", "serverPort": 1, "uuid": uuid,
+              "tls": { "reality": { "publicKey": "k", "shortId": "abcd" } } },
+            { "type": "hysteria2", "server": "b.example", "serverPort": 2, "password": "pw1",
+              "obfs": { "type": "salamander", "password": "pw2" } }
+        ] });
+        let shown = redact(&g.schema(), &s);
+        assert_eq!(shown["mixedPort"], 2080);
+        assert_eq!(shown["outbounds"][0]["uuid"], REDACTED);
+        assert_eq!(shown["outbounds"][0]["tls"]["reality"]["shortId"], REDACTED);
+        assert_eq!(shown["outbounds"][0]["tls"]["reality"]["publicKey"], "k");
+        assert_eq!(shown["outbounds"][1]["obfs"]["password"], REDACTED);
+        // A value of no known form (an older agent's settings): all its strings hidden.
+        let odd = redact(
+            &g.schema(),
+            &json!({ "outbound": { "type": "future", "key": "s3cret" } }),
+        );
+        assert_eq!(
+            odd["outbound"],
+            json!({ "type": REDACTED, "key": REDACTED })
+        );
+        let link = json!({ "link": "trojan://pw3@c.example:443" });
+        let mut found = g.secrets(&s);
+        found.extend(g.secrets(&link));
+        for secret in [
+            uuid,
+            "abcd",
+            "pw1",
+            "pw2",
+            "pw3",
+            "trojan://pw3@c.example:443",
+        ] {
+            assert!(found.iter().any(|f| f == secret), "{secret}: {found:?}");
+        }
+        assert_eq!(
+            scrub("uuid 123e4567-e89b-12d3-a456-426614174000 bad", &found),
+            "uuid (redacted) bad"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! A JSON Schema subset, enough for the settings schemas the generators publish: `type`,
 //! `properties`, `required`, `additionalProperties: false`, `enum`, `const`, `oneOf`,
-//! `minimum`/`maximum`, `minLength`/`maxLength`, `items`/`maxItems`, and a few `format`s
-//! (`hostname`, `uuid`, `nickname`, `text`, `x25519`, `shortid`, `path`); `writeOnly` marks secrets. Other keywords are not used by our schemas; a
+//! `minimum`/`maximum`, `minLength`/`maxLength`, `items`/`minItems`/`maxItems`, and a few `format`s
+//! (`hostname`, `uuid`, `nickname`, `text`, `x25519`, `shortid`, `path`, `url`); `writeOnly` marks secrets. Other keywords are not used by our schemas; a
 //! validator elsewhere reads the same schema the standard way.
 
 use serde_json::Value;
@@ -55,6 +55,16 @@ fn format_ok(format: &str, s: &str) -> bool {
         "x25519" => {
             s.len() == 43 && crate::util::base64_decode_lenient(s).is_some_and(|k| k.len() == 32)
         }
+        // An http(s) URL with a host.
+        "url" => s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .is_some_and(|rest| {
+                !rest.is_empty()
+                    && !rest.starts_with('/')
+                    && s.bytes()
+                        .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
+            }),
         // An HTTP request path: `/`, then printable ASCII, `%` only before two hex digits.
         "path" => {
             b.first() == Some(&b'/')
@@ -161,6 +171,11 @@ pub(super) fn check(schema: &Value, v: &Value, path: &str) -> Result<(), String>
         }
     }
     if let Some(items) = v.as_array() {
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+            && (items.len() as u64) < min
+        {
+            return Err(format!("{path} needs at least {min} items"));
+        }
         if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
             && items.len() as u64 > max
         {

@@ -150,16 +150,26 @@ pub(super) fn outbound_schema(quic_protocols: bool) -> Value {
     json!({ "oneOf": forms })
 }
 
-/// `settings.link`: one share link instead of `outbound`.
-pub(super) fn link_schema() -> Value {
-    secret(
+/// The ways to name the upstream servers, besides `outbound`: one share link, several
+/// servers, or a subscription the agent fetches (and refreshes).
+pub(super) fn server_choices(props: &mut Value, quic_protocols: bool) {
+    props["link"] = secret(
         json!({ "type": "string", "format": "text", "minLength": 1, "maxLength": 4096,
-                   "description": "a share link (vless://, vmess://, trojan://, ss://, hysteria2://, tuic://) instead of outbound" }),
-    )
+        "description": "a share link (vless://, vmess://, trojan://, ss://, hysteria2://, tuic://) instead of outbound" }),
+    );
+    props["outbounds"] = json!({ "type": "array", "minItems": 1, "maxItems": super::MAX_OUTBOUNDS,
+        "items": outbound_schema(quic_protocols),
+        "description": "several servers: sing-box picks by latency (urltest), selectOutbound pins one; Xray uses the pinned one or the first" });
+    props["subscription"] = secret(
+        json!({ "type": "string", "format": "url", "maxLength": 2048,
+        "description": "a URL returning share links (base64 or plain, one per line), fetched by the agent at install and every subscriptionRefresh seconds" }),
+    );
+    props["subscriptionRefresh"] = json!({ "type": "integer", "minimum": 0, "maximum": 2_592_000,
+        "description": "seconds between refreshes of the subscription: 0 never, else at least 300 (default 86400)" });
 }
 
 pub(super) fn schema() -> Value {
-    json!({
+    let mut s = json!({
         "type": "object",
         "additionalProperties": false,
         "properties": {
@@ -169,9 +179,12 @@ pub(super) fn schema() -> Value {
             "logLevel": { "enum": ["trace", "debug", "info", "warn", "error", "fatal", "panic"] },
             "dnsUpstream": super::dns_upstream_schema(),
             "outbound": outbound_schema(true),
-            "link": link_schema()
+            "probeUrl": { "type": "string", "format": "url", "maxLength": 512,
+                          "description": "what urltest fetches through each server to measure it (default https://www.gstatic.com/generate_204)" }
         }
-    })
+    });
+    server_choices(&mut s["properties"], true);
+    s
 }
 
 fn tls_json(t: Option<&Value>, server: &str, required: bool) -> Option<Value> {
@@ -276,6 +289,38 @@ fn user_outbound(o: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Several servers: each under its tag, a `urltest` (`auto`) over them, and the `proxy`
+/// selector above both, on `auto` unless one is pinned.
+fn servers(s: &Value, list: &[Value]) -> Vec<Value> {
+    let tags = super::tags(list);
+    let mut out: Vec<Value> = list
+        .iter()
+        .zip(&tags)
+        .map(|(o, t)| {
+            let mut o = user_outbound(o);
+            o["tag"] = json!(t);
+            o
+        })
+        .collect();
+    let probe = s
+        .get("probeUrl")
+        .and_then(Value::as_str)
+        .unwrap_or("https://www.gstatic.com/generate_204");
+    out.push(json!({ "type": "urltest", "tag": super::AUTO, "outbounds": tags, "url": probe, "interval": "3m" }));
+    let selected = s
+        .get(super::SELECTED)
+        .and_then(Value::as_str)
+        .filter(|t| tags.iter().any(|x| x == t))
+        .unwrap_or(super::AUTO);
+    let mut choices = vec![json!(super::AUTO)];
+    choices.extend(tags.iter().map(|t| json!(t)));
+    out.push(
+        json!({ "type": "selector", "tag": "proxy", "outbounds": choices, "default": selected,
+                     "interrupt_exist_connections": true }),
+    );
+    out
+}
+
 pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     let listen = ctx.listen.to_string();
     let mixed = port(s, "mixedPort", 2080);
@@ -298,9 +343,13 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     }
     // With an upstream proxy there is no `direct` outbound at all: nothing a rule, a sniffer
     // or a future default could pick sends a routed device's traffic out unproxied.
-    let (outbounds, final_tag) = match s.get("outbound") {
-        Some(o) => (vec![user_outbound(o)], "proxy"),
-        None => (vec![json!({ "type": "direct", "tag": "direct" })], "direct"),
+    let (outbounds, final_tag) = match (
+        s.get("outbound"),
+        s.get("outbounds").and_then(Value::as_array),
+    ) {
+        (Some(o), _) => (vec![user_outbound(o)], "proxy"),
+        (None, Some(list)) => (servers(s, list), "proxy"),
+        (None, None) => (vec![json!({ "type": "direct", "tag": "direct" })], "direct"),
     };
     let mut route = json!({ "final": final_tag });
     if let Some(mark) = ctx.mark {

@@ -9,7 +9,7 @@ use super::{Context, DNS_PORT, Rendered, TRANSPARENT_PORT, port, port_schema};
 pub(super) const FILE: &str = "config.json";
 
 pub(super) fn schema() -> Value {
-    json!({
+    let mut s = json!({
         "type": "object",
         "additionalProperties": false,
         "properties": {
@@ -17,10 +17,11 @@ pub(super) fn schema() -> Value {
             "transparentPort": port_schema(),
             "logLevel": { "enum": ["debug", "info", "warning", "error", "none"] },
             "dnsUpstream": super::dns_upstream_schema(),
-            "outbound": super::singbox::outbound_schema(false),
-            "link": super::singbox::link_schema()
+            "outbound": super::singbox::outbound_schema(false)
         }
-    })
+    });
+    super::singbox::server_choices(&mut s["properties"], false);
+    s
 }
 
 /// `streamSettings`: the transport, TLS or REALITY, and the routing mark. `o` is the user's
@@ -133,7 +134,21 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     let socks = port(s, "socksPort", 10808);
     // The first outbound is the default route; with an upstream proxy there is no `freedom`
     // outbound at all, so nothing can leave directly.
-    let outbounds = match s.get("outbound") {
+    // Several servers: the one `selectOutbound` pinned, else the first (no automatic choice:
+    // Xray's observatory and balancers are beyond V2Ray 4, the checker here).
+    let chosen = s
+        .get("outbounds")
+        .and_then(Value::as_array)
+        .and_then(|list| {
+            let tags = super::tags(list);
+            let pinned = s.get(super::SELECTED).and_then(Value::as_str);
+            let i = tags
+                .iter()
+                .position(|t| Some(t.as_str()) == pinned)
+                .unwrap_or(0);
+            list.get(i)
+        });
+    let outbounds = match s.get("outbound").or(chosen) {
         Some(o) => vec![user_outbound(o, ctx.mark)],
         None => vec![
             json!({ "tag": "direct", "protocol": "freedom", "streamSettings": stream(ctx.mark, None) }),

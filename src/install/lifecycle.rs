@@ -103,6 +103,7 @@ impl Installer {
             .transition(&inst.id, Status::Configuring, None, |_| {})
             .await
             .ok_or_else(|| StepError::vanished(Step::Configuring))?;
+        let inst = self.first_fetch(inst, feature).await?;
         let uid = self
             .store
             .allocate_uid(self.config.supervisor.uid_range, &inst.id)
@@ -123,7 +124,7 @@ impl Installer {
                 return Ok(None);
             };
             let rendered = generator
-                .render(&ctx, &record.settings)
+                .render(&ctx, &super::subscription::render_settings(&record))
                 .map_err(|e| StepError::new(Step::Configuring, Code::ConfigInvalid, e))?;
             let file = paths.config.join(generator.file_name());
             write_config(&file, &rendered.text, uid)?;
@@ -249,7 +250,10 @@ impl Installer {
         let svc = feature.service.clone().unwrap_or_default();
         let generator = feature.generator();
         let rendered = match generator {
-            Some(g) => Some(g.render(&ctx, &inst.settings).map_err(err)?),
+            Some(g) => Some(
+                g.render(&ctx, &super::subscription::render_settings(inst))
+                    .map_err(err)?,
+            ),
             None => None,
         };
         let config = generator.map(|g| paths.config.join(g.file_name()));
@@ -343,7 +347,7 @@ impl Installer {
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         // A checker may quote the config: its words never carry the settings' secrets on.
-        let secrets = feature.secrets(&inst.settings);
+        let secrets = feature.secrets(&super::subscription::render_settings(inst));
         let generator = feature.generator();
         blocking(move || {
             spec.cgroup = cgroups.leaf(&leaf, &limits).map_err(fail)?;
@@ -437,7 +441,7 @@ impl Installer {
         let rendered = match feature.generator() {
             Some(g) => Some((
                 paths.config.join(g.file_name()),
-                g.render(&ctx, &inst.settings)
+                g.render(&ctx, &super::subscription::render_settings(inst))
                     .map_err(|e| StepError::new(Step::Starting, Code::ConfigInvalid, e))?
                     .text,
                 g,
@@ -467,10 +471,7 @@ impl Installer {
             (changed, rendered, inst.binary_path.clone())
         {
             log::info!(target: "supervisor", "instance {}: its config is rendered anew by this agent version; checking it", inst.id);
-            let args = match feature.service.as_ref().and_then(|s| s.check.clone()) {
-                Some(t) => configgen::expand(&t, &file),
-                None => generator.check_args(&file),
-            };
+            let args = check_args(feature, generator, &file);
             self.check_config(inst, feature, PathBuf::from(binary), args)
                 .await
                 .map_err(|e| StepError::new(Step::Starting, e.code, e.message))?;
@@ -707,6 +708,14 @@ fn prepare_dirs(p: &InstancePaths, uid: u32) -> Result<(), StepError> {
 }
 
 /// Writes a config file atomically: root's, readable by the service's group only (0640).
+/// How the service checks `file`: the catalogue's `service.check`, else the generator's.
+pub(super) fn check_args(feature: &Feature, g: configgen::Generator, file: &Path) -> Vec<String> {
+    match feature.service.as_ref().and_then(|s| s.check.clone()) {
+        Some(t) => configgen::expand(&t, file),
+        None => g.check_args(file),
+    }
+}
+
 pub(super) fn write_config(file: &Path, text: &str, gid: u32) -> Result<(), StepError> {
     use std::io::Write;
     let tmp = file.with_extension("new");

@@ -21,6 +21,7 @@ mod lifecycle;
 pub(crate) mod package;
 mod pipeline;
 mod request;
+mod subscription;
 mod uninstall;
 mod update;
 pub(crate) mod updates;
@@ -40,6 +41,7 @@ use crate::vif::InterfaceFactory;
 use fetch::Downloads;
 pub(crate) use layout::Layout;
 pub(crate) use request::InstallRequest;
+pub(crate) use subscription::servers;
 
 /// Why a step failed: the step, a stable code for clients, and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +130,8 @@ pub(crate) struct Installer {
     /// instance, an update's target), so the collector never deletes a version in the moment
     /// between its look at the instances and its delete.
     artifacts_gate: tokio::sync::Mutex<()>,
+    /// One change of servers (refresh, `selectOutbound`) at a time.
+    reconfigure_gate: tokio::sync::Mutex<()>,
 }
 
 impl Installer {
@@ -165,6 +169,7 @@ impl Installer {
             layout,
             progress: Mutex::new(HashMap::new()),
             artifacts_gate: tokio::sync::Mutex::new(()),
+            reconfigure_gate: tokio::sync::Mutex::new(()),
             found: Mutex::new(updates::Found::default()),
         }
     }

@@ -18,13 +18,12 @@ use std::sync::Arc;
 use super::{Installer, RequestError, StepError, blocking, refuse, wrong_state};
 use crate::catalogue::Feature;
 use crate::code::Code;
-use crate::configgen;
 use crate::events::{EventKind, ProgressStatus};
 use crate::failpoint;
 use crate::store::{Instance, Previous, Status, Step};
 
 /// `config.json` → `config.next.json` (the extension kept: some checkers go by it).
-fn staged(file: &Path, tag: &str) -> PathBuf {
+pub(super) fn staged(file: &Path, tag: &str) -> PathBuf {
     let name = file
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -209,7 +208,7 @@ impl Installer {
             let paths = self.instance_paths(&inst.id);
             let (ctx, _) = self.context(inst, &paths);
             let rendered = generator
-                .render(&ctx, &inst.settings)
+                .render(&ctx, &super::subscription::render_settings(inst))
                 .map_err(|e| StepError::new(Step::Configuring, Code::ConfigInvalid, e))?;
             let next = staged(config, "next");
             let text = rendered.text;
@@ -222,11 +221,7 @@ impl Installer {
                 )
             })?;
             blocking(move || super::lifecycle::write_config(&file, &text, uid)).await?;
-            let check = target.service.as_ref().and_then(|s| s.check.clone());
-            let args = match check {
-                Some(t) => configgen::expand(&t, &next),
-                None => generator.check_args(&next),
-            };
+            let args = super::lifecycle::check_args(target, generator, &next);
             let binary = PathBuf::from(&artifact.binary_path);
             self.check_config(inst, target, binary, args).await?;
         }

@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub(crate) use records::{
-    Artifact, DeviceRoute, DownloadState, IfStatus, Instance, InterfaceRecord, OnServiceDown,
-    PackageRecord, Previous, Status, Step,
+    Artifact, DeviceRoute, DownloadState, Fetched, IfStatus, Instance, InterfaceRecord,
+    OnServiceDown, PackageRecord, Previous, Servers, Status, Step,
 };
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");

@@ -94,6 +94,26 @@ impl Step {
     }
 }
 
+/// A subscription's servers (outbound objects of the settings schema) and when they came.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Fetched {
+    pub servers: Vec<serde_json::Value>,
+    pub at: u64,
+    /// Its links that could not be used, and why (`line N: ...`).
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// The last refresh attempt (a failed one leaves `at` as it was).
+    #[serde(default)]
+    pub attempted: u64,
+}
+
+/// The servers and the pin an instance had before a reconfiguration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Servers {
+    pub fetched: Option<Fetched>,
+    pub selected: Option<String>,
+}
+
 /// One installed (or installing) copy of a feature, named by the user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Instance {
@@ -143,6 +163,16 @@ pub(crate) struct Instance {
     /// Update to a newer release as soon as an update check finds one (`setAutoUpdate`).
     #[serde(default)]
     pub auto_update: bool,
+    /// The servers of its subscription as last fetched and accepted: its config is rendered
+    /// from them (a restart needs no network).
+    #[serde(default)]
+    pub fetched: Option<Fetched>,
+    /// The server `selectOutbound` pinned (None: the automatic choice).
+    #[serde(default)]
+    pub selected_outbound: Option<String>,
+    /// While UPDATING for new servers or a new pin: what to go back to.
+    #[serde(default)]
+    pub reconfiguring: Option<Servers>,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -179,6 +209,9 @@ impl Instance {
             feature: None,
             on_service_down: OnServiceDown::Block,
             auto_update: false,
+            fetched: None,
+            selected_outbound: None,
+            reconfiguring: None,
             created_at: now,
             updated_at: now,
         }

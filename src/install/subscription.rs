@@ -1,0 +1,493 @@
+//! Several servers behind one instance: `settings.outbounds`, or a `settings.subscription`
+//! the agent fetches at install and every `subscriptionRefresh` seconds (default a day), and
+//! `selectOutbound` pinning one of them. A new list or pin is applied with `updateInstance`'s
+//! rules: rendered and checked by the service's own binary first (a fetch, parse or check
+//! that fails changes nothing: the service keeps RUNNING, the instance's `error` and a
+//! `subscription.failed` event say why), then the service is restarted once on it and must
+//! become healthy, else the previous servers are put back and started again. A crash in
+//! between is undone at the next start (`recover_reconfiguring`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Installer, RequestError, StepError, blocking, refuse, wrong_state};
+use crate::catalogue::Feature;
+use crate::code::Code;
+use crate::configgen::{self, Generator};
+use crate::events::EventKind;
+use crate::store::{Fetched, Instance, Servers, Status, Step};
+
+/// The most a subscription's body may be.
+const BODY_CAP: u64 = 1 << 20;
+/// How soon a refresh that failed is tried again.
+const RETRY_MS: u64 = 300_000;
+/// `subscriptionRefresh` when the settings do not say.
+const DEFAULT_REFRESH_SECS: u64 = 86_400;
+
+/// The settings the generator renders: the user's, with the fetched servers and the pin.
+pub(crate) fn render_settings(inst: &Instance) -> Value {
+    let mut s = inst.settings.clone();
+    if let Some(o) = s.as_object_mut() {
+        if let Some(f) = &inst.fetched {
+            o.insert(configgen::FETCHED.into(), Value::from(f.servers.clone()));
+        }
+        if let Some(t) = &inst.selected_outbound {
+            o.insert(configgen::SELECTED.into(), Value::from(t.as_str()));
+        }
+    }
+    s
+}
+
+/// The servers an instance's config names, as generator and outbound objects.
+pub(crate) fn servers(inst: &Instance) -> Vec<Value> {
+    match &inst.fetched {
+        Some(f) => f.servers.clone(),
+        None => inst
+            .settings
+            .get("outbounds")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    }
+}
+
+fn subscription_url(inst: &Instance) -> Option<String> {
+    inst.settings
+        .get("subscription")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+impl Installer {
+    /// GETs and parses the subscription on a blocking thread. No message carries the URL
+    /// (its path or query often holds the user's token).
+    async fn fetch_subscription(&self, url: String, g: Generator) -> Result<Fetched, String> {
+        let http = self.config.feed.http.clone();
+        blocking(move || {
+            let agent = crate::http_client::agent(&http);
+            let body = crate::http_client::get_small(&agent, &url, BODY_CAP).map_err(|e| {
+                format!(
+                    "fetching the subscription: {}",
+                    e.to_string().replace(&url, "(its URL)")
+                )
+            })?;
+            let text = String::from_utf8(body)
+                .map_err(|_| "the subscription is not UTF-8 text".to_owned())?;
+            let (servers, skipped) = g.subscription(&text)?;
+            let at = crate::util::now_ms();
+            Ok(Fetched {
+                servers,
+                at,
+                skipped,
+                attempted: at,
+            })
+        })
+        .await
+    }
+
+    /// CONFIGURING of an instance with a subscription: the first fetch, recorded before its
+    /// config is rendered (without it there is nothing to render).
+    pub(super) async fn first_fetch(
+        &self,
+        inst: Instance,
+        feature: &Feature,
+    ) -> Result<Instance, StepError> {
+        let (Some(url), Some(g)) = (subscription_url(&inst), feature.generator()) else {
+            return Ok(inst);
+        };
+        if inst.fetched.is_some() {
+            return Ok(inst);
+        }
+        let secrets = feature.secrets(&render_settings(&inst));
+        let fetched = self.fetch_subscription(url, g).await.map_err(|e| {
+            StepError::new(
+                Step::Configuring,
+                Code::SubscriptionFailed,
+                configgen::scrub(&e, &secrets),
+            )
+        })?;
+        log::info!(target: "api", "instance {}: subscription has {} usable server(s), {} skipped", inst.id, fetched.servers.len(), fetched.skipped.len());
+        let store = self.store.clone();
+        let id = inst.id.clone();
+        blocking(move || store.update_instance(&id, |i| i.fetched = Some(fetched)))
+            .await
+            .map(|(_, after)| after)
+            .map_err(|e| StepError::new(Step::Configuring, Code::StateError, e.to_string()))
+    }
+
+    /// `refreshSubscription` and the timer: fetch, and apply a list that differs.
+    pub(crate) async fn refresh_subscription(&self, id: &str) -> Result<Instance, RequestError> {
+        let inst = self.existing(id)?;
+        let Some(url) = subscription_url(&inst) else {
+            return Err(refuse(
+                Code::InvalidState,
+                format!("instance {id} has no subscription"),
+            ));
+        };
+        let (feature, g) = self.generator_of(&inst)?;
+        let secrets = feature.secrets(&render_settings(&inst));
+        let result = match self.fetch_subscription(url, g).await {
+            Ok(f)
+                if inst
+                    .fetched
+                    .as_ref()
+                    .is_some_and(|old| old.servers == f.servers) =>
+            {
+                // The same servers: only the time of the fetch changes (and an earlier
+                // refresh's failure is over).
+                let store = self.store.clone();
+                let key = id.to_owned();
+                let at = f.at;
+                blocking(move || {
+                    store.update_instance(&key, |i| {
+                        if let Some(old) = &mut i.fetched {
+                            old.at = at;
+                            old.attempted = at;
+                        }
+                        if i.error_code.as_deref() == Some(Code::SubscriptionFailed.as_str()) {
+                            i.error = None;
+                            i.error_code = None;
+                        }
+                    })
+                })
+                .await?;
+                self.bus.publish(
+                    Some(id),
+                    EventKind::SubscriptionRefreshed {
+                        servers: f.servers.len(),
+                        skipped: f.skipped.len(),
+                        changed: false,
+                    },
+                );
+                return self.existing(id);
+            }
+            Ok(f) => {
+                let (servers, skipped) = (f.servers.len(), f.skipped.len());
+                let next = Servers {
+                    fetched: Some(f),
+                    selected: inst.selected_outbound.clone(),
+                };
+                self.reconfigure(&inst, &feature, next, "subscription refreshed")
+                    .await
+                    .map(|done| (done, servers, skipped))
+            }
+            Err(e) => Err(StepError::new(
+                Step::Configuring,
+                Code::SubscriptionFailed,
+                e,
+            )),
+        };
+        match result {
+            Ok((done, servers, skipped)) => {
+                self.bus.publish(
+                    Some(id),
+                    EventKind::SubscriptionRefreshed {
+                        servers,
+                        skipped,
+                        changed: true,
+                    },
+                );
+                Ok(done)
+            }
+            Err(e) => Err(self.refresh_failed(id, &e, &secrets).await),
+        }
+    }
+
+    /// A refresh that changed nothing: the instance keeps its status and says why.
+    async fn refresh_failed(&self, id: &str, e: &StepError, secrets: &[String]) -> RequestError {
+        let message = format!(
+            "subscription refresh failed, the servers are unchanged: {}",
+            configgen::scrub(&e.message, secrets)
+        );
+        log::warn!(target: "api", "instance {id}: {message}");
+        let (store, key, text, code) = (self.store.clone(), id.to_owned(), message.clone(), e.code);
+        let _ = blocking(move || {
+            store.update_instance(&key, |i| {
+                i.error = Some(text);
+                i.error_code = Some(code.to_string());
+                if let Some(f) = &mut i.fetched {
+                    f.attempted = crate::util::now_ms();
+                }
+            })
+        })
+        .await;
+        self.bus.publish(
+            Some(id),
+            EventKind::SubscriptionFailed {
+                code: e.code.as_str(),
+                error: message.clone(),
+            },
+        );
+        refuse(e.code, message)
+    }
+
+    /// `selectOutbound`: pins one of the instance's servers (`auto`: the automatic choice).
+    pub(crate) async fn select_outbound(
+        &self,
+        id: &str,
+        tag: &str,
+    ) -> Result<Instance, RequestError> {
+        let inst = self.existing(id)?;
+        let (feature, _) = self.generator_of(&inst)?;
+        let tags = configgen::tags(&servers(&inst));
+        if tags.is_empty() {
+            return Err(refuse(
+                Code::InvalidState,
+                format!(
+                    "instance {id} has no list of servers (settings.outbounds or settings.subscription)"
+                ),
+            ));
+        }
+        let selected = if tag == configgen::AUTO {
+            None
+        } else if tags.iter().any(|t| t == tag) {
+            Some(tag.to_owned())
+        } else {
+            return Err(refuse(
+                Code::UnknownOutbound,
+                format!(
+                    "instance {id} has no server {tag:?} (it has {}, and {})",
+                    tags.join(", "),
+                    configgen::AUTO
+                ),
+            ));
+        };
+        let next = Servers {
+            fetched: inst.fetched.clone(),
+            selected,
+        };
+        let secrets = feature.secrets(&render_settings(&inst));
+        self.reconfigure(&inst, &feature, next, "server selected")
+            .await
+            .map_err(|e| refuse(e.code, configgen::scrub(&e.message, &secrets)))
+    }
+
+    fn generator_of(&self, inst: &Instance) -> Result<(Feature, Generator), RequestError> {
+        let feature = self.feature_for(inst, &inst.version).ok_or_else(|| {
+            refuse(
+                Code::CatalogueChanged,
+                format!(
+                    "the definition of {} {} is unknown",
+                    inst.feature_id, inst.version
+                ),
+            )
+        })?;
+        let g = feature.generator().ok_or_else(|| {
+            refuse(
+                Code::InvalidState,
+                format!("{} has no config generator", inst.feature_id),
+            )
+        })?;
+        Ok((feature, g))
+    }
+
+    /// Applies `next` (servers and pin): checked first, then one healthy start, else back.
+    async fn reconfigure(
+        &self,
+        inst: &Instance,
+        feature: &Feature,
+        next: Servers,
+        reason: &str,
+    ) -> Result<Instance, StepError> {
+        let _one = self.reconfigure_gate.lock().await;
+        let id = inst.id.clone();
+        let inst = self
+            .existing(&id)
+            .map_err(|e| StepError::new(Step::Updating, e.code, e.message))?;
+        let mut candidate = inst.clone();
+        candidate.fetched.clone_from(&next.fetched);
+        candidate.selected_outbound.clone_from(&next.selected);
+        if inst.status != Status::Running {
+            if !matches!(
+                inst.status,
+                Status::Stopped | Status::Installed | Status::Failed
+            ) {
+                let e = wrong_state(
+                    &inst,
+                    "; servers change on a RUNNING, STOPPED, INSTALLED or FAILED instance",
+                );
+                return Err(StepError::new(Step::Updating, e.code, e.message));
+            }
+            // Nothing runs: the next start renders and checks the new servers.
+            let store = self.store.clone();
+            return blocking(move || {
+                store.update_instance(&id, |i| {
+                    i.fetched = next.fetched;
+                    i.selected_outbound = next.selected;
+                })
+            })
+            .await
+            .map(|(_, after)| after)
+            .map_err(|e| StepError::new(Step::Updating, Code::StateError, e.to_string()));
+        }
+        self.check_candidate(&candidate, feature).await?;
+        // Apply: UPDATING (no stop, update or uninstall meanwhile), the old servers kept.
+        let store = self.store.clone();
+        let (key, servers) = (id.clone(), next.clone());
+        let applied = blocking(move || {
+            store.update_instance(&key, |i| {
+                if i.status == Status::Running {
+                    i.status = Status::Updating;
+                    i.reconfiguring = Some(Servers {
+                        fetched: i.fetched.take(),
+                        selected: i.selected_outbound.take(),
+                    });
+                    i.fetched = servers.fetched;
+                    i.selected_outbound = servers.selected;
+                }
+            })
+        })
+        .await
+        .map_err(|e| StepError::new(Step::Updating, Code::StateError, e.to_string()))?;
+        let (before, updating) = applied;
+        if updating.status != Status::Updating {
+            let e = wrong_state(&updating, " now; the servers were not changed");
+            return Err(StepError::new(Step::Updating, e.code, e.message));
+        }
+        self.bus.publish(
+            Some(&id),
+            EventKind::StatusChanged {
+                from: before.status,
+                to: Status::Updating,
+                reason: Some(reason.to_owned()),
+            },
+        );
+        self.supervisor.stop(&id).await;
+        match self.launch(&updating, feature, Some(1)).await {
+            Ok(()) => self
+                .transition(&id, Status::Running, Some(reason), |i| {
+                    i.reconfiguring = None;
+                    i.error = None;
+                    i.error_code = None;
+                    i.failed_step = None;
+                })
+                .await
+                .ok_or_else(|| StepError::vanished(Step::Updating)),
+            Err(e) => {
+                self.put_servers_back(&updating, feature, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Renders `candidate` into `config.next.*` and lets the binary check it; the running
+    /// service and its config are not touched.
+    async fn check_candidate(
+        &self,
+        candidate: &Instance,
+        feature: &Feature,
+    ) -> Result<(), StepError> {
+        let bad = |m: String| StepError::new(Step::Configuring, Code::ConfigInvalid, m);
+        let g = feature
+            .generator()
+            .ok_or_else(|| bad("no config generator".into()))?;
+        let paths = self.instance_paths(&candidate.id);
+        let (ctx, _) = self.context(candidate, &paths);
+        let text = g
+            .render(&ctx, &render_settings(candidate))
+            .map_err(bad)?
+            .text;
+        let next = super::update::staged(&paths.config.join(g.file_name()), "next");
+        let uid = candidate
+            .uid
+            .ok_or_else(|| bad("the instance has no service user".into()))?;
+        let file = next.clone();
+        blocking(move || super::lifecycle::write_config(&file, &text, uid)).await?;
+        let binary = candidate.binary_path.clone().unwrap_or_default().into();
+        let checked = self
+            .check_config(
+                candidate,
+                feature,
+                binary,
+                super::lifecycle::check_args(feature, g, &next),
+            )
+            .await;
+        blocking(move || std::fs::remove_file(next)).await.ok();
+        checked
+    }
+
+    /// The new servers did not start: the old ones back, started again.
+    async fn put_servers_back(&self, inst: &Instance, feature: &Feature, e: &StepError) {
+        let old = inst.reconfiguring.clone().unwrap_or_default();
+        self.supervisor.stop(&inst.id).await;
+        self.kill_leftover(inst);
+        let Some(back) = self
+            .transition(&inst.id, Status::Updating, None, move |i| {
+                i.fetched = old.fetched;
+                i.selected_outbound = old.selected;
+                i.reconfiguring = None;
+                i.pid = None;
+            })
+            .await
+        else {
+            return;
+        };
+        let mut message = format!(
+            "the new servers did not start ({}); the previous ones are back",
+            e.message
+        );
+        let status = match self.launch(&back, feature, None).await {
+            Ok(()) => Status::Running,
+            Err(again) => {
+                message = format!("{message}, and did not start either: {}", again.message);
+                Status::Failed
+            }
+        };
+        let (code, text) = (e.code.to_string(), message.clone());
+        self.transition(&inst.id, status, Some(&message), move |i| {
+            i.failed_step = (status == Status::Failed).then_some(Step::Updating);
+            i.error_code = Some(code);
+            i.error = Some(text);
+        })
+        .await;
+    }
+
+    /// Agent start: a reconfiguration a crash interrupted is undone (its servers were not
+    /// proven); the next start renders the old ones again.
+    pub(crate) fn recover_reconfiguring(&self) -> Result<usize, crate::store::StoreError> {
+        let interrupted = self
+            .store
+            .instances_where(|i| i.status == Status::Updating && i.reconfiguring.is_some())?;
+        for inst in &interrupted {
+            log::warn!(target: "api", "instance {}: the agent stopped while changing its servers; the previous ones are back", inst.id);
+            self.kill_leftover(inst);
+            self.store.update_instance(&inst.id, |i| {
+                let old = i.reconfiguring.take().unwrap_or_default();
+                i.fetched = old.fetched;
+                i.selected_outbound = old.selected;
+                i.status = Status::Running;
+                i.pid = None;
+            })?;
+        }
+        Ok(interrupted.len())
+    }
+
+    /// Refreshes each RUNNING instance's subscription when its `subscriptionRefresh` is due,
+    /// for as long as the agent runs.
+    pub(crate) async fn refresh_subscriptions_forever(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let now = crate::util::now_ms();
+            let due = self.store.instances_where(|i| {
+                let every = i
+                    .settings
+                    .get("subscriptionRefresh")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(DEFAULT_REFRESH_SECS);
+                // A failed refresh is tried again after RETRY, not every minute.
+                i.status == Status::Running
+                    && every > 0
+                    && i.fetched.as_ref().is_some_and(|f| {
+                        now.saturating_sub(f.at) >= every.saturating_mul(1000)
+                            && now.saturating_sub(f.attempted) >= RETRY_MS
+                    })
+            });
+            for inst in due.unwrap_or_default() {
+                // A failure is recorded on the instance and published: nothing more to do.
+                let _ = self.refresh_subscription(&inst.id).await;
+            }
+        }
+    }
+}
