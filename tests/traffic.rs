@@ -829,3 +829,83 @@ fn a_subscription_picks_a_live_server_switches_on_select_and_a_bad_refresh_chang
     }
     drop(servers);
 }
+
+#[test]
+fn a_failed_or_killed_server_change_leaves_the_previous_server_running() {
+    let net = net("reconf");
+    let mut agent = net.agent(&[net.singbox()]);
+    let servers = json!([
+        { "type": "shadowsocks", "server": "192.0.2.7", "serverPort": 8388, "method": "aes-128-gcm", "password": "pw", "name": "A" },
+        { "type": "shadowsocks", "server": "192.0.2.8", "serverPort": 8388, "method": "aes-128-gcm", "password": "pw", "name": "B" }
+    ]);
+    let id = agent.install_with("sing-box", "two", json!({ "outbounds": servers }));
+    running(&agent, &id);
+    let config = agent
+        .data_dir
+        .join(format!("instances/{id}/config/config.json"));
+    let selector_default = || -> Value {
+        let c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        c["outbounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["tag"] == "proxy")
+            .unwrap()["default"]
+            .clone()
+    };
+    assert_eq!(selector_default(), "auto");
+    let select = |agent: &Agent, tag: &str| {
+        agent.try_post(
+            &json!({ "query": "mutation($id: ID!, $t: String!) { selectOutbound(instanceId: $id, tag: $t) { selectedOutbound } }",
+                     "variables": { "id": id, "t": tag } }).to_string(),
+            Some(&agent.token),
+        )
+    };
+    let state = |agent: &Agent| {
+        agent.data(
+            "query($id: ID!) { instance(id: $id) { status selectedOutbound errorCode process { state } } }",
+            json!({ "id": id }),
+        )["instance"]
+            .clone()
+    };
+
+    // The new server's start fails (injected after the old process stopped): A is back.
+    agent.kill9();
+    agent.restart_with(&[("NNC_FAILPOINTS", "reconfigure.stopped=error")]);
+    running(&agent, &id);
+    let (_, r) = select(&agent, "B").unwrap();
+    assert_eq!(r["errors"][0]["extensions"]["code"], "INJECTED", "{r}");
+    let s = state(&agent);
+    assert_eq!(
+        (&s["status"], &s["selectedOutbound"], &s["process"]["state"]),
+        (&json!("RUNNING"), &json!("auto"), &json!("RUNNING")),
+        "{s}"
+    );
+    assert_eq!(selector_default(), "auto");
+
+    // The agent dies right there: the next start puts A back and runs it.
+    agent.kill9();
+    agent.restart_with(&[("NNC_FAILPOINTS", "reconfigure.stopped=abort")]);
+    running(&agent, &id);
+    assert!(
+        select(&agent, "B").is_err(),
+        "the agent died under the request"
+    );
+    assert!(agent.wait_exit(TIMEOUT));
+    agent.restart_with(&[]);
+    let s = running(&agent, &id);
+    assert_eq!(s["status"], "RUNNING");
+    let s = state(&agent);
+    assert_eq!(
+        (&s["selectedOutbound"], &s["process"]["state"]),
+        (&json!("auto"), &json!("RUNNING")),
+        "{s}"
+    );
+    assert_eq!(selector_default(), "auto");
+
+    // And without a failpoint the change goes through.
+    let (_, r) = select(&agent, "B").unwrap();
+    assert_eq!(r["data"]["selectOutbound"]["selectedOutbound"], "B", "{r}");
+    assert_eq!(selector_default(), "B");
+    agent.uninstall(&id);
+}

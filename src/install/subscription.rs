@@ -139,12 +139,13 @@ impl Installer {
                 // refresh's failure is over).
                 let store = self.store.clone();
                 let key = id.to_owned();
-                let at = f.at;
+                let (at, skipped) = (f.at, f.skipped.clone());
                 blocking(move || {
                     store.update_instance(&key, |i| {
                         if let Some(old) = &mut i.fetched {
                             old.at = at;
                             old.attempted = at;
+                            old.skipped = skipped;
                         }
                         if i.error_code.as_deref() == Some(Code::SubscriptionFailed.as_str()) {
                             i.error = None;
@@ -355,7 +356,11 @@ impl Installer {
             },
         );
         self.supervisor.stop(&id).await;
-        match self.launch(&updating, feature, Some(1)).await {
+        let started = match crate::failpoint::hit("reconfigure.stopped") {
+            Ok(()) => self.launch(&updating, feature, Some(1)).await,
+            Err(m) => Err(StepError::new(Step::Updating, Code::Injected, m)),
+        };
+        match started {
             Ok(()) => self
                 .transition(&id, Status::Running, Some(reason), |i| {
                     i.reconfiguring = None;
