@@ -131,8 +131,21 @@ impl std::fmt::Display for GetError {
 
 /// GETs a small document (catalogue, checksums file, signature), refusing more than `cap` bytes.
 pub(crate) fn get_small(agent: &ureq::Agent, url: &str, cap: u64) -> Result<Vec<u8>, GetError> {
+    get_small_within(agent, url, cap, Duration::from_secs(3600))
+}
+
+/// `get_small` that gives up after `deadline` in all, however slowly the server sends.
+pub(crate) fn get_small_within(
+    agent: &ureq::Agent,
+    url: &str,
+    cap: u64,
+    deadline: Duration,
+) -> Result<Vec<u8>, GetError> {
     let resp = agent
         .get(url)
+        .config()
+        .timeout_global(Some(deadline))
+        .build()
         .call()
         .map_err(|e| GetError::Failed(format!("GET {url}: {e}")))?;
     let status = resp.status();

@@ -196,7 +196,7 @@ fn invalid_links_are_refused_naming_the_part() {
         (
             "sing-box",
             "hysteria2://pw@192.0.2.1:443,8000-9000",
-            "port hopping is not supported",
+            "port hopping (several ports) is not supported",
         ),
         (
             "xray",

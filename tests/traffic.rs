@@ -645,10 +645,20 @@ fn a_subscription_picks_a_live_server_switches_on_select_and_a_bad_refresh_chang
     let url = format!("{}?token=SUBTOKEN-7f3a9", net.nginx.url("sub.txt"));
     let probe = format!("http://{WAN_SERVER}:{}/probe", net.nginx.port);
     std::fs::write(net.www.join("probe"), "ok\n").unwrap();
+    // Plain http only when the user accepts it: whoever is on the way could pick the servers.
+    let refused = agent.install_with("sing-box", "plain", json!({ "subscription": url }));
+    let p = agent.wait_status(&refused, &["RUNNING", "FAILED"], TIMEOUT);
+    assert_eq!(
+        (&p["failedStep"], &p["errorCode"]),
+        (&json!("configuring"), &json!("SUBSCRIPTION_FAILED")),
+        "{p}"
+    );
+    assert!(p["error"].as_str().unwrap().contains("plain http"), "{p}");
+    agent.uninstall(&refused);
     let id = agent.install_with(
         "sing-box",
         "subscribed",
-        json!({ "subscription": url, "subscriptionRefresh": 0, "probeUrl": probe }),
+        json!({ "subscription": url, "subscriptionHttp": true, "subscriptionRefresh": 0, "probeUrl": probe }),
     );
     let p = running(&agent, &id);
     let vlan = p["interface"]["vlanId"].as_u64().unwrap();
@@ -679,7 +689,7 @@ fn a_subscription_picks_a_live_server_switches_on_select_and_a_bad_refresh_chang
     );
     assert_eq!(
         i["settings"],
-        json!({ "subscription": "(redacted)", "subscriptionRefresh": 0, "probeUrl": probe })
+        json!({ "subscription": "(redacted)", "subscriptionHttp": true, "subscriptionRefresh": 0, "probeUrl": probe })
     );
 
     // urltest measures all three through the probe URL; a live one carries the traffic.

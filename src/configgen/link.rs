@@ -47,12 +47,17 @@ pub(crate) fn parse(link: &str) -> Res<Value> {
         }
         other => {
             return Err(format!(
-                "{other}:// links are not supported (vless, vmess, trojan, ss, hysteria2, hy2, tuic)"
+                "{}:// links are not supported (vless, vmess, trojan, ss, hysteria2, hy2, tuic)",
+                shown(other)
             ));
         }
     };
     // The name is only a label: what the "text" format refuses is dropped, not an error.
+    let inner = out
+        .remove("name")
+        .and_then(|n| n.as_str().map(str::to_owned));
     let name: String = name
+        .or(inner)
         .unwrap_or_default()
         .chars()
         .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
@@ -64,6 +69,15 @@ pub(crate) fn parse(link: &str) -> Res<Value> {
     Ok(Value::Object(out))
 }
 
+/// A value as an error message may quote it: a short word, else only that there was one (a
+/// link's values may be secrets, or junk from a third party's list).
+fn shown(v: &str) -> &str {
+    let word = v.len() <= 32
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+'));
+    if word { v } else { "(a value)" }
+}
+
 /// `%XX` decoding; the result must be UTF-8. `what` names the part in errors.
 fn decode(s: &str, what: &str) -> Res<String> {
     let b = s.as_bytes();
@@ -73,6 +87,7 @@ fn decode(s: &str, what: &str) -> Res<String> {
         if b[i] == b'%' {
             let hex = b
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("{what}: bad percent-encoding"))?;
@@ -110,6 +125,9 @@ impl Url {
             let (h, after) = v6.split_once(']').ok_or("host: unclosed [")?;
             h.parse::<Ipv6Addr>()
                 .map_err(|_| "host: not an IPv6 address inside [ ]")?;
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err("host: junk after ]".into());
+            }
             (h, after.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -122,13 +140,13 @@ impl Url {
         }
         let port = match port {
             Some(p) if p.contains([',', '-']) => {
-                return Err(format!("port {p}: port hopping is not supported"));
+                return Err("port hopping (several ports) is not supported".to_owned());
             }
             Some(p) => p
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("port {p:?} is not a port number"))?,
+                .ok_or_else(|| "the port is not a port number".to_owned())?,
             None if default_port > 0 => default_port,
             None => return Err("no port after the host".into()),
         };
@@ -136,9 +154,9 @@ impl Url {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let k = decode(k, "a query parameter")?;
-            let v = decode(v, &k)?;
+            let v = decode(v, shown(&k))?;
             if pairs.iter().any(|(seen, _)| *seen == k) {
-                return Err(format!("{k} is given twice"));
+                return Err(format!("{} is given twice", shown(&k)));
             }
             pairs.push((k, v));
         }
@@ -229,7 +247,7 @@ impl Stream<'_> {
         match self.network {
             "tcp" | "raw" => {
                 if let Some(h) = self.header.filter(|h| *h != "none") {
-                    return Err(format!("headerType={h} is not supported (none)"));
+                    return Err(format!("headerType={} is not supported (none)", shown(h)));
                 }
             }
             "ws" | "httpupgrade" => {
@@ -243,7 +261,7 @@ impl Stream<'_> {
             }
             "grpc" => {
                 if let Some(m) = self.grpc_mode.filter(|m| *m != "gun") {
-                    return Err(format!("gRPC mode={m} is not supported (gun)"));
+                    return Err(format!("gRPC mode={} is not supported (gun)", shown(m)));
                 }
                 t.insert("type".into(), json!("grpc"));
                 if let Some(s) = self.service {
@@ -252,7 +270,8 @@ impl Stream<'_> {
             }
             other => {
                 return Err(format!(
-                    "transport {other} is not supported (tcp, ws, grpc, httpupgrade)"
+                    "transport {} is not supported (tcp, ws, grpc, httpupgrade)",
+                    shown(other)
                 ));
             }
         }
@@ -269,7 +288,8 @@ impl Stream<'_> {
             }
             other => {
                 return Err(format!(
-                    "security={other} is not supported (none, tls, reality)"
+                    "security={} is not supported (none, tls, reality)",
+                    shown(other)
                 ));
             }
         }
@@ -315,7 +335,7 @@ fn vless(u: &Url) -> Res<Map<String, Value>> {
     let mut out = u.base("vless");
     out.insert("uuid".into(), json!(u.user("UUID")?));
     if let Some(e) = u.get("encryption").filter(|e| *e != "none") {
-        return Err(format!("encryption={e} is not supported (none)"));
+        return Err(format!("encryption={} is not supported (none)", shown(e)));
     }
     let stream = Stream::from_query(u, "none");
     stream.apply(&mut out)?;
@@ -349,7 +369,7 @@ fn hysteria2(u: &Url) -> Res<Map<String, Value>> {
                 json!({ "type": "salamander", "password": pw }),
             );
         }
-        Some(o) => return Err(format!("obfs={o} is not supported (salamander)")),
+        Some(o) => return Err(format!("obfs={} is not supported (salamander)", shown(o))),
     }
     let insecure = u.flag(&["insecure"]);
     out.insert("tls".into(), tls(u.get("sni"), None, None, insecure));
@@ -446,7 +466,8 @@ fn vmess(rest: &str) -> Res<Map<String, Value>> {
 
 /// SIP002 (`USERINFO@HOST:PORT[/][?plugin=]`) or the older all-base64 form.
 fn shadowsocks(rest: &str) -> Res<Map<String, Value>> {
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    // Standard base64 (the older form) may hold '/': only '?' ends it.
+    let authority_end = rest.find('?').unwrap_or(rest.len());
     let (user, u) = if rest[..authority_end].contains('@') {
         let u = Url::parse(rest, 0)?;
         let info = u.user("method:password")?.to_owned();
@@ -460,7 +481,7 @@ fn shadowsocks(rest: &str) -> Res<Map<String, Value>> {
         };
         (info, u)
     } else {
-        let raw = crate::util::base64_decode_lenient(&rest[..authority_end])
+        let raw = crate::util::base64_decode_lenient(rest[..authority_end].trim_end_matches('/'))
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or("ss:// is neither SIP002 nor base64 of method:password@host:port")?;
         let (info, hostport) = raw
@@ -471,7 +492,7 @@ fn shadowsocks(rest: &str) -> Res<Map<String, Value>> {
     };
     if let Some(p) = u.get("plugin") {
         let name = p.split(';').next().unwrap_or_default();
-        return Err(format!("plugin {name} is not supported"));
+        return Err(format!("plugin {} is not supported", shown(name)));
     }
     let (method, password) = user.split_once(':').ok_or("no method:password before @")?;
     let mut out = u.base("shadowsocks");
@@ -548,6 +569,12 @@ mod tests {
                 "ss://2022-blake3-aes-256-gcm:YctPZ6U7xPPcU%2Bgp3u%2B0tx%2FtRizJN9K8y%2BuKlW2qjlI%3D@[2001:db8::3]:8388#ss2022".to_owned(),
                 json!({ "type": "shadowsocks", "server": "2001:db8::3", "serverPort": 8388,
                         "method": "2022-blake3-aes-256-gcm", "password": "YctPZ6U7xPPcU+gp3u+0tx/tRizJN9K8y+uKlW2qjlI=", "name": "ss2022" }),
+            ),
+            (
+                // Standard base64 with a '/' in it (the older form).
+                format!("ss://{}#slash", b64("aes-256-gcm:???@192.0.2.4:8389")),
+                json!({ "type": "shadowsocks", "server": "192.0.2.4", "serverPort": 8389,
+                        "method": "aes-256-gcm", "password": "???", "name": "slash" }),
             ),
             (
                 format!("ss://{}#old", b64("aes-256-gcm:pw@192.0.2.4:8389")),
@@ -644,6 +671,25 @@ mod tests {
             ),
             ("vmess://!!", "not base64"),
             ("vmess://e30", "add (the server) is missing"),
+            // A secret where a port or a word was expected is never quoted back.
+            (
+                "tuic://123e4567-e89b-12d3-a456-426614174000:SECRETPW",
+                "not a port number",
+            ),
+            ("hy2://u:SECRETPW?x@192.0.2.1", "not a port number"),
+            (
+                "vless://id@192.0.2.1:443?security=SECRET%0Aline",
+                "security=(a value)",
+            ),
+            (
+                "SECRET-but-a-very-long-scheme-name-beyond-32://x",
+                "(a value):// links",
+            ),
+            ("vless://SECRETID@[2001:db8::1]junk", "junk after ]"),
+            (
+                "vless://SECRETID@192.0.2.1:443?path=%+F",
+                "bad percent-encoding",
+            ),
         ] {
             let e = parse(link).unwrap_err();
             assert!(e.contains(words), "{link}: {e}");

@@ -224,21 +224,40 @@ impl Generator {
                 .filter(|t| t.contains("://"))
                 .ok_or("the subscription is neither a list of share links nor base64 of one")?
         };
-        let (mut servers, mut skipped) = (Vec::new(), Vec::new());
+        let (mut servers, mut skipped, mut unlisted) = (Vec::new(), Vec::new(), 0);
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match self.outbound_from_link(line) {
-                Ok(o) if servers.len() < MAX_OUTBOUNDS => servers.push(o),
-                Ok(_) => skipped.push(format!("line {}: more than {MAX_OUTBOUNDS} servers", n + 1)),
-                Err(e) => skipped.push(format!(
-                    "line {}: {}",
-                    n + 1,
-                    e.trim_start_matches("settings.link: ")
-                )),
+            let parsed = if line.len() > 4096 {
+                Err("longer than 4096 bytes".to_owned())
+            } else if servers.len() == MAX_OUTBOUNDS {
+                Err(format!("more than {MAX_OUTBOUNDS} servers"))
+            } else {
+                self.outbound_from_link(line)
+                    .and_then(|o| match o["server"].as_str() {
+                        Some(h) if inside(h) => {
+                            Err(format!("{h} is a loopback, private or link-local address"))
+                        }
+                        _ => Ok(o),
+                    })
+            };
+            match parsed {
+                Ok(o) => servers.push(o),
+                // Only the first reasons are kept: a body of junk must not fill the record.
+                Err(e) if skipped.len() < MAX_SKIPPED => {
+                    skipped.push(format!(
+                        "line {}: {}",
+                        n + 1,
+                        e.trim_start_matches("settings.link: ")
+                    ));
+                }
+                Err(_) => unlisted += 1,
             }
+        }
+        if unlisted > 0 {
+            skipped.push(format!("{unlisted} more lines skipped"));
         }
         if servers.is_empty() {
             let first = skipped.first().map_or("no links", String::as_str);
@@ -253,6 +272,11 @@ impl Generator {
         if settings.get("subscription").is_some() {
             // Never a config without the servers (it would go out directly).
             return Err("the subscription has not been fetched yet (the agent fetches it when it installs the instance)".into());
+        }
+        if settings.get("outbounds").is_some_and(|o| !o.is_array())
+            || settings.get("outbound").is_some_and(|o| !o.is_object())
+        {
+            return Err("settings.outbound(s) is malformed: no config without its servers".into());
         }
         match self {
             Generator::Tor => tor::render(ctx, settings),
@@ -324,6 +348,36 @@ pub(crate) const SELECTED: &str = "_selected";
 /// The selector's automatic choice (sing-box's `urltest`; Xray: the first server).
 pub(crate) const AUTO: &str = "auto";
 pub(crate) const MAX_OUTBOUNDS: usize = 64;
+/// How many skipped lines of a subscription are listed (with why).
+const MAX_SKIPPED: usize = 16;
+
+/// A server address a third party's list must not name: the service's own loopback, the
+/// router's networks (private and link-local ranges), nothing at all, multicast.
+fn inside(host: &str) -> bool {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => {
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast()
+        }
+        Ok(std::net::IpAddr::V6(a)) => {
+            let s = a.segments()[0];
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s & 0xfe00) == 0xfc00
+                || (s & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(|m| inside(&m.to_string()))
+        }
+        Err(_) => {
+            let h = host.to_ascii_lowercase();
+            h == "localhost" || h.ends_with(".localhost")
+        }
+    }
+}
 
 /// The outbound tags of a list of servers: each one's name, made unique (`name #N`), or
 /// `server-N`; never one of the tags the generators use themselves.
@@ -331,13 +385,15 @@ pub(crate) fn tags(outbounds: &[Value]) -> Vec<String> {
     let mut tags: Vec<String> = Vec::with_capacity(outbounds.len());
     for (i, o) in outbounds.iter().enumerate() {
         let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
-        let mut tag = if name.is_empty() {
+        let base = if name.is_empty() {
             format!("server-{}", i + 1)
         } else {
             name.to_owned()
         };
-        if tags.contains(&tag) || matches!(tag.as_str(), AUTO | "proxy" | "direct") {
-            tag = format!("{tag} #{}", i + 1);
+        let (mut tag, mut n) = (base.clone(), i + 1);
+        while tags.contains(&tag) || matches!(tag.as_str(), AUTO | "proxy" | "direct") {
+            tag = format!("{base} #{n}");
+            n += 1;
         }
         tags.push(tag);
     }
@@ -372,8 +428,11 @@ fn walk_secrets(schema: &Value, v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
     match v {
         Value::Object(o) => {
             for (k, val) in o {
-                if let Some(s) = schema.pointer(&format!("/properties/{k}")) {
-                    walk_secrets(s, val, f);
+                match schema.pointer(&format!("/properties/{k}")) {
+                    Some(s) => walk_secrets(s, val, f),
+                    // A field this schema does not know (an older or newer record's): its
+                    // strings count as secrets.
+                    None => every_string(val, f),
                 }
             }
         }
@@ -399,8 +458,12 @@ fn every_string(v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
 
 /// `text` with every secret replaced by `REDACTED`.
 pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
+    // Longest first: a short secret inside a longer one must not leave the rest of it.
+    let mut sorted: Vec<&String> = secrets.iter().collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    sorted.dedup();
     let mut t = text.to_owned();
-    for s in secrets {
+    for s in sorted {
         t = t.replace(s.as_str(), REDACTED);
     }
     t
@@ -533,6 +596,30 @@ mod tests {
             skipped[1].contains("tuic links are not supported"),
             "{skipped:?}"
         );
+        // Third parties' lists name no server inside the router's networks, and a list of
+        // junk is summarised, not kept line by line.
+        for inner in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "169.254.0.1",
+            "[fd00::1]",
+            "[fe80::1]",
+            "localhost",
+            "[::ffff:192.168.0.1]",
+        ] {
+            let e = Generator::SingBox
+                .subscription(&format!("trojan://pw@{inner}:443"))
+                .unwrap_err();
+            assert!(
+                e.contains("loopback, private or link-local"),
+                "{inner}: {e}"
+            );
+        }
+        let junk = format!("trojan://pw@a.example.org:443\n{}", "x://y\n".repeat(100));
+        let (_, skipped) = Generator::SingBox.subscription(&junk).unwrap();
+        assert_eq!(skipped.len(), MAX_SKIPPED + 1);
+        assert_eq!(skipped.last().unwrap(), "84 more lines skipped");
         for bad in ["<html>503</html>", "", "dHJvamFu"] {
             let e = Generator::SingBox.subscription(bad).unwrap_err();
             assert!(
@@ -564,6 +651,10 @@ mod tests {
             tags(&list),
             ["proxy #1", "server-2", "auto #3", "x", "x #5", "server-6"]
         );
+        let list = [named("a"), named("a #2"), named("a")];
+        assert_eq!(tags(&list), ["a", "a #2", "a #3"]);
+        let list = [named("auto #1"), named("auto")];
+        assert_eq!(tags(&list), ["auto #1", "auto #2"]);
     }
 
     #[test]
@@ -608,5 +699,8 @@ mod tests {
             scrub("uuid 123e4567-e89b-12d3-a456-426614174000 bad", &found),
             "uuid (redacted) bad"
         );
+        // A short secret inside a longer one: the longer goes whole.
+        let nested = ["12".to_owned(), uuid.to_owned()];
+        assert_eq!(scrub(&format!("id {uuid}"), &nested), "id (redacted)");
     }
 }

@@ -164,6 +164,10 @@ pub(super) fn server_choices(props: &mut Value, quic_protocols: bool) {
         json!({ "type": "string", "format": "url", "maxLength": 2048,
         "description": "a URL returning share links (base64 or plain, one per line), fetched by the agent at install and every subscriptionRefresh seconds" }),
     );
+    props["subscriptionHttp"] = json!({ "type": "boolean",
+        "description": "accept a plain http:// subscription (anyone on the way could choose the servers; default false: https only)" });
+    props["subscriptionHttp"] = json!({ "type": "boolean",
+        "description": "accept a plain http:// subscription (anyone on the way could choose the servers; default false: https only)" });
     props["subscriptionRefresh"] = json!({ "type": "integer", "minimum": 0, "maximum": 2_592_000,
         "description": "seconds between refreshes of the subscription: 0 never, else at least 300 (default 86400)" });
 }

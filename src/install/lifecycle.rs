@@ -550,6 +550,7 @@ impl Installer {
 
     /// `startInstance`: wants the service running and starts it.
     pub(crate) async fn start(&self, id: &str) -> Result<Instance, RequestError> {
+        let _no_server_change = self.ops_gate.lock().await;
         let inst = self.existing(id)?;
         let feature = self.feature_for(&inst, &inst.version).ok_or_else(|| {
             refuse(
@@ -592,6 +593,7 @@ impl Installer {
 
     /// `stopInstance`: stops the service and remembers that the user wants it stopped.
     pub(crate) async fn stop(&self, id: &str) -> Result<Instance, RequestError> {
+        let _no_server_change = self.ops_gate.lock().await;
         let inst = self.existing(id)?;
         if !matches!(
             inst.status,

@@ -130,8 +130,10 @@ pub(crate) struct Installer {
     /// instance, an update's target), so the collector never deletes a version in the moment
     /// between its look at the instances and its delete.
     artifacts_gate: tokio::sync::Mutex<()>,
-    /// One change of servers (refresh, `selectOutbound`) at a time.
-    reconfigure_gate: tokio::sync::Mutex<()>,
+    /// Held by a change of servers (refresh, `selectOutbound`) for its whole run, and by
+    /// start, stop, update and uninstall requests while they check and change the status:
+    /// neither sees the other's status half-changed.
+    ops_gate: tokio::sync::Mutex<()>,
 }
 
 impl Installer {
@@ -169,7 +171,7 @@ impl Installer {
             layout,
             progress: Mutex::new(HashMap::new()),
             artifacts_gate: tokio::sync::Mutex::new(()),
-            reconfigure_gate: tokio::sync::Mutex::new(()),
+            ops_gate: tokio::sync::Mutex::new(()),
             found: Mutex::new(updates::Found::default()),
         }
     }

@@ -21,6 +21,8 @@ use crate::store::{Fetched, Instance, Servers, Status, Step};
 
 /// The most a subscription's body may be.
 const BODY_CAP: u64 = 1 << 20;
+/// The most a subscription fetch may take, however slowly its server sends.
+const FETCH_DEADLINE: Duration = Duration::from_secs(60);
 /// How soon a refresh that failed is tried again.
 const RETRY_MS: u64 = 300_000;
 /// `subscriptionRefresh` when the settings do not say.
@@ -61,18 +63,31 @@ fn subscription_url(inst: &Instance) -> Option<String> {
 }
 
 impl Installer {
-    /// GETs and parses the subscription on a blocking thread. No message carries the URL
-    /// (its path or query often holds the user's token).
-    async fn fetch_subscription(&self, url: String, g: Generator) -> Result<Fetched, String> {
+    /// GETs (within `FETCH_DEADLINE`, at most `BODY_CAP` bytes) and parses the
+    /// subscription on a blocking thread. No message carries the URL (its path or query
+    /// often holds the user's token). A body refused before (`rejected`) is refused again
+    /// without being applied.
+    async fn fetch_subscription(&self, inst: &Instance, g: Generator) -> Result<Fetched, String> {
+        let url = subscription_url(inst).unwrap_or_default();
+        let plain_ok = inst.settings.get("subscriptionHttp") == Some(&Value::Bool(true));
+        if !plain_ok && !url.starts_with("https://") {
+            return Err("the subscription is plain http: anyone on the way could choose your servers (use https, or set subscriptionHttp to accept that)".into());
+        }
+        let rejected = inst.fetched.as_ref().and_then(|f| f.rejected.clone());
         let http = self.config.feed.http.clone();
         blocking(move || {
             let agent = crate::http_client::agent(&http);
-            let body = crate::http_client::get_small(&agent, &url, BODY_CAP).map_err(|e| {
-                format!(
-                    "fetching the subscription: {}",
-                    e.to_string().replace(&url, "(its URL)")
-                )
-            })?;
+            let body = crate::http_client::get_small_within(&agent, &url, BODY_CAP, FETCH_DEADLINE)
+                .map_err(|e| {
+                    format!(
+                        "fetching the subscription: {}",
+                        e.to_string().replace(&url, "(its URL)")
+                    )
+                })?;
+            let digest = crate::util::hex(&<sha2::Sha256 as sha2::Digest>::digest(&body));
+            if rejected.as_deref() == Some(digest.as_str()) {
+                return Err("the subscription still holds the list that was refused before".into());
+            }
             let text = String::from_utf8(body)
                 .map_err(|_| "the subscription is not UTF-8 text".to_owned())?;
             let (servers, skipped) = g.subscription(&text)?;
@@ -82,6 +97,8 @@ impl Installer {
                 at,
                 skipped,
                 attempted: at,
+                digest,
+                rejected: None,
             })
         })
         .await
@@ -94,14 +111,14 @@ impl Installer {
         inst: Instance,
         feature: &Feature,
     ) -> Result<Instance, StepError> {
-        let (Some(url), Some(g)) = (subscription_url(&inst), feature.generator()) else {
+        let Some(g) = feature.generator() else {
             return Ok(inst);
         };
-        if inst.fetched.is_some() {
+        if subscription_url(&inst).is_none() || inst.fetched.is_some() {
             return Ok(inst);
         }
         let secrets = feature.secrets(&render_settings(&inst));
-        let fetched = self.fetch_subscription(url, g).await.map_err(|e| {
+        let fetched = self.fetch_subscription(&inst, g).await.map_err(|e| {
             StepError::new(
                 Step::Configuring,
                 Code::SubscriptionFailed,
@@ -120,68 +137,62 @@ impl Installer {
     /// `refreshSubscription` and the timer: fetch, and apply a list that differs.
     pub(crate) async fn refresh_subscription(&self, id: &str) -> Result<Instance, RequestError> {
         let inst = self.existing(id)?;
-        let Some(url) = subscription_url(&inst) else {
+        if subscription_url(&inst).is_none() {
             return Err(refuse(
                 Code::InvalidState,
                 format!("instance {id} has no subscription"),
             ));
-        };
+        }
         let (feature, g) = self.generator_of(&inst)?;
         let secrets = feature.secrets(&render_settings(&inst));
-        let result = match self.fetch_subscription(url, g).await {
-            Ok(f)
-                if inst
-                    .fetched
-                    .as_ref()
-                    .is_some_and(|old| old.servers == f.servers) =>
-            {
-                // The same servers: only the time of the fetch changes (and an earlier
-                // refresh's failure is over).
-                let store = self.store.clone();
-                let key = id.to_owned();
-                let (at, skipped) = (f.at, f.skipped.clone());
-                blocking(move || {
-                    store.update_instance(&key, |i| {
-                        if let Some(old) = &mut i.fetched {
-                            old.at = at;
-                            old.attempted = at;
-                            old.skipped = skipped;
-                        }
-                        if i.error_code.as_deref() == Some(Code::SubscriptionFailed.as_str()) {
-                            i.error = None;
-                            i.error_code = None;
-                        }
-                    })
-                })
-                .await?;
-                self.bus.publish(
-                    Some(id),
-                    EventKind::SubscriptionRefreshed {
-                        servers: f.servers.len(),
-                        skipped: f.skipped.len(),
-                        changed: false,
-                    },
-                );
-                return self.existing(id);
+        let fetched = match self.fetch_subscription(&inst, g).await {
+            Ok(f) => f,
+            Err(e) => {
+                let e = StepError::new(Step::Configuring, Code::SubscriptionFailed, e);
+                return Err(self.refresh_failed(id, &e, &secrets, None).await);
             }
-            Ok(f) => {
-                let (servers, skipped) = (f.servers.len(), f.skipped.len());
-                let next = Servers {
-                    fetched: Some(f),
-                    selected: inst.selected_outbound.clone(),
-                };
-                self.reconfigure(&inst, &feature, next, "subscription refreshed")
-                    .await
-                    .map(|done| (done, servers, skipped))
-            }
-            Err(e) => Err(StepError::new(
-                Step::Configuring,
-                Code::SubscriptionFailed,
-                e,
-            )),
         };
-        match result {
-            Ok((done, servers, skipped)) => {
+        let (servers, skipped) = (fetched.servers.len(), fetched.skipped.len());
+        if inst
+            .fetched
+            .as_ref()
+            .is_some_and(|old| old.servers == fetched.servers)
+        {
+            // The same servers: only the fetch is newer (and an earlier failure is over).
+            let store = self.store.clone();
+            let key = id.to_owned();
+            blocking(move || {
+                store.update_instance(&key, |i| {
+                    if let Some(old) = &mut i.fetched {
+                        let servers = std::mem::take(&mut old.servers);
+                        *old = Fetched { servers, ..fetched };
+                    }
+                    if i.error_code.as_deref() == Some(Code::SubscriptionFailed.as_str()) {
+                        i.error = None;
+                        i.error_code = None;
+                    }
+                })
+            })
+            .await?;
+            self.bus.publish(
+                Some(id),
+                EventKind::SubscriptionRefreshed {
+                    servers,
+                    skipped,
+                    changed: false,
+                },
+            );
+            return self.existing(id);
+        }
+        let digest = fetched.digest.clone();
+        let applied = self
+            .reconfigure(id, &feature, "subscription refreshed", move |now| Servers {
+                selected: kept_pin(now, &fetched.servers),
+                fetched: Some(fetched),
+            })
+            .await;
+        match applied {
+            Ok(done) => {
                 self.bus.publish(
                     Some(id),
                     EventKind::SubscriptionRefreshed {
@@ -192,12 +203,19 @@ impl Installer {
                 );
                 Ok(done)
             }
-            Err(e) => Err(self.refresh_failed(id, &e, &secrets).await),
+            Err(e) => Err(self.refresh_failed(id, &e, &secrets, Some(digest)).await),
         }
     }
 
-    /// A refresh that changed nothing: the instance keeps its status and says why.
-    async fn refresh_failed(&self, id: &str, e: &StepError, secrets: &[String]) -> RequestError {
+    /// A refresh that changed nothing: the instance keeps its status and says why; a list
+    /// that was refused (`rejected`: its digest) is not tried again until it changes.
+    async fn refresh_failed(
+        &self,
+        id: &str,
+        e: &StepError,
+        secrets: &[String],
+        rejected: Option<String>,
+    ) -> RequestError {
         let message = format!(
             "subscription refresh failed, the servers are unchanged: {}",
             configgen::scrub(&e.message, secrets)
@@ -210,6 +228,9 @@ impl Installer {
                 i.error_code = Some(code.to_string());
                 if let Some(f) = &mut i.fetched {
                     f.attempted = crate::util::now_ms();
+                    if rejected.is_some() {
+                        f.rejected = rejected;
+                    }
                 }
             })
         })
@@ -255,14 +276,13 @@ impl Installer {
                 ),
             ));
         };
-        let next = Servers {
-            fetched: inst.fetched.clone(),
-            selected,
-        };
         let secrets = feature.secrets(&render_settings(&inst));
-        self.reconfigure(&inst, &feature, next, "server selected")
-            .await
-            .map_err(|e| refuse(e.code, configgen::scrub(&e.message, &secrets)))
+        self.reconfigure(id, &feature, "server selected", move |now| Servers {
+            fetched: now.fetched.clone(),
+            selected,
+        })
+        .await
+        .map_err(|e| refuse(e.code, configgen::scrub(&e.message, &secrets)))
     }
 
     fn generator_of(&self, inst: &Instance) -> Result<(Feature, Generator), RequestError> {
@@ -284,37 +304,37 @@ impl Installer {
         Ok((feature, g))
     }
 
-    /// Applies `next` (servers and pin): checked first, then one healthy start, else back.
+    /// Applies the servers `next` makes of the instance as it is now (read under the gate):
+    /// checked first, then one healthy start, else the old ones back.
     async fn reconfigure(
         &self,
-        inst: &Instance,
+        id: &str,
         feature: &Feature,
-        next: Servers,
         reason: &str,
+        next: impl FnOnce(&Instance) -> Servers + Send + 'static,
     ) -> Result<Instance, StepError> {
-        let _one = self.reconfigure_gate.lock().await;
-        let id = inst.id.clone();
-        let inst = self
-            .existing(&id)
-            .map_err(|e| StepError::new(Step::Updating, e.code, e.message))?;
+        let _one = self.ops_gate.lock().await;
+        let state = |e: RequestError| StepError::new(Step::Updating, e.code, e.message);
+        let inst = self.existing(id).map_err(state)?;
+        let next = next(&inst);
         let mut candidate = inst.clone();
         candidate.fetched.clone_from(&next.fetched);
         candidate.selected_outbound.clone_from(&next.selected);
+        let store = self.store.clone();
+        let key = id.to_owned();
         if inst.status != Status::Running {
             if !matches!(
                 inst.status,
                 Status::Stopped | Status::Installed | Status::Failed
             ) {
-                let e = wrong_state(
+                return Err(state(wrong_state(
                     &inst,
                     "; servers change on a RUNNING, STOPPED, INSTALLED or FAILED instance",
-                );
-                return Err(StepError::new(Step::Updating, e.code, e.message));
+                )));
             }
             // Nothing runs: the next start renders and checks the new servers.
-            let store = self.store.clone();
             return blocking(move || {
-                store.update_instance(&id, |i| {
+                store.update_instance(&key, |i| {
                     i.fetched = next.fetched;
                     i.selected_outbound = next.selected;
                 })
@@ -325,44 +345,35 @@ impl Installer {
         }
         self.check_candidate(&candidate, feature).await?;
         // Apply: UPDATING (no stop, update or uninstall meanwhile), the old servers kept.
-        let store = self.store.clone();
-        let (key, servers) = (id.clone(), next.clone());
-        let applied = blocking(move || {
+        let (before, updating) = blocking(move || {
             store.update_instance(&key, |i| {
-                if i.status == Status::Running {
-                    i.status = Status::Updating;
-                    i.reconfiguring = Some(Servers {
-                        fetched: i.fetched.take(),
-                        selected: i.selected_outbound.take(),
-                    });
-                    i.fetched = servers.fetched;
-                    i.selected_outbound = servers.selected;
-                }
+                i.status = Status::Updating;
+                i.reconfiguring = Some(Servers {
+                    fetched: i.fetched.take(),
+                    selected: i.selected_outbound.take(),
+                });
+                i.fetched = next.fetched;
+                i.selected_outbound = next.selected;
             })
         })
         .await
         .map_err(|e| StepError::new(Step::Updating, Code::StateError, e.to_string()))?;
-        let (before, updating) = applied;
-        if updating.status != Status::Updating {
-            let e = wrong_state(&updating, " now; the servers were not changed");
-            return Err(StepError::new(Step::Updating, e.code, e.message));
-        }
         self.bus.publish(
-            Some(&id),
+            Some(id),
             EventKind::StatusChanged {
                 from: before.status,
                 to: Status::Updating,
                 reason: Some(reason.to_owned()),
             },
         );
-        self.supervisor.stop(&id).await;
+        self.supervisor.stop(id).await;
         let started = match crate::failpoint::hit("reconfigure.stopped") {
             Ok(()) => self.launch(&updating, feature, Some(1)).await,
             Err(m) => Err(StepError::new(Step::Updating, Code::Injected, m)),
         };
         match started {
             Ok(()) => self
-                .transition(&id, Status::Running, Some(reason), |i| {
+                .transition(id, Status::Running, Some(reason), |i| {
                     i.reconfiguring = None;
                     i.error = None;
                     i.error_code = None;
@@ -413,7 +424,8 @@ impl Installer {
         checked
     }
 
-    /// The new servers did not start: the old ones back, started again.
+    /// The new servers did not start: the old ones back, started again. `reconfiguring`
+    /// stays until the end, so a crash meanwhile is undone at the next start.
     async fn put_servers_back(&self, inst: &Instance, feature: &Feature, e: &StepError) {
         let old = inst.reconfiguring.clone().unwrap_or_default();
         self.supervisor.stop(&inst.id).await;
@@ -422,7 +434,6 @@ impl Installer {
             .transition(&inst.id, Status::Updating, None, move |i| {
                 i.fetched = old.fetched;
                 i.selected_outbound = old.selected;
-                i.reconfiguring = None;
                 i.pid = None;
             })
             .await
@@ -442,6 +453,7 @@ impl Installer {
         };
         let (code, text) = (e.code.to_string(), message.clone());
         self.transition(&inst.id, status, Some(&message), move |i| {
+            i.reconfiguring = None;
             i.failed_step = (status == Status::Failed).then_some(Step::Updating);
             i.error_code = Some(code);
             i.error = Some(text);
@@ -470,7 +482,8 @@ impl Installer {
     }
 
     /// Refreshes each RUNNING instance's subscription when its `subscriptionRefresh` is due,
-    /// for as long as the agent runs.
+    /// for as long as the agent runs; each refresh is a task of its own (one slow server
+    /// holds up no other), marked attempted first so the next tick does not start it again.
     pub(crate) async fn refresh_subscriptions_forever(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -490,9 +503,47 @@ impl Installer {
                     })
             });
             for inst in due.unwrap_or_default() {
-                // A failure is recorded on the instance and published: nothing more to do.
-                let _ = self.refresh_subscription(&inst.id).await;
+                let store = self.store.clone();
+                let key = inst.id.clone();
+                let marked = blocking(move || {
+                    store.update_instance(&key, |i| {
+                        if let Some(f) = &mut i.fetched {
+                            f.attempted = now;
+                        }
+                    })
+                })
+                .await;
+                if marked.is_ok() {
+                    let this = Arc::clone(&self);
+                    // A failure is recorded on the instance and published: nothing more to do.
+                    tokio::spawn(async move { this.refresh_subscription(&inst.id).await });
+                }
             }
         }
     }
+}
+
+/// The pin survives a new list only where the same server (type, address, port) still has
+/// its tag; a tag like `server-2` names a position, not a server.
+fn kept_pin(now: &Instance, new: &[Value]) -> Option<String> {
+    let pinned = now.selected_outbound.as_deref()?;
+    let same = |o: &Value| {
+        (
+            o["type"].clone(),
+            o["server"].clone(),
+            o["serverPort"].clone(),
+        )
+    };
+    let old = servers(now);
+    let was = configgen::tags(&old)
+        .into_iter()
+        .zip(&old)
+        .find(|(t, _)| t == pinned)?
+        .1
+        .clone();
+    configgen::tags(new)
+        .into_iter()
+        .zip(new)
+        .find(|(t, o)| t == pinned && same(o) == same(&was))
+        .map(|(t, _)| t)
 }

@@ -17,6 +17,7 @@ impl Installer {
     /// Removes an instance that is not mid-install: its record, its directory, and the
     /// feature version's files when no other instance uses them.
     pub(crate) async fn uninstall(&self, id: &str) -> Result<(), RequestError> {
+        let no_server_change = self.ops_gate.lock().await;
         let inst = self.existing(id)?;
         if !matches!(
             inst.status,
@@ -31,6 +32,7 @@ impl Installer {
             i.desired_running = false;
         })
         .await;
+        drop(no_server_change);
         self.finish_uninstall(inst).await
     }
 

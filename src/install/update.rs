@@ -56,6 +56,7 @@ impl Installer {
         id: &str,
         version: &str,
     ) -> Result<Instance, RequestError> {
+        let _no_server_change = self.ops_gate.lock().await;
         let inst = self.existing(id)?;
         let updatable = matches!(
             inst.status,

@@ -105,6 +105,12 @@ pub(crate) struct Fetched {
     /// The last refresh attempt (a failed one leaves `at` as it was).
     #[serde(default)]
     pub attempted: u64,
+    /// SHA-256 (hex) of the body these servers came from.
+    #[serde(default)]
+    pub digest: String,
+    /// SHA-256 of the last body that was refused (not tried again until it changes).
+    #[serde(default)]
+    pub rejected: Option<String>,
 }
 
 /// The servers and the pin an instance had before a reconfiguration.
