@@ -127,9 +127,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         let installer = assemble(&cfg, store, catalogue, layout, support);
         // Repair interfaces an earlier run left half-made before any install continues.
         let factory = Arc::clone(&installer.interfaces);
-        tokio::task::spawn_blocking(move || factory.reconcile())
-            .await
-            .map_err(|e| format!("reconcile: {e}"))?;
+        crate::util::blocking(move || factory.reconcile()).await;
         // Routed devices are refused (not sent direct) before any service runs again.
         match installer.routing.call(routing::Op::Restore).await {
             Ok(routing::Reply::Count(n)) if n > 0 => {
@@ -164,10 +162,10 @@ fn serve(cfg: Config) -> Result<(), String> {
         if let Some(b) = &cfg.board {
             log::info!(target: "api", "board {}: {}", b.name, b.description);
         }
-        tokio::spawn(Arc::clone(&installer).refresh_subscriptions_forever());
+        crate::util::spawn(Arc::clone(&installer).refresh_subscriptions_forever());
         let interval = cfg.updates.check_interval;
         if !interval.is_zero() {
-            tokio::spawn(Arc::clone(&installer).check_updates_forever(interval));
+            crate::util::spawn(Arc::clone(&installer).check_updates_forever(interval));
         }
         let api = Arc::new(api::Api::new(
             installer,
@@ -189,7 +187,7 @@ fn serve(cfg: Config) -> Result<(), String> {
 fn follow_services(installer: &Arc<install::Installer>) {
     let mut rx = installer.bus.subscribe();
     let installer = Arc::clone(installer);
-    tokio::spawn(async move {
+    crate::util::spawn(async move {
         loop {
             let changed: Vec<(String, bool)> = match rx.recv().await {
                 Ok(event) => match (&event.kind, &event.instance_id) {

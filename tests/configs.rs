@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{BIN, TempDir, singbox_binary};
+use common::{BIN, Rng, TempDir};
 use serde_json::{Value, json};
 
 const SNAPSHOT_DIR: &str = "/var/lib/nnc/instances/0123456789abcdef";
@@ -51,31 +51,8 @@ fn render(
     }
 }
 
-/// The real service's verdict on a config file.
 fn check(generator: &str, file: &Path) -> Result<(), String> {
-    let (program, args): (PathBuf, Vec<&str>) = match generator {
-        "tor" => (
-            "/usr/sbin/tor".into(),
-            vec!["--verify-config", "--hush", "-f"],
-        ),
-        "sing-box" => (singbox_binary("amd64"), vec!["check", "-c"]),
-        "xray" => ("/usr/bin/v2ray".into(), vec!["-test", "-config"]),
-        other => panic!("{other}"),
-    };
-    let out = Command::new(&program)
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    common::checker_verdict(generator, file)
 }
 
 /// Renders into a real instance directory and lets the service check the result.
@@ -368,27 +345,6 @@ fn generated_configs_match_their_snapshots_and_the_real_checkers_accept_them() {
         "snapshots differ (NNC_UPDATE_SNAPSHOTS=1 to accept):\n{}",
         mismatches.join("\n")
     );
-}
-
-/// xorshift64*: reproducible samples without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
 }
 
 fn sample_string(format: Option<&str>, min: u64, max: u64, rng: &mut Rng) -> String {

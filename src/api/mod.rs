@@ -215,11 +215,11 @@ pub(crate) async fn serve(listener: TcpListener, api: Arc<Api>) {
                         ),
                     }
                 }
-                tokio::spawn(refuse(stream, refused));
+                crate::util::spawn(refuse(stream, refused));
                 continue;
             }
         };
-        tokio::spawn(connection(stream, peer, Arc::clone(&api), slot));
+        crate::util::spawn(connection(stream, peer, Arc::clone(&api), slot));
     }
 }
 

@@ -142,7 +142,7 @@ impl QueryRoot {
     /// routers, with whether each answers now.
     async fn routers(&self, ctx: &Context<'_>) -> Vec<RouterObject> {
         let factory = std::sync::Arc::clone(&installer(ctx).interfaces);
-        tokio::task::spawn_blocking(move || {
+        crate::util::blocking(move || {
             let mut out = Vec::new();
             if factory.router(crate::ids::LOCAL_ROUTER).is_none() {
                 out.push(RouterObject {
@@ -166,7 +166,6 @@ impl QueryRoot {
             out
         })
         .await
-        .unwrap_or_default()
     }
 
     /// Every instance's network segment.

@@ -103,7 +103,7 @@ pub(super) fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let api = Arc::clone(api);
-    tokio::spawn(async move {
+    crate::util::spawn(async move {
         // The connection's slot stays taken while the WebSocket lives.
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {

@@ -64,7 +64,7 @@ impl Installer {
                 return;
             }
             let id = id.to_owned();
-            tokio::spawn(async move { this.service_outcome(&id, outcome).await });
+            crate::util::spawn(async move { this.service_outcome(&id, outcome).await });
         });
     }
 
@@ -527,7 +527,7 @@ impl Installer {
             );
             let this = Arc::clone(self);
             let id = inst.id.clone();
-            tokio::spawn(async move {
+            crate::util::spawn(async move {
                 if let Err(e) = this.start(&id).await {
                     log::error!(target: "supervisor", "instance {id}: cannot start again: {}", e.message);
                     // Not left STARTING: the status says it did not come back, and why.

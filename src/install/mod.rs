@@ -270,6 +270,17 @@ impl Installer {
         reason: Option<&str>,
         change: impl FnOnce(&mut Instance) + Send + 'static,
     ) -> Option<Instance> {
+        self.transition_dyn(id, to, reason, Box::new(change)).await
+    }
+
+    /// `transition`'s body, once for every kind of change (not one copy per call site).
+    async fn transition_dyn(
+        &self,
+        id: &str,
+        to: Status,
+        reason: Option<&str>,
+        change: Box<dyn FnOnce(&mut Instance) + Send>,
+    ) -> Option<Instance> {
         let store = self.store.clone();
         let key = id.to_owned();
         let result = blocking(move || {
@@ -409,8 +420,5 @@ impl Installer {
 
 /// Runs blocking work (redb commits with fsync) off the runtime thread.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    crate::util::blocking(f).await
 }

@@ -70,7 +70,7 @@ impl Installer {
 
     pub(super) fn spawn_pipeline(self: &Arc<Self>, id: String) {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.run_pipeline(&id).await });
+        crate::util::spawn(async move { this.run_pipeline(&id).await });
     }
 
     pub(super) async fn run_pipeline(self: &Arc<Self>, id: &str) {

@@ -516,7 +516,9 @@ impl Installer {
                 if marked.is_ok() {
                     let this = Arc::clone(&self);
                     // A failure is recorded on the instance and published: nothing more to do.
-                    tokio::spawn(async move { this.refresh_subscription(&inst.id).await });
+                    crate::util::spawn(async move {
+                        let _ = this.refresh_subscription(&inst.id).await;
+                    });
                 }
             }
         }

@@ -127,7 +127,7 @@ impl Installer {
         log::info!(target: "api", "instance {id}: {reason}");
         let this = Arc::clone(self);
         let (record, target) = (updating.clone(), feature.clone());
-        tokio::spawn(async move { this.run_update(record, target).await });
+        crate::util::spawn(async move { this.run_update(record, target).await });
         Ok(updating)
     }
 

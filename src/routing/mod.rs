@@ -132,9 +132,7 @@ impl Routing {
     /// Runs `op` on a blocking thread.
     pub(crate) async fn call(self: &Arc<Self>, op: Op) -> Result<Reply, RouteError> {
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.run(op))
-            .await
-            .unwrap_or_else(|e| Err(fail(Code::Internal, e.to_string())))
+        crate::util::blocking(move || this.run(op)).await
     }
 
     fn run(&self, op: Op) -> Result<Reply, RouteError> {

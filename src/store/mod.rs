@@ -254,6 +254,13 @@ impl Store {
         &self,
         keep: impl Fn(&Instance) -> bool,
     ) -> Result<Vec<Instance>, StoreError> {
+        self.instances_where_dyn(&keep)
+    }
+
+    fn instances_where_dyn(
+        &self,
+        keep: &dyn Fn(&Instance) -> bool,
+    ) -> Result<Vec<Instance>, StoreError> {
         let mut all = self.instances()?;
         all.retain(keep);
         Ok(all)
@@ -284,6 +291,20 @@ impl Store {
         &self,
         id: &str,
         change: impl FnOnce(&mut Instance),
+    ) -> Result<(Instance, Instance), StoreError> {
+        let mut change = Some(change);
+        self.update_instance_dyn(id, &mut |i| {
+            if let Some(c) = change.take() {
+                c(i);
+            }
+        })
+    }
+
+    /// `update_instance`'s body, once (not inlined into every caller's closure).
+    fn update_instance_dyn(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut Instance),
     ) -> Result<(Instance, Instance), StoreError> {
         self.instances.write(id, || {
             let tx = self.db.begin_write().map_err(db_err)?;

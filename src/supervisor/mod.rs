@@ -194,9 +194,8 @@ impl Supervisor {
     /// bounded by the rotation; at most twice `log_max_bytes` is read).
     pub(crate) async fn log_tail(&self, dir: PathBuf, n: usize) -> Result<Vec<String>, String> {
         let cap = self.policy.log_max_bytes.max(1024);
-        tokio::task::spawn_blocking(move || logs::tail(&dir, n, cap))
+        crate::util::blocking(move || logs::tail(&dir, n, cap))
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot read the log: {e}"))
     }
 
@@ -291,7 +290,7 @@ impl Supervisor {
         );
         drop(procs);
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.run(def, info, rx).await });
+        crate::util::spawn(async move { this.run(def, info, rx).await });
     }
 
     /// Stops an instance's process and waits until it is gone.
@@ -573,9 +572,7 @@ impl Supervisor {
                 _ = tick.tick() => {
                     let check = health.clone();
                     let ns = netns.clone();
-                    let result = tokio::task::spawn_blocking(move || health::probe_once(&check, ns.as_ref()))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                    let result = crate::util::blocking(move || health::probe_once(&check, ns.as_ref())).await;
                     match (result, healthy) {
                         (Ok(()), false) => {
                             healthy = true;
@@ -643,7 +640,7 @@ impl Supervisor {
     /// (a process stuck in the kernel can make that wait).
     async fn clear_cgroup(&self, id: &str) {
         let (cgroups, id) = (self.cgroups.clone(), id.to_owned());
-        let _ = tokio::task::spawn_blocking(move || cgroups.kill_and_remove(&id)).await;
+        crate::util::blocking(move || cgroups.kill_and_remove(&id)).await;
     }
 
     fn pump_line(
@@ -676,7 +673,7 @@ impl Supervisor {
             return;
         };
         let (id, log, logs) = (id.to_owned(), Arc::clone(log), self.logs.clone());
-        tokio::spawn(async move {
+        crate::util::spawn(async move {
             let mut pipe = pipe;
             // Whatever it prints, the agent holds at most one line of `MAX_LINE` bytes.
             let mut buf = vec![0u8; 8192];

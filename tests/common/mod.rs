@@ -853,3 +853,77 @@ pub fn base64url(data: &[u8]) -> String {
     }
     out
 }
+
+/// xorshift64*: reproducible samples without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// A self-signed P-256 certificate for `name` (CN and DNS SAN): (cert.pem, key.pem).
+pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "openssl req");
+    (cert, key)
+}
+
+/// The real service's verdict on a config file: tor, PyPI's sing-box, or Debian's V2Ray 4
+/// standing in for Xray. The error is what the checker printed.
+pub fn checker_verdict(generator: &str, file: &Path) -> Result<(), String> {
+    let (program, args): (PathBuf, Vec<&str>) = match generator {
+        "tor" => (
+            "/usr/sbin/tor".into(),
+            vec!["--verify-config", "--hush", "-f"],
+        ),
+        "sing-box" => (singbox_binary("amd64"), vec!["check", "-c"]),
+        "xray" => ("/usr/bin/v2ray".into(), vec!["-test", "-config"]),
+        other => panic!("{other}"),
+    };
+    let out = Command::new(&program)
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
