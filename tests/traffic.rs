@@ -698,6 +698,14 @@ fn a_subscription_picks_a_live_server_switches_on_select_and_a_bad_refresh_chang
         out.status.success()
     });
     assert!(first == PROXY_SERVER || first == SS_EGRESS, "{first}");
+    // urltest's measurements, read from sing-box: the live servers have one, the dead none.
+    let lq = "query($id: ID!) { instance(id: $id) { outbounds { tag latencyMs } } }";
+    let mut latencies = Value::Null;
+    common::wait_until("latencies of the live servers", TIMEOUT, || {
+        latencies = agent.data(lq, json!({ "id": id }))["instance"]["outbounds"].clone();
+        latencies[1]["latencyMs"].is_u64() && latencies[2]["latencyMs"].is_u64()
+    });
+    assert!(latencies[0]["latencyMs"].is_null(), "{latencies}");
 
     // selectOutbound pins a server (the service restarts once on a checked config).
     let select = |tag: &str| {

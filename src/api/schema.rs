@@ -837,14 +837,21 @@ impl InstanceObject {
     }
     /// Its servers when it has several (`settings.outbounds`, or its subscription's as last
     /// fetched), each under the tag `selectOutbound` takes. No secrets.
-    async fn outbounds(&self) -> Vec<OutboundObject> {
+    /// `latencyMs` asks the service (sing-box: its urltest's last measurement; at most 2 s).
+    async fn outbounds(&self, ctx: &Context<'_>) -> Vec<OutboundObject> {
         let list = crate::install::servers(&self.0);
         let pinned = self.0.selected_outbound.as_deref();
+        let delays = if ctx.look_ahead().field("latencyMs").exists() {
+            installer(ctx).latencies(&self.0).await
+        } else {
+            std::collections::HashMap::new()
+        };
         crate::configgen::tags(&list)
             .into_iter()
             .zip(&list)
             .map(|(tag, o)| OutboundObject {
                 selected: pinned == Some(tag.as_str()),
+                latency_ms: delays.get(&tag).copied(),
                 tag,
                 kind: o["type"].as_str().unwrap_or_default().to_owned(),
                 server: o["server"].as_str().unwrap_or_default().to_owned(),
@@ -955,6 +962,9 @@ pub(crate) struct OutboundObject {
     server_port: u64,
     /// Pinned by `selectOutbound`.
     selected: bool,
+    /// The last measured delay through it (sing-box's urltest); null when unknown or the
+    /// last test failed.
+    latency_ms: Option<u64>,
 }
 
 /// What an instance's subscription held when it was last fetched and accepted.

@@ -23,6 +23,8 @@ pub(crate) use schema::validate;
 /// segment address at these ports: device routing sends routed devices' traffic there.
 pub(crate) const TRANSPARENT_PORT: u16 = 9040;
 pub(crate) const DNS_PORT: u16 = 9053;
+/// sing-box's Clash API (latencies) when an instance has several servers.
+pub(crate) const CONTROL_PORT: u16 = 9097;
 /// Where DNS queries of routed devices go (through the service) unless `dnsUpstream` says.
 const DNS_UPSTREAM: &str = "1.1.1.1";
 
@@ -36,6 +38,9 @@ pub(crate) struct Context {
     pub data_dir: PathBuf,
     /// The instance has a segment: add the transparent and DNS inbounds.
     pub transparent: bool,
+    /// With several servers, sing-box's Clash API on `listen:CONTROL_PORT` with this secret:
+    /// how the agent reads each server's latency.
+    pub control_secret: Option<String>,
 }
 
 /// A rendered configuration.
@@ -565,6 +570,7 @@ pub(crate) fn command(c: Command) -> Result<String, String> {
                 mark,
                 data_dir: dir.join("data"),
                 transparent: !listen.is_loopback(),
+                control_secret: None,
             };
             g.render(&ctx, &settings).map(|r| r.text)
         }
@@ -634,6 +640,44 @@ mod tests {
             e.starts_with("no usable server in the subscription (line 1:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn several_sing_box_servers_get_a_control_api_for_latencies() {
+        let ctx = Context {
+            listen: "10.99.1.2".parse().unwrap(),
+            mark: None,
+            data_dir: "/d".into(),
+            transparent: true,
+            control_secret: Some("s3cret".into()),
+        };
+        let two = |extra: Value| {
+            let mut s = json!({ "outbounds": [
+                { "type": "trojan", "server": "a.example", "serverPort": 443, "password": "pw" },
+                { "type": "trojan", "server": "b.example", "serverPort": 443, "password": "pw" }
+            ] });
+            s.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            s
+        };
+        let text = Generator::SingBox
+            .render(&ctx, &two(json!({})))
+            .unwrap()
+            .text;
+        let c: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            c["experimental"]["clash_api"],
+            json!({ "external_controller": "10.99.1.2:9097", "secret": "s3cret" })
+        );
+        let e = Generator::SingBox
+            .render(&ctx, &two(json!({ "mixedPort": 9097 })))
+            .unwrap_err();
+        assert!(e.contains("port 9097 is taken"), "{e}");
+        // One server: no control API.
+        let one = json!({ "outbound": { "type": "trojan", "server": "a.example", "serverPort": 443, "password": "pw" } });
+        let text = Generator::SingBox.render(&ctx, &one).unwrap().text;
+        assert!(!text.contains("clash_api"), "{text}");
     }
 
     #[test]

@@ -359,6 +359,7 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
     if let Some(mark) = ctx.mark {
         route["default_mark"] = json!(mark);
     }
+    let several = final_tag == "proxy" && s.get("outbounds").is_some();
     let mut config = json!({
         "log": { "level": s.get("logLevel").and_then(Value::as_str).unwrap_or("info"), "timestamp": true },
         "inbounds": inbounds,
@@ -366,6 +367,17 @@ pub(super) fn render(ctx: &Context, s: &Value) -> Result<Rendered, String> {
         "route": route,
         "experimental": { "cache_file": { "enabled": true, "path": format!("{}/cache.db", ctx.data_dir.display()) } }
     });
+    if let (true, Some(secret)) = (several, &ctx.control_secret) {
+        // The Clash API, for the agent to read each server's latency (urltest's history).
+        let ports = [mixed, port(s, "tproxyPort", 0), port(s, "redirectPort", 0)];
+        if ports.contains(&super::CONTROL_PORT) {
+            return Err(format!(
+                "port {} is taken by the control API of an instance with several servers",
+                super::CONTROL_PORT
+            ));
+        }
+        config["experimental"]["clash_api"] = json!({ "external_controller": format!("{listen}:{}", super::CONTROL_PORT), "secret": secret });
+    }
     if ctx.transparent {
         // Routed devices' DNS: answered by sing-box, over TCP through the outbound.
         let mut server =

@@ -141,6 +141,7 @@ mod tests {
             mark: None,
             data_dir: "/d".into(),
             transparent: false,
+            control_secret: None,
         };
         let relay = |k: &str, v: &str| {
             let mut r = json!({ "orPort": 9001, "nickname": "nnc" });

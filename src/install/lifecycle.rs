@@ -168,6 +168,7 @@ impl Installer {
             mark: None,
             data_dir: paths.data.clone(),
             transparent: iface.is_some(),
+            control_secret: inst.control_secret.clone(),
         };
         let netns = iface.and_then(|r| r.netns).map(PathBuf::from);
         (ctx, netns)
@@ -347,7 +348,8 @@ impl Installer {
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         // A checker may quote the config: its words never carry the settings' secrets on.
-        let secrets = feature.secrets(&super::subscription::render_settings(inst));
+        let mut secrets = feature.secrets(&super::subscription::render_settings(inst));
+        secrets.extend(inst.control_secret.clone());
         let generator = feature.generator();
         blocking(move || {
             spec.cgroup = cgroups.leaf(&leaf, &limits).map_err(fail)?;

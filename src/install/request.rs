@@ -110,7 +110,9 @@ impl Installer {
             )
         })?;
         let id = util::random_hex(8).map_err(|e| refuse(Code::Internal, e.to_string()))?;
+        let secret = util::random_hex(16).map_err(|e| refuse(Code::Internal, e.to_string()))?;
         let inst = Instance {
+            control_secret: Some(secret),
             version: feature.version.clone(),
             feature: Some(feature.for_arch(arch)),
             arch: arch.to_owned(),

@@ -7,6 +7,7 @@
 //! become healthy, else the previous servers are put back and started again. A crash in
 //! between is undone at the next start (`recover_reconfiguring`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -283,6 +284,48 @@ impl Installer {
         })
         .await
         .map_err(|e| refuse(e.code, configgen::scrub(&e.message, &secrets)))
+    }
+
+    /// Each server's last measured delay in ms, by tag, from sing-box's Clash API (its
+    /// urltest history); empty when the instance has no control API, is not RUNNING, or does
+    /// not answer within 2 s. The answer is the service's: read on a blocking thread, capped.
+    pub(crate) async fn latencies(&self, inst: &Instance) -> HashMap<String, u64> {
+        let (Some(secret), Status::Running) = (inst.control_secret.clone(), inst.status) else {
+            return HashMap::new();
+        };
+        if servers(inst).is_empty() {
+            return HashMap::new();
+        }
+        let paths = self.instance_paths(&inst.id);
+        let (ctx, _) = self.context(inst, &paths);
+        let url = format!("http://{}:{}/proxies", ctx.listen, configgen::CONTROL_PORT);
+        let http = self.config.feed.http.clone();
+        blocking(move || {
+            let agent = crate::http_client::agent(&http);
+            let resp = agent
+                .get(&url)
+                .header("authorization", &format!("Bearer {secret}"))
+                .config()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .call()
+                .ok()
+                .filter(|r| r.status() == 200)?;
+            let body =
+                crate::http_client::read_capped(resp.into_body().into_reader(), 256 * 1024).ok()?;
+            let v: Value = serde_json::from_slice(&body).ok()?;
+            let delays = v["proxies"]
+                .as_object()?
+                .iter()
+                .filter_map(|(tag, p)| {
+                    let delay = p["history"].as_array()?.last()?["delay"].as_u64()?;
+                    (delay > 0).then(|| (tag.clone(), delay))
+                })
+                .collect();
+            Some(delays)
+        })
+        .await
+        .unwrap_or_default()
     }
 
     fn generator_of(&self, inst: &Instance) -> Result<(Feature, Generator), RequestError> {

@@ -179,6 +179,10 @@ pub(crate) struct Instance {
     /// While UPDATING for new servers or a new pin: what to go back to.
     #[serde(default)]
     pub reconfiguring: Option<Servers>,
+    /// The secret of the service's control API (sing-box's Clash API, for latencies), made
+    /// with the record; None for records older than it.
+    #[serde(default)]
+    pub control_secret: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -218,6 +222,7 @@ impl Instance {
             fetched: None,
             selected_outbound: None,
             reconfiguring: None,
+            control_secret: None,
             created_at: now,
             updated_at: now,
         }
