@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 NNC_CACHE=${NNC_CACHE:-$HOME/.cache/nnc-agent}
 secs=${1:-30}; shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(catalogue checksums signature routeros_reply elf tar_gz zip graphql)
+[ ${#targets[@]} -gt 0 ] || targets=(catalogue checksums signature routeros_reply elf tar_gz zip graphql share_link)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 tdir=$NNC_CACHE/target-fuzz

@@ -74,6 +74,31 @@ pub fn zip(data: &[u8]) {
     archive(data, ArchiveKind::Zip, "a.zip");
 }
 
+/// Share links and subscription bodies (third parties write both): parsed, checked and
+/// rendered by both generators.
+pub fn share_link(data: &[u8]) {
+    use crate::configgen::{Context, Generator};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let ctx = Context {
+        listen: std::net::IpAddr::from([10, 99, 1, 2]),
+        mark: None,
+        data_dir: PathBuf::from("/d"),
+        transparent: true,
+        control_secret: Some("fuzz".into()),
+    };
+    for g in [Generator::SingBox, Generator::Xray] {
+        // As the settings schema lets it through: a link of at most 4096 characters.
+        if text.chars().count() <= 4096 {
+            let _ = g.render(&ctx, &serde_json::json!({ "link": text }));
+        }
+        if let Ok((servers, _)) = g.subscription(text) {
+            let _ = g.render(&ctx, &serde_json::json!({ "outbounds": servers }));
+        }
+    }
+}
+
 /// The GraphQL request path, body to response, against an agent with an empty catalogue and
 /// no interfaces (nothing a request does can reach the network).
 pub fn graphql(data: &[u8]) {

@@ -199,21 +199,7 @@ impl Generator {
 
     /// One share link as an outbound of a form this generator has.
     fn outbound_from_link(self, link: &str) -> Result<Value, String> {
-        let o = link::parse(link).map_err(|e| format!("settings.link: {e}"))?;
-        let forms = &self.schema()["properties"]["outbound"];
-        let known = forms["oneOf"].as_array().is_some_and(|f| {
-            f.iter()
-                .any(|f| f["properties"]["type"]["const"] == o["type"])
-        });
-        if !known {
-            return Err(format!(
-                "settings.link: {} links are not supported by this feature's generator",
-                o["type"].as_str().unwrap_or_default()
-            ));
-        }
-        schema::check(forms, &o, "settings.link")?;
-        check_outbound(&o)?;
-        Ok(o)
+        outbound_of_forms(&self.schema()["properties"]["outbound"], link)
     }
 
     /// A subscription's body (base64 of a list of links, or the plain list; one link per
@@ -229,6 +215,8 @@ impl Generator {
                 .filter(|t| t.contains("://"))
                 .ok_or("the subscription is neither a list of share links nor base64 of one")?
         };
+        let schema = self.schema();
+        let forms = &schema["properties"]["outbound"];
         let (mut servers, mut skipped, mut unlisted) = (Vec::new(), Vec::new(), 0);
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -240,13 +228,12 @@ impl Generator {
             } else if servers.len() == MAX_OUTBOUNDS {
                 Err(format!("more than {MAX_OUTBOUNDS} servers"))
             } else {
-                self.outbound_from_link(line)
-                    .and_then(|o| match o["server"].as_str() {
-                        Some(h) if inside(h) => {
-                            Err(format!("{h} is a loopback, private or link-local address"))
-                        }
-                        _ => Ok(o),
-                    })
+                outbound_of_forms(forms, line).and_then(|o| match o["server"].as_str() {
+                    Some(h) if inside(h) => {
+                        Err(format!("{h} is a loopback, private or link-local address"))
+                    }
+                    _ => Ok(o),
+                })
             };
             match parsed {
                 Ok(o) => servers.push(o),
@@ -343,6 +330,24 @@ pub(crate) fn redact(schema: &Value, settings: &Value) -> Value {
     let mut s = settings.clone();
     walk_secrets(schema, &mut s, &mut |v| *v = json!(REDACTED));
     s
+}
+
+/// One share link as an outbound of one of `forms` (a generator's outbound schema).
+fn outbound_of_forms(forms: &Value, link: &str) -> Result<Value, String> {
+    let o = link::parse(link).map_err(|e| format!("settings.link: {e}"))?;
+    let known = forms["oneOf"].as_array().is_some_and(|f| {
+        f.iter()
+            .any(|f| f["properties"]["type"]["const"] == o["type"])
+    });
+    if !known {
+        return Err(format!(
+            "settings.link: {} links are not supported by this feature's generator",
+            o["type"].as_str().unwrap_or_default()
+        ));
+    }
+    schema::check(forms, &o, "settings.link")?;
+    check_outbound(&o)?;
+    Ok(o)
 }
 
 /// Where the installer puts a subscription's fetched servers in the settings it renders

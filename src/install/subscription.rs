@@ -299,9 +299,14 @@ impl Installer {
         let paths = self.instance_paths(&inst.id);
         let (ctx, _) = self.context(inst, &paths);
         let url = format!("http://{}:{}/proxies", ctx.listen, configgen::CONTROL_PORT);
-        let http = self.config.feed.http.clone();
         blocking(move || {
-            let agent = crate::http_client::agent(&http);
+            // Straight to the service: never through a proxy from the environment, which
+            // would see the secret.
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .proxy(None)
+                .http_status_as_error(false)
+                .build()
+                .into();
             let resp = agent
                 .get(&url)
                 .header("authorization", &format!("Bearer {secret}"))
