@@ -8,6 +8,7 @@ mod api;
 mod board;
 mod catalogue;
 mod cli;
+mod client;
 mod code;
 mod config;
 mod configgen;
@@ -63,6 +64,17 @@ pub fn run() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Schema => {
+            print!("{}", api::schema::sdl());
+            ExitCode::SUCCESS
+        }
+        Command::Client(c) => match client::run(c) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(client::Failure(code, message)) => {
+                eprintln!("nnc-agent: {message}");
+                ExitCode::from(code)
+            }
+        },
         Command::Catalogue(c) => match trust::command(c) {
             Ok(text) => {
                 print!("{text}");

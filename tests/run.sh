@@ -26,6 +26,10 @@ step "unit tests under qemu-user (cross/test-foreign.sh)"
 bash cross/test-foreign.sh
 step "cargo test"
 cargo test --quiet 2>&1
+step "the README's first command, offline (demo/run.sh --check)"
+demo_dir=$(mktemp -d /tmp/nnc-demo.XXXXXX)
+NNC_DEMO_DIR=$demo_dir NNC_DEMO_PORT=${NNC_DEMO_PORT:-18080} bash demo/run.sh --check
+rm -rf "$demo_dir"
 step "fuzz targets, ${NNC_FUZZ_SECS:-30} s each (fuzz/run.sh)"
 bash fuzz/run.sh "${NNC_FUZZ_SECS:-30}"
 step "all tests passed"

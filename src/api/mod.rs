@@ -8,6 +8,7 @@ mod codes;
 mod guard;
 pub(crate) mod schema;
 mod slots;
+pub(crate) mod web;
 mod ws;
 
 use std::convert::Infallible;
@@ -278,6 +279,11 @@ fn error_reply(status: StatusCode, code: Code, message: &str) -> Reply {
 }
 
 async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: Slot) -> Reply {
+    if req.method() == Method::GET
+        && let Some(page) = web::file(&req)
+    {
+        return page;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json_reply(
             StatusCode::OK,
@@ -298,7 +304,7 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: 
         _ => error_reply(
             StatusCode::NOT_FOUND,
             Code::NotFound,
-            "no such path; the API is at /graphql",
+            "no such path; the API is at /graphql, the page at /",
         ),
     }
 }

@@ -45,6 +45,13 @@ pub(crate) fn build(installer: Arc<Installer>, board: Option<Board>, dev: bool) 
     }
 }
 
+/// The schema in SDL, as `nnc-agent schema` prints it (checked in as `schema.graphql`).
+pub(crate) fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .finish()
+        .sdl()
+}
+
 pub(crate) fn error(code: Code, message: impl Into<String>) -> async_graphql::Error {
     async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code.as_str()))
 }
@@ -136,6 +143,22 @@ impl QueryRoot {
             Reply::Routes(list) => Ok(list.into_iter().map(DeviceRouteObject).collect()),
             _ => Err(unexpected()),
         }
+    }
+
+    /// The LAN devices this router knows (DHCP leases, the IPv4 neighbour table): choices
+    /// for `routeDevices`.
+    async fn lan_devices(&self) -> Vec<LanDeviceObject> {
+        util::blocking(crate::routing::lan::devices)
+            .await
+            .into_iter()
+            .map(|d| LanDeviceObject {
+                address: d.address.to_string(),
+                mac: d.mac,
+                hostname: d.hostname,
+                source: d.source.into(),
+                interface: d.interface,
+            })
+            .collect()
     }
 
     /// Routers instances can be installed on: `local` (this machine) and configured RouterOS
@@ -888,6 +911,19 @@ impl InstanceObject {
     }
 }
 
+/// A device on the LAN, as the router's DHCP server or neighbour table knows it.
+#[derive(SimpleObject)]
+#[graphql(name = "LanDevice")]
+pub(crate) struct LanDeviceObject {
+    address: String,
+    mac: String,
+    hostname: Option<String>,
+    /// `dhcp` (a lease) or `neighbour` (seen on the link).
+    source: String,
+    /// The link it was seen on.
+    interface: Option<String>,
+}
+
 pub(crate) struct DeviceRouteObject(store::DeviceRoute);
 
 #[Object(name = "DeviceRoute")]
@@ -1024,5 +1060,18 @@ impl EventObject {
     }
     async fn payload(&self) -> Json<Value> {
         Json(self.0.payload())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Clients generate their types from the checked-in SDL: it must be the schema served.
+    #[test]
+    fn checked_in_sdl_is_the_schema() {
+        let checked_in = include_str!("../../schema.graphql");
+        assert!(
+            super::sdl() == checked_in,
+            "schema.graphql differs from the schema: run `cargo run -- schema > schema.graphql` and review the diff"
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! while the service is down send a device's traffic out directly.
 
 pub(crate) mod device;
+pub(crate) mod lan;
 mod nft;
 
 use std::collections::{BTreeMap, BTreeSet};
