@@ -44,7 +44,7 @@ serve options (each also a key of the --config TOML file, with '_' for '-'):
   --catalogue SRC      catalogue JSON file path or http(s) URL (default: built-in)
   --token-file FILE    API bearer token (default {data-dir}/token, created 0600)
   --log-level LEVEL    error|warn|info|debug|trace (default info; release builds
-                       leave trace lines out: trace shows what debug does)
+                       carry error to info only: debug and trace show what info does)
   --board NAME|FILE    board profile for defaults (x86_64-vm, aarch64-vm, mt7621,
                        ipq40xx, ath79, mikrotik-arm64, or a .toml file)
   --dev                enable GraphQL introspection
