@@ -109,7 +109,7 @@ impl Client {
         Ok(Client {
             endpoint: format!("{base}/graphql"),
             token,
-            http: http_client::agent(&http_client::Settings::default()),
+            http: http_client::agent_direct(),
         })
     }
 
@@ -183,23 +183,23 @@ pub(crate) fn run(cmd: Command) -> Outcome<()> {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            println!("instance {id}: installing {feature} as {name:?}");
-            follow(&c, &id, out)
+            let _ = writeln!(out, "instance {id}: installing {feature} as {name:?}");
+            follow(&c, &id, out, None)
         }
         Verb::Update { id, version } => {
             c.gql(
                 "mutation($i: ID!, $v: String!) { updateInstance(id: $i, version: $v) { id } }",
                 json!({ "i": id, "v": version }),
             )?;
-            println!("instance {id}: updating to {version}");
-            follow(&c, &id, out)
+            let _ = writeln!(out, "instance {id}: updating to {version}");
+            follow(&c, &id, out, Some(&version))
         }
         Verb::Uninstall(id) => {
             c.gql(
                 "mutation($i: ID!) { uninstallInstance(id: $i) { instanceId } }",
                 json!({ "i": id }),
             )?;
-            println!("instance {id}: uninstalling");
+            let _ = writeln!(out, "instance {id}: uninstalling");
             let started = Instant::now();
             loop {
                 let gone = match c.gql(
@@ -217,7 +217,7 @@ pub(crate) fn run(cmd: Command) -> Outcome<()> {
                     Ok(_) => false,
                 };
                 if gone {
-                    println!("instance {id}: removed");
+                    let _ = writeln!(out, "instance {id}: removed");
                     return Ok(());
                 }
                 if started.elapsed() > WAIT {
@@ -230,7 +230,7 @@ pub(crate) fn run(cmd: Command) -> Outcome<()> {
             let q = format!("mutation($i: ID!) {{ {verb}Instance(id: $i) {{ status }} }}");
             let d = c.gql(&q, json!({ "i": id }))?;
             let status = &d[format!("{verb}Instance")]["status"];
-            println!("instance {id}: {}", status.as_str().unwrap_or("?"));
+            let _ = writeln!(out, "instance {id}: {}", status.as_str().unwrap_or("?"));
             Ok(())
         }
         Verb::List => {
@@ -303,8 +303,11 @@ pub(crate) fn run(cmd: Command) -> Outcome<()> {
                 "query($i: ID!, $t: Int) { instanceLogs(id: $i, tail: $t) }",
                 json!({ "i": id, "t": tail }),
             )?;
+            let tty = std::io::stdout().is_terminal();
             for l in list(&d["instanceLogs"]) {
-                let _ = writeln!(out, "{}", l.as_str().unwrap_or(""));
+                if writeln!(out, "{}", shown(l.as_str().unwrap_or(""), tty)).is_err() {
+                    return Ok(());
+                }
             }
             let _ = out.flush();
             match ws.as_mut() {
@@ -318,7 +321,7 @@ pub(crate) fn run(cmd: Command) -> Outcome<()> {
                 json!({ "i": id, "d": devices }),
             )?;
             for r in list(&d["routeDevices"]) {
-                println!("{} -> {id}", s(&r["device"]));
+                let _ = writeln!(out, "{} -> {id}", s(&r["device"]));
             }
             Ok(())
         }
@@ -328,7 +331,7 @@ pub(crate) fn run(cmd: Command) -> Outcome<()> {
                 json!({ "d": devices }),
             )?;
             for r in list(&d["unrouteDevices"]) {
-                println!("{} direct", s(r));
+                let _ = writeln!(out, "{} direct", s(r));
             }
             Ok(())
         }
@@ -381,7 +384,9 @@ const WAIT: Duration = Duration::from_secs(600);
 
 /// Watches an instance until its install, update or start ends: a redrawn bar on a
 /// terminal, a line per step (and per 10 %) through a pipe.
-fn follow(c: &Client, id: &str, out: &mut impl Write) -> Outcome<()> {
+/// `version`: the version an update must end at (a rolled-back update ends RUNNING at the
+/// old one, with the reason in `error`).
+fn follow(c: &Client, id: &str, out: &mut impl Write, version: Option<&str>) -> Outcome<()> {
     let tty = std::io::stdout().is_terminal();
     let q = format!("query($i: ID!) {{ instance(id: $i) {{ {INSTANCE_FIELDS} }} }}");
     let started = Instant::now();
@@ -397,7 +402,7 @@ fn follow(c: &Client, id: &str, out: &mut impl Write) -> Outcome<()> {
         let done = p["bytesDownloaded"].as_u64().unwrap_or(0);
         let total = p["totalBytes"].as_u64();
         let percent = p["percent"].as_f64().unwrap_or(0.0);
-        let downloading = status == "DOWNLOADING" && p.is_object();
+        let downloading = p["status"] == "downloading";
         if downloading {
             let bps = rate.sample(done);
             if tty {
@@ -426,7 +431,17 @@ fn follow(c: &Client, id: &str, out: &mut impl Write) -> Outcome<()> {
         let _ = out.flush();
         match status.as_str() {
             "RUNNING" | "INSTALLED" | "STOPPED" => {
-                println!("instance {id}: {status}");
+                if let Some(want) = version
+                    && i["version"] != want
+                {
+                    return Err(failed(format!(
+                        "{}: {} (still at {})",
+                        i["errorCode"].as_str().unwrap_or("UPDATE_FAILED"),
+                        i["error"].as_str().unwrap_or("the update did not take"),
+                        s(&i["version"])
+                    )));
+                }
+                let _ = writeln!(out, "instance {id}: {status}");
                 return Ok(());
             }
             "FAILED" => {
@@ -494,9 +509,52 @@ fn bar(percent: f64, done: u64, total: Option<u64>, bps: Option<f64>) -> String 
     l
 }
 
+/// How long `logs -f` waits on a silent agent before pinging it, and then for the pong.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// A service's line as printed: on a terminal only colour sequences (SGR) pass, no other
+/// control sequence a service could use on the user's terminal.
+fn shown(line: &str, tty: bool) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(c) = rest.chars().next() {
+        if c == '\x1b' {
+            let seq = rest[1..].strip_prefix('[').map(|r| {
+                let end = r
+                    .find(|ch: char| !(ch.is_ascii_digit() || ch == ';'))
+                    .unwrap_or(r.len());
+                (&r[..end], r[end..].chars().next())
+            });
+            match seq {
+                Some((params, Some('m'))) => {
+                    if tty {
+                        out.push_str("\x1b[");
+                        out.push_str(params);
+                        out.push('m');
+                    }
+                    rest = &rest[3 + params.len()..];
+                }
+                // Any other control sequence goes whole (cursor moves, clearing ...).
+                Some((params, Some(f))) if ('\x40'..='\x7e').contains(&f) => {
+                    rest = &rest[3 + params.len()..];
+                }
+                _ => rest = &rest[1..],
+            }
+            continue;
+        }
+        if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 /// A `graphql-transport-ws` subscription to one instance's log lines.
 struct Ws {
     socket: tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream>,
+    /// The close code the agent sent, if it closed.
+    closed: Option<u16>,
 }
 
 impl Ws {
@@ -505,7 +563,8 @@ impl Ws {
         let url = c.endpoint.replacen("http", "ws", 1);
         let unreachable = |e: String| Failure(EXIT_UNREACHABLE, format!("WebSocket {url}: {e}"));
         if url.starts_with("wss:") {
-            return Err(unreachable(
+            return Err(Failure(
+                EXIT_USAGE,
                 "logs -f needs a plain http:// agent URL".into(),
             ));
         }
@@ -519,33 +578,48 @@ impl Ws {
         );
         let host = req
             .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        let stream = std::net::TcpStream::connect(&host).map_err(|e| unreachable(e.to_string()))?;
-        let (mut socket, _) =
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']']);
+        let port = req.uri().port_u16().unwrap_or(80);
+        let stream =
+            std::net::TcpStream::connect((host, port)).map_err(|e| unreachable(e.to_string()))?;
+        // A silent agent is pinged (graphql-transport-ws ping/pong) and given up on when it
+        // does not answer: `logs -f` never hangs on a dead link.
+        let _ = stream.set_read_timeout(Some(IDLE));
+        let _ = stream.set_write_timeout(Some(IDLE));
+        let (socket, _) =
             tungstenite::client::client(req, stream).map_err(|e| unreachable(e.to_string()))?;
-        let send = |socket: &mut tungstenite::WebSocket<_>, v: Value| {
-            socket
+        let mut ws = Ws {
+            socket,
+            closed: None,
+        };
+        let send = |ws: &mut Ws, v: Value| {
+            ws.socket
                 .send(Message::text(v.to_string()))
                 .map_err(|e| unreachable(e.to_string()))
         };
         send(
-            &mut socket,
+            &mut ws,
             json!({ "type": "connection_init", "payload": { "token": c.token } }),
         )?;
-        let mut ws = Ws { socket };
         match ws.next()? {
             Some(m) if m["type"] == "connection_ack" => {}
             _ => {
-                return Err(Failure(
-                    EXIT_UNAUTHENTICATED,
-                    "UNAUTHENTICATED: the agent refused the token".into(),
-                ));
+                return Err(match ws.closed {
+                    Some(4403) => Failure(
+                        EXIT_UNAUTHENTICATED,
+                        "UNAUTHENTICATED: the agent refused the token".into(),
+                    ),
+                    Some(4429) => {
+                        failed("RATE_LIMITED: too many failed tokens from here; retry later")
+                    }
+                    code => unreachable(format!("the agent closed the connection ({code:?})")),
+                });
             }
         }
         send(
-            &mut ws.socket,
+            &mut ws,
             json!({ "type": "subscribe", "id": "1", "payload": {
                 "query": "subscription($i: ID!) { logs(instanceId: $i) { stream line } }",
                 "variables": { "i": id } } }),
@@ -553,36 +627,65 @@ impl Ws {
         Ok(ws)
     }
 
-    /// The next protocol message (answering pings); None when the agent closed.
+    /// The next protocol message (answering pings, pinging a silent agent); None when the
+    /// agent closed.
     fn next(&mut self) -> Outcome<Option<Value>> {
-        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::{Error, Message};
+        let mut pinged = false;
         loop {
             let m = match self.socket.read() {
                 Ok(m) => m,
+                Err(Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if pinged {
+                        return Err(Failure(
+                            EXIT_UNREACHABLE,
+                            format!(
+                                "the agent did not answer a ping within {} s",
+                                IDLE.as_secs()
+                            ),
+                        ));
+                    }
+                    pinged = true;
+                    let _ = self.socket.send(Message::text(r#"{"type":"ping"}"#));
+                    continue;
+                }
                 Err(_) => return Ok(None),
             };
+            pinged = false;
             let Message::Text(t) = m else {
-                if matches!(m, Message::Close(_)) {
+                if let Message::Close(frame) = m {
+                    self.closed = frame.map(|f| u16::from(f.code));
                     return Ok(None);
                 }
                 continue;
             };
             let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-            if v["type"] == "ping" {
-                let _ = self.socket.send(Message::text(r#"{"type":"pong"}"#));
-                continue;
+            match v["type"].as_str() {
+                Some("ping") => {
+                    let _ = self.socket.send(Message::text(r#"{"type":"pong"}"#));
+                }
+                Some("pong") => {}
+                _ => return Ok(Some(v)),
             }
-            return Ok(Some(v));
         }
     }
 
     fn follow(&mut self, out: &mut impl Write) -> Outcome<()> {
+        let tty = std::io::stdout().is_terminal();
         while let Some(m) = self.next()? {
             match m["type"].as_str() {
                 Some("next") => {
                     let l = &m["payload"]["data"]["logs"];
-                    let _ = writeln!(out, "{}", l["line"].as_str().unwrap_or(""));
-                    let _ = out.flush();
+                    let line = shown(l["line"].as_str().unwrap_or(""), tty);
+                    // The reader went away (`logs -f | head`): done.
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        return Ok(());
+                    }
                 }
                 Some("error") => {
                     let e = &m["payload"][0];
@@ -606,6 +709,16 @@ impl Ws {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_lines_keep_colour_on_a_terminal_and_nothing_else() {
+        let line = "\x1b[36mINFO\x1b[0m started \x1b]52;c;ZXZpbA==\x07 \x1b[2Jx\r\tok";
+        assert_eq!(
+            shown(line, true),
+            "\x1b[36mINFO\x1b[0m started ]52;c;ZXZpbA== x\tok"
+        );
+        assert_eq!(shown(line, false), "INFO started ]52;c;ZXZpbA== x\tok");
+    }
 
     #[test]
     fn bar_shows_bytes_rate_and_eta() {

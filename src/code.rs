@@ -39,6 +39,7 @@ codes! {
     ChecksumMissing = "CHECKSUM_MISSING",
     ChecksumNotListed = "CHECKSUM_NOT_LISTED",
     ConfigInvalid = "CONFIG_INVALID",
+    CrossOrigin = "CROSS_ORIGIN",
     ConfigRejected = "CONFIG_REJECTED",
     DiskFull = "DISK_FULL",
     DownloadFailed = "DOWNLOAD_FAILED",

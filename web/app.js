@@ -33,6 +33,7 @@ class ApiError extends Error {
 }
 
 async function gql(query, variables) {
+  if (!token) throw new ApiError('UNAUTHENTICATED', 'signed out');
   let r;
   try {
     r = await fetch('/graphql', {
@@ -69,6 +70,9 @@ class Live {
       if (v.type === 'connection_ack') {
         this.ready = true;
         showLive(true);
+        // After a drop, what changed meanwhile was not seen: read the lists again.
+        if (this.acked) schedule('instances');
+        this.acked = true;
         for (const [id, sub] of this.subs) this.send(id, sub);
       } else if (v.type === 'ping') ws.send('{"type":"pong"}');
       else if (v.type === 'next' && s) {
@@ -81,6 +85,7 @@ class Live {
     };
     ws.onclose = (e) => {
       this.ready = false;
+      if (live !== this) return; // signed out: this connection is over
       showLive(false);
       if (e.code === 4403) signOut(new ApiError('UNAUTHENTICATED', 'the agent refused the token'));
       else if (!this.closed) setTimeout(() => this.open(), 2000);
@@ -114,6 +119,9 @@ function showError(e) { $('#err').textContent = e ? String(e) : ''; }
 function signOut(why) {
   sessionStorage.removeItem(KEY);
   token = null;
+  clearTimeout(timer);
+  timer = null;
+  pending.clear();
   if (live) { live.close(); live = null; }
   for (const p of progress.values()) if (p.unsubscribe) p.unsubscribe();
   progress.clear();
@@ -163,20 +171,21 @@ async function loadInstances() {
     progress { percent bytesDownloaded totalBytes } devices interface { address } } }`);
   state.instances = d.instances;
   for (const i of state.instances) {
-    if (INSTALLING.includes(i.status) && !progress.has(i.id)) follow(i);
+    if (INSTALLING.includes(i.status)) follow(i);
   }
   renderInstances();
 }
 
 // Live install progress of one instance, drawn in place.
 function follow(i) {
+  if (progress.has(i.id)) return;
   const p = Object.assign({}, i.progress || { percent: 0, bytesDownloaded: 0, totalBytes: null });
   progress.set(i.id, p);
   p.unsubscribe = live.sub('subscription($id: ID!) { installProgress(instanceId: $id) { status percent bytesDownloaded totalBytes } }',
     { id: i.id }, (d) => {
       Object.assign(p, d.installProgress);
       drawProgress(i.id);
-    }, () => {}, () => { p.unsubscribe = null; schedule('instances'); });
+    }, () => progress.delete(i.id), () => { progress.delete(i.id); schedule('instances'); });
 }
 
 function size(n) {
@@ -396,12 +405,15 @@ async function loadRoutes() {
   $('#routeform button').disabled = !ready.length;
 }
 
+// Returns whether the agent did it.
 async function route(call, vars) {
   showError();
   const types = { i: 'ID!', d: '[String!]!' };
   const decl = Object.keys(vars).map((k) => `$${k}: ${types[k]}`).join(', ');
-  try { await gql(`mutation(${decl}) { ${call} }`, vars); } catch (e) { showError(e); }
+  let ok = true;
+  try { await gql(`mutation(${decl}) { ${call} }`, vars); } catch (e) { showError(e); ok = false; }
   schedule('routes');
+  return ok;
 }
 
 $('#loginform').addEventListener('submit', async (ev) => {
@@ -417,6 +429,6 @@ $('#routeform').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const f = ev.target.elements;
   route('routeDevices(instanceId: $i, devices: $d) { device }', { i: f.instance.value, d: [f.device.value] })
-    .then(() => { f.device.value = ''; });
+    .then((ok) => { if (ok) f.device.value = ''; });
 });
 if (token) signIn().catch(signOut);

@@ -284,6 +284,16 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: 
     {
         return page;
     }
+    // A page of another site the owner has open may not drive the API (nor spend the
+    // owner's failed-token allowance): browsers say where a request comes from.
+    if req.uri().path() == "/graphql" && cross_origin(&req) {
+        log::warn!(target: "api", "refused a request from {peer} made by a page of another site");
+        return error_reply(
+            StatusCode::FORBIDDEN,
+            Code::CrossOrigin,
+            "a page of another site may not use this agent's API (its Origin is not this Host; a reverse proxy must pass Host on)",
+        );
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json_reply(
             StatusCode::OK,
@@ -307,6 +317,25 @@ async fn handle(req: Request<Incoming>, api: &Arc<Api>, peer: SocketAddr, slot: 
             "no such path; the API is at /graphql, the page at /",
         ),
     }
+}
+
+/// A browser's request whose `Origin` is not this agent (scheme://Host). Clients that are not
+/// browsers send no `Origin` and are judged by their token alone.
+fn cross_origin<B>(req: &Request<B>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map_or("", |(_, a)| a);
+    host.is_empty() || !authority.eq_ignore_ascii_case(host)
 }
 
 async fn graphql_post(

@@ -34,6 +34,20 @@ const FILES: [(&str, &str, &[u8]); 3] = [
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// `Accept-Encoding` lists gzip (or `*`) without `q=0`.
+fn accepts_gzip(header: &str) -> bool {
+    header.split(',').any(|e| {
+        let mut parts = e.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
+}
+
 /// The reply for a GET of one of the page's paths; None for any other path.
 pub(crate) fn file<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
     let (_, kind, gz) = FILES.iter().find(|(p, _, _)| *p == req.uri().path())?;
@@ -41,7 +55,7 @@ pub(crate) fn file<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
         .headers()
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+        .is_some_and(accepts_gzip);
     let body = if gzip_ok {
         Bytes::from_static(gz)
     } else {
@@ -103,6 +117,8 @@ mod tests {
         let plain = get("/app.js", None).unwrap();
         assert!(plain.headers().get("content-encoding").is_none());
         assert!(get("/nope", Some("gzip")).is_none());
+        assert!(accepts_gzip("deflate, gzip;q=0.5") && accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0") && !accepts_gzip("br") && !accepts_gzip("gzipx"));
         // The whole page within the issue's budget (48 KiB gzipped).
         let total: usize = FILES.iter().map(|(_, _, gz)| gz.len()).sum();
         assert!(total < 48 << 10, "{total}");

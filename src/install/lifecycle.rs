@@ -69,11 +69,18 @@ impl Installer {
     }
 
     /// What a supervised service did after its start: back to health, or given up on.
+    /// A flow that owns the instance (update, reconfigure, uninstall, an install's stages)
+    /// is not overruled: an outcome of a start before it began (a restart still settling
+    /// when an update is asked for) must not make an UPDATING instance RUNNING.
     async fn service_outcome(&self, id: &str, outcome: Outcome) {
+        let settled = |s: Status| matches!(s, Status::Running | Status::Failed | Status::Stopped);
         match outcome {
             Outcome::Healthy => {
                 if let Ok(Some(inst)) = self.store.instance(id)
-                    && inst.status != Status::Running
+                    && matches!(
+                        inst.status,
+                        Status::Failed | Status::Stopped | Status::Starting
+                    )
                     && inst.desired_running
                 {
                     self.transition(id, Status::Running, Some("service healthy"), |i| {
@@ -83,7 +90,9 @@ impl Installer {
                 }
             }
             Outcome::Failed(reason) => {
-                if let Ok(Some(inst)) = self.store.instance(id) {
+                if let Ok(Some(inst)) = self.store.instance(id)
+                    && settled(inst.status)
+                {
                     let e = StepError::new(Step::Running, Code::ServiceFailed, reason);
                     self.fail(&inst, &e).await;
                 }

@@ -1,7 +1,7 @@
 //! The LAN devices this router knows, offered as choices for `routeDevices`: the DHCP
 //! server's leases (dnsmasq's lease file: OpenWrt `/tmp/dhcp.leases`, Debian
 //! `/var/lib/misc/dnsmasq.leases`) and the kernel's IPv4 neighbour table (`/proc/net/arp`).
-//! Both are read bounded; a line that does not parse is left out.
+//! Both are read bounded, never through a link; a line that does not parse is left out.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -25,12 +25,34 @@ pub(crate) struct LanDevice {
     pub interface: Option<String>,
 }
 
+/// `/tmp` is writable by anyone on the router: the lease file is opened without following a
+/// link and without blocking (a FIFO there must not hold a thread), and read only if
+/// `trusted`. (A local user who plants a well-formed file before dnsmasq starts can still
+/// offer false names as choices; the owner picks, and the device's MAC is what is routed.)
 fn read(path: &str) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(MAX_BYTES).read_to_string(&mut text);
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(f) = opened
+        && f.metadata().is_ok_and(|m| trusted(&m))
+    {
+        let mut bytes = Vec::new();
+        let _ = f.take(MAX_BYTES).read_to_end(&mut bytes);
+        // A cut last line is left out, not read as a shorter address.
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        text = String::from_utf8_lossy(&bytes[..whole]).into_owned();
     }
     text
+}
+
+/// A regular file with one name that only its owner may write: not a hard link to a file
+/// root reads, not a list anyone could edit.
+fn trusted(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    m.is_file() && m.nlink() == 1 && m.mode() & 0o022 == 0
 }
 
 fn mac(text: &str) -> Option<String> {
@@ -104,6 +126,48 @@ pub(crate) fn devices() -> Vec<LanDevice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_or_fifo_in_place_of_the_lease_file_is_not_read() {
+        let dir = std::env::temp_dir().join(format!("nnc-lan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("leases");
+        std::fs::write(
+            &file,
+            "1 02:00:5e:10:00:01 192.0.2.5 tv *\n1 02:00:5e:10:00:02 19",
+        )
+        .unwrap();
+        let mode = |m: u32| {
+            let p = std::os::unix::fs::PermissionsExt::from_mode(m);
+            std::fs::set_permissions(&file, p).unwrap();
+        };
+        mode(0o664);
+        assert_eq!(
+            read(file.to_str().unwrap()),
+            "",
+            "group-writable: not trusted"
+        );
+        mode(0o644);
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            read(file.to_str().unwrap()),
+            "1 02:00:5e:10:00:01 192.0.2.5 tv *\n"
+        );
+        let hard = dir.join("hard");
+        let _ = std::fs::remove_file(&hard);
+        std::fs::hard_link(&file, &hard).unwrap();
+        assert_eq!(read(file.to_str().unwrap()), "", "two names: not trusted");
+        std::fs::remove_file(&hard).unwrap();
+        assert_eq!(read(link.to_str().unwrap()), "");
+        assert_eq!(read(fifo.to_str().unwrap()), "", "and it returned at once");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn leases_and_neighbours_merge_by_mac() {

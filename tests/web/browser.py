@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from selenium import webdriver
@@ -31,6 +32,18 @@ with urllib.request.urlopen(url) as r:
     assert r.headers["x-content-type-options"] == "nosniff"
     html = r.read().decode()
     assert "<script src=\"/app.js\"" in html and "<script>" not in html
+
+# A page of another site cannot drive the API, nor lock the owner out by failing to: more
+# cross-origin attempts than the failed-token allowance (10), then the owner signs in below.
+for _ in range(12):
+    req = urllib.request.Request(url + "graphql", data=b'{"query":"{ agent { version } }"}',
+                                 headers={"content-type": "application/json", "origin": "http://evil.example"})
+    try:
+        urllib.request.urlopen(req)
+        raise SystemExit("a cross-origin request was answered")
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read())
+        assert e.code == 403 and body["errors"][0]["extensions"]["code"] == "CROSS_ORIGIN", body
 
 opts = Options()
 opts.binary_location = "/usr/bin/chromium"
