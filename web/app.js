@@ -125,6 +125,7 @@ function signOut(why) {
   if (live) { live.close(); live = null; }
   for (const p of progress.values()) if (p.unsubscribe) p.unsubscribe();
   progress.clear();
+  followed.clear();
   $('#app').hidden = true;
   $('#signout').hidden = true;
   $('#live').hidden = true;
@@ -171,14 +172,19 @@ async function loadInstances() {
     progress { percent bytesDownloaded totalBytes } devices interface { address } } }`);
   state.instances = d.instances;
   for (const i of state.instances) {
-    if (INSTALLING.includes(i.status)) follow(i);
+    // Followed once per busy spell: a progress stream that already ended (the download is
+    // done, the instance is still starting) is not asked for again until the next one.
+    if (!INSTALLING.includes(i.status)) followed.delete(i.id);
+    else if (!followed.has(i.id)) follow(i);
   }
   renderInstances();
 }
 
 // Live install progress of one instance, drawn in place.
+const followed = new Set();
 function follow(i) {
   if (progress.has(i.id)) return;
+  followed.add(i.id);
   const p = Object.assign({}, i.progress || { percent: 0, bytesDownloaded: 0, totalBytes: null });
   progress.set(i.id, p);
   p.unsubscribe = live.sub('subscription($id: ID!) { installProgress(instanceId: $id) { status percent bytesDownloaded totalBytes } }',
