@@ -40,9 +40,12 @@ rm -f "$dir/feed.port"
 python3 demo/feed.py "$dir/feed" > "$dir/feed.port" 2> "$feed_log" &
 feed_pid=$!
 agent_pid=""
+# (Each step may fail without failing the script: under `set -e` a killed child's 143 from
+# `wait` in this trap became the script's exit status.)
 stop() {
-  [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
-  kill "$feed_pid" 2>/dev/null; wait "$feed_pid" 2>/dev/null || true
+  if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
+  kill "$feed_pid" 2>/dev/null || true
+  wait "$feed_pid" 2>/dev/null || true
 }
 trap stop EXIT
 for _ in $(seq 50); do grep -q listening "$dir/feed.port" 2>/dev/null && break; sleep 0.1; done
