@@ -105,6 +105,7 @@ pub fn graphql(data: &[u8]) {
     struct Agent {
         rt: tokio::runtime::Runtime,
         schema: crate::api::AppSchema,
+        parsed: crate::api::parsed::Parsed,
     }
     static AGENT: OnceLock<Agent> = OnceLock::new();
     let agent = AGENT.get_or_init(|| {
@@ -135,7 +136,13 @@ pub fn graphql(data: &[u8]) {
             )
         });
         let schema = crate::api::schema::build(Arc::clone(&installer), None, false);
-        Agent { rt, schema }
+        Agent {
+            rt,
+            schema,
+            parsed: Default::default(),
+        }
     });
-    let _ = agent.rt.block_on(crate::api::answer(&agent.schema, data));
+    let _ = agent
+        .rt
+        .block_on(crate::api::answer(&agent.schema, &agent.parsed, data));
 }

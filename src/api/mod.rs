@@ -6,6 +6,7 @@
 
 mod codes;
 mod guard;
+pub(crate) mod parsed;
 pub(crate) mod schema;
 mod slots;
 pub(crate) mod web;
@@ -87,6 +88,7 @@ impl Token {
 
 pub(crate) struct Api {
     schema: AppSchema,
+    parsed: parsed::Parsed,
     token: Token,
     limits: Limits,
     guard: guard::AuthGuard,
@@ -102,6 +104,7 @@ impl Api {
     ) -> Api {
         Api {
             schema: schema::build(installer, board, dev),
+            parsed: parsed::Parsed::default(),
             token,
             guard: guard::AuthGuard::new(limits.auth_failures, limits.auth_window),
             limits,
@@ -390,12 +393,12 @@ async fn graphql_post(
             );
         }
     };
-    answer(&api.schema, &body).await
+    answer(&api.schema, &api.parsed, &body).await
 }
 
 /// A request body (already authenticated and size-limited) to its reply.
-pub(crate) async fn answer(schema: &AppSchema, body: &[u8]) -> Reply {
-    let request: async_graphql::Request = match serde_json::from_slice(body) {
+pub(crate) async fn answer(schema: &AppSchema, parsed: &parsed::Parsed, body: &[u8]) -> Reply {
+    let mut request: async_graphql::Request = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             return error_reply(
@@ -405,6 +408,7 @@ pub(crate) async fn answer(schema: &AppSchema, body: &[u8]) -> Reply {
             );
         }
     };
+    parsed.prepare(&mut request);
     let mut response = schema.execute(request).await;
     codes::add(&mut response.errors);
     match serde_json::to_vec(&response) {
