@@ -4,6 +4,7 @@
 #   - a 200 MB download from loopback nginx: agent (hash included) vs curl, agent peak RSS
 #   - installFeature round-trip latency over 100 calls (median, p99)
 #   - device routing: latency and throughput of a routed LAN client vs a direct one
+#   - (tests/bench/qps.py A B A B: the `instances` throughput of binaries side by side)
 #   - memory, API throughput, event latency, the scaling table and redb growth (api_bench.py,
 #     with the examples/loadgen subscriber client and wrk). A binary given as the argument is
 #     measured instead, e.g. dist/x86_64-unknown-linux-musl/nnc-agent (cross/build.sh's: what ships).
