@@ -16,8 +16,21 @@ const MAX_QUERY: usize = 2048;
 
 #[derive(Default)]
 pub(crate) struct Parsed {
-    /// (query text, its document, last use), the least recently used evicted first.
-    entries: Mutex<(u64, Vec<(String, ExecutableDocument, u64)>)>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Counts lookups: an entry's `used` is the count at its last use.
+    clock: u64,
+    /// The least recently used is evicted first.
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    query: String,
+    doc: ExecutableDocument,
+    used: u64,
 }
 
 impl Parsed {
@@ -26,12 +39,12 @@ impl Parsed {
         if request.query.len() > MAX_QUERY {
             return;
         }
-        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (clock, entries) = &mut *guard;
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Inner { clock, entries } = &mut *guard;
         *clock += 1;
-        if let Some(e) = entries.iter_mut().find(|e| e.0 == request.query) {
-            e.2 = *clock;
-            request.set_parsed_query(e.1.clone());
+        if let Some(e) = entries.iter_mut().find(|e| e.query == request.query) {
+            e.used = *clock;
+            request.set_parsed_query(e.doc.clone());
             return;
         }
         let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
@@ -39,11 +52,15 @@ impl Parsed {
         };
         if entries.len() >= ENTRIES {
             let oldest = (0..entries.len())
-                .min_by_key(|&i| entries[i].2)
+                .min_by_key(|&i| entries[i].used)
                 .unwrap_or(0);
             entries.swap_remove(oldest);
         }
-        entries.push((request.query.clone(), doc.clone(), *clock));
+        entries.push(Entry {
+            query: request.query.clone(),
+            doc: doc.clone(),
+            used: *clock,
+        });
         request.set_parsed_query(doc);
     }
 }
@@ -53,8 +70,8 @@ mod tests {
     use super::*;
 
     fn texts(cache: &Parsed) -> Vec<String> {
-        let guard = cache.entries.lock().unwrap();
-        guard.1.iter().map(|e| e.0.clone()).collect()
+        let guard = cache.inner.lock().unwrap();
+        guard.entries.iter().map(|e| e.query.clone()).collect()
     }
 
     #[test]
