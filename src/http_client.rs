@@ -102,9 +102,20 @@ fn tls() -> ureq::tls::TlsConfig {
         .build()
 }
 
+/// ureq's builder with small buffers. Its defaults (128 KiB in, 128 KiB out, zero-filled
+/// when a connection first uses them, and once more for TLS's own transport) cost a
+/// download 512 KiB of RSS over https; a router has little, and 32 KiB reads are not
+/// slower to hash. A response header must fit the input buffer.
+pub(crate) fn builder() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    ureq::Agent::config_builder()
+        .input_buffer_size(32 * 1024)
+        .max_response_header_size(32 * 1024)
+        .output_buffer_size(16 * 1024)
+}
+
 pub(crate) fn agent(cfg: &Settings) -> ureq::Agent {
     let tls = tls();
-    ureq::Agent::config_builder()
+    builder()
         .http_status_as_error(false)
         .timeout_connect(Some(cfg.connect_timeout))
         .timeout_recv_response(Some(cfg.stall_timeout))
@@ -119,7 +130,7 @@ pub(crate) fn agent(cfg: &Settings) -> ureq::Agent {
 /// A client of an agent (the CLI; https through a reverse proxy too): never through a proxy
 /// from the environment (it would see the token).
 pub(crate) fn agent_direct() -> ureq::Agent {
-    ureq::Agent::config_builder()
+    builder()
         .proxy(None)
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(10)))

@@ -257,7 +257,8 @@ impl Downloads {
             .map_err(|e| Attempt::Fatal(io_step(Step::Downloading, part, &e)))?;
         rep.bytes(t.have, total, true);
         let mut body = response.into_body().into_reader();
-        let mut buf = vec![0u8; 64 * 1024];
+        // ureq's reads bring at most its 32 KiB input buffer (http_client::builder).
+        let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = match body.read(&mut buf) {
                 Ok(0) => break,
