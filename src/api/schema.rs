@@ -425,6 +425,20 @@ impl MutationRoot {
         Ok(InstanceObject(Arc::new(inst)))
     }
 
+    /// Measures the instance's servers now (sing-box's urltest, through each to the probe
+    /// URL; at most 10 s) instead of at its next round: `outbounds { latencyMs }` then shows
+    /// the results, and the automatic choice follows them. `INVALID_STATE` unless RUNNING
+    /// with several servers on sing-box.
+    async fn measure_outbounds(
+        &self,
+        ctx: &Context<'_>,
+        instance_id: ID,
+    ) -> async_graphql::Result<InstanceObject> {
+        let id = checked_id(&instance_id)?;
+        let inst = installer(ctx).measure_outbounds(id).await?;
+        Ok(InstanceObject(Arc::new(inst)))
+    }
+
     /// Fetches the instance's subscription now. The same servers change nothing; new ones
     /// are applied like `selectOutbound`; a failed fetch, parse or check changes nothing
     /// and says why (the error, `instance { error }`, event `subscription.failed`).

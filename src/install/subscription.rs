@@ -28,6 +28,8 @@ const FETCH_DEADLINE: Duration = Duration::from_secs(60);
 const RETRY_MS: u64 = 300_000;
 /// `subscriptionRefresh` when the settings do not say.
 const DEFAULT_REFRESH_SECS: u64 = 86_400;
+/// The most `measureOutbounds` waits for the service's measurement.
+const MEASURE_SECS: u64 = 10;
 
 /// The settings the generator renders: the user's, with the fetched servers and the pin.
 pub(crate) fn render_settings(inst: &Instance) -> Value {
@@ -290,19 +292,72 @@ impl Installer {
     /// urltest history); empty when the instance has no control API, is not RUNNING, or does
     /// not answer within 2 s. The answer is the service's: read on a blocking thread, capped.
     pub(crate) async fn latencies(&self, inst: &Instance) -> HashMap<String, u64> {
-        let (Some(secret), Status::Running) = (inst.control_secret.clone(), inst.status) else {
+        let Some(v) = self.ask_control(inst, "proxies", 2).await else {
             return HashMap::new();
         };
-        if servers(inst).is_empty() {
+        let Some(proxies) = v["proxies"].as_object() else {
             return HashMap::new();
+        };
+        proxies
+            .iter()
+            .filter_map(|(tag, p)| {
+                let delay = p["history"].as_array()?.last()?["delay"].as_u64()?;
+                (delay > 0).then(|| (tag.clone(), delay))
+            })
+            .collect()
+    }
+
+    /// `measureOutbounds`: sing-box's urltest measures every server it has no fresh
+    /// measurement of now (through each, to the probe URL), rather than at its next round;
+    /// `latencyMs` then shows the results and the automatic choice follows them. A server
+    /// that failed has none. At most [`MEASURE_SECS`].
+    pub(crate) async fn measure_outbounds(&self, id: &str) -> Result<Instance, RequestError> {
+        let inst = self.existing(id)?;
+        let missing = if servers(&inst).is_empty() {
+            Some("has no list of servers (settings.outbounds or settings.subscription)")
+        } else if inst.control_secret.is_none() {
+            Some("has no control API to measure through (only sing-box measures its servers)")
+        } else if inst.status != Status::Running {
+            Some("is not RUNNING")
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            return Err(refuse(Code::InvalidState, format!("instance {id} {why}")));
+        }
+        let path = format!(
+            "group/{}/delay?timeout={}",
+            configgen::AUTO,
+            MEASURE_SECS * 1000
+        );
+        if self
+            .ask_control(&inst, &path, MEASURE_SECS + 2)
+            .await
+            .is_none()
+        {
+            return Err(refuse(
+                Code::ServiceFailed,
+                format!("instance {id}'s service did not answer the measurement"),
+            ));
+        }
+        self.existing(id)
+    }
+
+    /// GET `path` of the instance's Clash API as JSON: `None` without a control API, unless
+    /// RUNNING, or without a 200 within `secs`. Straight to the service, never through a
+    /// proxy from the environment (it would see the secret); on a blocking thread, capped.
+    async fn ask_control(&self, inst: &Instance, path: &str, secs: u64) -> Option<Value> {
+        let (Some(secret), Status::Running) = (inst.control_secret.clone(), inst.status) else {
+            return None;
+        };
+        if servers(inst).is_empty() {
+            return None;
         }
         let paths = self.instance_paths(&inst.id);
         let (ctx, _) = self.context(inst, &paths);
-        let url = format!("http://{}:{}/proxies", ctx.listen, configgen::CONTROL_PORT);
+        let url = format!("http://{}:{}/{path}", ctx.listen, configgen::CONTROL_PORT);
         blocking(move || {
-            // Straight to the service: never through a proxy from the environment, which
-            // would see the secret.
-            let agent: ureq::Agent = ureq::Agent::config_builder()
+            let agent: ureq::Agent = crate::http_client::builder()
                 .proxy(None)
                 .http_status_as_error(false)
                 .build()
@@ -311,26 +366,16 @@ impl Installer {
                 .get(&url)
                 .header("authorization", &format!("Bearer {secret}"))
                 .config()
-                .timeout_global(Some(Duration::from_secs(2)))
+                .timeout_global(Some(Duration::from_secs(secs)))
                 .build()
                 .call()
                 .ok()
                 .filter(|r| r.status() == 200)?;
             let body =
                 crate::http_client::read_capped(resp.into_body().into_reader(), 256 * 1024).ok()?;
-            let v: Value = serde_json::from_slice(&body).ok()?;
-            let delays = v["proxies"]
-                .as_object()?
-                .iter()
-                .filter_map(|(tag, p)| {
-                    let delay = p["history"].as_array()?.last()?["delay"].as_u64()?;
-                    (delay > 0).then(|| (tag.clone(), delay))
-                })
-                .collect();
-            Some(delays)
+            serde_json::from_slice(&body).ok()
         })
         .await
-        .unwrap_or_default()
     }
 
     fn generator_of(&self, inst: &Instance) -> Result<(Feature, Generator), RequestError> {
