@@ -17,6 +17,12 @@ jobs=${NNC_CROSS_JOBS:-$(nproc)}
 build_one() {
   local t=$1 flags var
   flags="-C link-self-contained=no -Zunstable-options -Cpanic=immediate-abort -C force-unwind-tables=no -A linker-messages"
+  # Derived Debug prints the type (or variant) name only, and #[track_caller] locations carry
+  # no file names: aarch64 -34 KB. So text a user reads must come from Display, or from the
+  # Debug of str, paths, numbers and fieldless enums (those are unchanged).
+  flags+=" -Zfmt-debug=shallow -Zlocation-detail=none"
+  # For size experiments: NNC_EXTRA_RUSTFLAGS="-Z..." bash cross/build.sh TARGET
+  flags+=" ${NNC_EXTRA_RUSTFLAGS:-}"
   case $t in
     mips*) flags+=" -C target-feature=+crt-static" ;;
     x86_64-*) flags+=" -C relocation-model=static" ;;

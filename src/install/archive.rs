@@ -272,7 +272,10 @@ fn extract_tar_gz(
             EntryType::Char => Some("a character device".to_owned()),
             EntryType::Block => Some("a block device".to_owned()),
             EntryType::Fifo => Some("a FIFO".to_owned()),
-            other => Some(format!("of unsupported type {other:?}")),
+            other => Some(format!(
+                "of unsupported tar type {:?}",
+                other.as_byte() as char
+            )),
         };
         if let Some(what) = what {
             return Err(ArchiveError::Unsafe(format!(
