@@ -28,8 +28,9 @@ use super::{Api, Reply, Slot, error_reply};
 
 /// Largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 64 * 1024;
-/// What a connection's read buffer starts at (it grows to the message being read).
-const READ_BUFFER: usize = 2 * 1024;
+/// What a connection's read buffer starts at (it grows to the message being read; tungstenite
+/// zero-fills all of it, so every byte here is resident once per subscriber).
+const READ_BUFFER: usize = 512;
 /// Replies queued while a client's socket refuses writes; past this the connection ends.
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// How long a client may take to send `connection_init` (and never past its connection's
@@ -103,9 +104,11 @@ pub(super) fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let api = Arc::clone(api);
+    // Only the upgrade goes into the task: the request (headers and all) ends here.
+    let upgrade = hyper::upgrade::on(req);
     crate::util::spawn(async move {
         // The connection's slot stays taken while the WebSocket lives.
-        match hyper::upgrade::on(req).await {
+        match upgrade.await {
             Ok(upgraded) => {
                 run(
                     TokioIo::new(upgraded),
@@ -201,25 +204,28 @@ async fn run(
             return;
         }
     };
-    let init: Value = serde_json::from_slice(&first).unwrap_or(Value::Null);
-    if init.get("type").and_then(Value::as_str) != Some("connection_init") {
+    // Parsed in a scope of its own: the message's JSON tree is not kept for the connection's life.
+    let (is_init, token_ok) = {
+        let init: Value = serde_json::from_slice(&first).unwrap_or(Value::Null);
+        let payload = init.get("payload").unwrap_or(&Value::Null);
+        (
+            init.get("type").and_then(Value::as_str) == Some("connection_init"),
+            payload_token(payload).is_some_and(|t| api.token.matches(t)),
+        )
+    };
+    if !is_init {
         let _ = sink
             .send(close(4401, "Unauthorized: send connection_init first"))
             .await;
         return;
     }
-    let payload = init.get("payload").cloned().unwrap_or(Value::Null);
     if !pre_authenticated && api.lockout(peer).is_some() {
         let _ = sink
             .send(close(4429, "Too many failed authentications; retry later"))
             .await;
         return;
     }
-    let authorized = pre_authenticated
-        || api.authenticated(
-            peer,
-            payload_token(&payload).is_some_and(|t| api.token.matches(t)),
-        );
+    let authorized = pre_authenticated || api.authenticated(peer, token_ok);
     if !authorized {
         log::warn!(target: "api", "WebSocket from {peer}: connection_init without a valid token");
         let _ = sink
@@ -229,32 +235,38 @@ async fn run(
     }
     slot.authenticate();
     // Subscriptions beyond the connection's limit never reach async-graphql; their refusal
-    // goes out through `refused`, between the replies.
-    let live = Arc::new(Mutex::new(Live::default()));
-    let (refuse, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    // is queued in `Live` and goes out between the replies (woken by `Notify`, which, unlike
+    // a channel, allocates nothing until a refusal exists).
+    let live = Arc::new((Mutex::new(Live::default()), tokio::sync::Notify::new()));
     let gate = Arc::clone(&live);
     let max = api.limits.max_subscriptions;
     let input = futures_util::stream::once(future::ready(first))
         .chain(source)
         .filter(move |raw| {
-            let verdict = gate.lock().map_or(Ok(()), |mut l| l.admit(raw, max));
-            future::ready(match verdict {
+            let (live, wake) = &*gate;
+            let admitted = live.lock().map_or(true, |mut l| match l.admit(raw, max) {
                 Ok(()) => true,
                 Err(id) => {
-                    let _ = refuse.send(refusal(protocol, &id, max));
+                    l.refused.push(refusal(protocol, &id, max));
+                    wake.notify_one();
                     false
                 }
-            })
+            });
+            future::ready(admitted)
         });
     let mut output = WebSocket::new(api.schema.clone(), input, protocol);
-    loop {
-        let text = tokio::select! {
+    let (gate, wake) = &*live;
+    'connection: loop {
+        tokio::select! {
             msg = output.next() => match msg {
                 Some(WsMessage::Text(text)) => {
-                    if let Ok(mut l) = live.lock() {
+                    if let Ok(mut l) = gate.lock() {
                         l.replied(&text);
                     }
-                    super::codes::add_to_message(text)
+                    let text = super::codes::add_to_message(text);
+                    if sink.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
                 }
                 Some(WsMessage::Close(code, reason)) => {
                     let _ = sink.send(close(code, &reason)).await;
@@ -262,10 +274,14 @@ async fn run(
                 }
                 None => break,
             },
-            Some(text) = refused.recv() => text,
-        };
-        if sink.send(Message::text(text)).await.is_err() {
-            break;
+            () = wake.notified() => {
+                let texts = gate.lock().map(|mut l| std::mem::take(&mut l.refused));
+                for text in texts.unwrap_or_default() {
+                    if sink.send(Message::text(text)).await.is_err() {
+                        break 'connection;
+                    }
+                }
+            }
         }
     }
     let _ = sink.close().await;
@@ -284,9 +300,12 @@ fn head(raw: &[u8]) -> Option<Head<'_>> {
     serde_json::from_slice(raw).ok()
 }
 
-/// The operations running on one connection, by id.
+/// The operations running on one connection, by id, and the refusals not yet sent.
 #[derive(Default)]
-struct Live(HashSet<String>);
+struct Live {
+    ids: HashSet<String>,
+    refused: Vec<String>,
+}
 
 impl Live {
     /// A client message: `Err(id)` when it starts an operation past the limit.
@@ -295,14 +314,14 @@ impl Live {
             return Ok(());
         };
         match &*kind {
-            "subscribe" | "start" if !self.0.contains(&*id) => {
-                if self.0.len() >= max {
+            "subscribe" | "start" if !self.ids.contains(&*id) => {
+                if self.ids.len() >= max {
                     return Err(id.into_owned());
                 }
-                self.0.insert(id.into_owned());
+                self.ids.insert(id.into_owned());
             }
             "complete" | "stop" => {
-                self.0.remove(&*id);
+                self.ids.remove(&*id);
             }
             _ => {}
         }
@@ -313,7 +332,7 @@ impl Live {
     fn replied(&mut self, text: &str) {
         if let Some(Head { kind, id: Some(id) }) = head(text.as_bytes()) {
             if kind == "complete" || kind == "error" {
-                self.0.remove(&*id);
+                self.ids.remove(&*id);
             }
         }
     }

@@ -2,7 +2,8 @@
 """Memory, API and event figures of one agent binary (issue 18); prints them, asserts nothing
 about speed. Needs root (instances get interfaces), nginx, wrk and the loadgen example.
 
-usage: api_bench.py AGENT_BINARY LOADGEN_BINARY [--cycles N]
+usage: api_bench.py AGENT_BINARY LOADGEN_BINARY [--cycles N] [--headline]
+  (--headline: part 1 only)
   (BENCH_WRAP="valgrind --tool=massif" runs the agent under that; BENCH_STDERR=1 shows its log)
 
 1. headline: a fresh agent, idle RSS; then 200 `events` subscribers (loadgen, one thread,
@@ -194,6 +195,8 @@ def main():
         for i in ids:
             post(url, token, "mutation($id: ID!) { uninstallInstance(id: $id) { instanceId } }", {"id": i})
         wait_all(url, token, [], set())
+        if "--headline" in sys.argv:
+            return
 
         # 2. Scaling table.
         print("\ninstances | subscribers | VmRSS KiB | instances q/s | p50 ms | p99 ms")
