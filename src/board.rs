@@ -82,7 +82,7 @@ pub(crate) fn load(name_or_path: &str) -> Result<Board, String> {
         }
     };
     let mut board: Board =
-        basic_toml::from_str(&text).map_err(|e| format!("board {name}: {}", e))?;
+        crate::util::from_toml(&text).map_err(|e| format!("board {name}: {}", e))?;
     board.name = name;
     validate(&board).map_err(|e| format!("board {}: {e}", board.name))?;
     Ok(board)

