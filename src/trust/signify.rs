@@ -13,7 +13,6 @@
 //! passphrase. `keynum` is usign's key fingerprint (the name of files in `/etc/opkg/keys`).
 
 use ed25519_compact::{KeyPair, PublicKey as EdPublic, SecretKey, Seed, Signature};
-use sha2::{Digest, Sha512};
 
 use super::TrustError;
 use crate::util::{base64_decode, base64_encode};
@@ -137,7 +136,7 @@ pub(crate) fn keygen(comment: &str) -> Result<(String, String), TrustError> {
     let mut secret = b"EdBK".to_vec();
     secret.extend_from_slice(&0u32.to_be_bytes());
     secret.extend_from_slice(&salt);
-    secret.extend_from_slice(&Sha512::digest(kp.sk.as_ref())[..8]);
+    secret.extend_from_slice(&sha512(kp.sk.as_ref()).as_ref()[..8]);
     secret.extend_from_slice(&keynum);
     secret.extend_from_slice(kp.sk.as_ref());
     Ok((
@@ -169,7 +168,7 @@ pub(crate) fn sign(
         return Err(TrustError::Format("secret key: it is passphrase-protected; the agent reads only keys made with 'keygen' or 'signify -G -n'".into()));
     }
     let key = &raw[40..104];
-    if Sha512::digest(key)[..8] != raw[24..32] {
+    if sha512(key).as_ref()[..8] != raw[24..32] {
         return Err(TrustError::Format(
             "secret key: checksum mismatch (corrupt key file)".into(),
         ));
@@ -184,6 +183,11 @@ pub(crate) fn sign(
         "{COMMENT}verify with {pubkey_name}\n{}\n",
         base64_encode(&out)
     ))
+}
+
+/// SHA-512 (ring's: rustls links it for TLS already).
+fn sha512(data: &[u8]) -> ring::digest::Digest {
+    ring::digest::digest(&ring::digest::SHA512, data)
 }
 
 #[cfg(test)]
