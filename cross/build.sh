@@ -5,7 +5,8 @@
 # All five go through the same path: nightly -Zbuild-std with std's optimize_for_size and
 # panic=immediate-abort, linked by zig cc against zig's musl (cargo-zigbuild). MIPS needs
 # +crt-static (its musl targets default to dynamic linking); x86_64 uses relocation-model=static
-# (non-PIE: smaller, and the agent gains nothing from a relocatable image).
+# (non-PIE: smaller, and the agent gains nothing from a relocatable image). Each binary is also
+# packed as dist/<target>/nnc-agent.xz (cross/env.sh's xz_options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source cross/env.sh
@@ -37,6 +38,9 @@ build_one() {
   mkdir -p "$NNC_DIST/$t"
   cp "$NNC_CACHE/target-cross/$t/$t/release/nnc-agent" "$NNC_DIST/$t/nnc-agent"
   python3 cross/check_elf.py "$t" "$NNC_DIST/$t/nnc-agent"
+  # The packed binary for installing by hand (`xz -d`); cross/size.sh checks it unpacks to
+  # the same bytes.
+  xz $(xz_options "$t") -c "$NNC_DIST/$t/nnc-agent" > "$NNC_DIST/$t/nnc-agent.xz"
 }
 
 # Cargo does not know the linker's libc changed: binaries linked by another zig are removed,

@@ -11,3 +11,17 @@ arch_key() {
     mipsel-*) echo mipsel ;; mips-*) echo mips ;; *) return 1 ;;
   esac
 }
+# xz options for a target's packed binary (dist/<target>/nnc-agent.xz): the branch/call filter
+# of its instruction set (ARM64's needs xz-utils 5.4+; xz has none for MIPS), LZMA2's literal
+# and position bits set to the instruction width, and an 8 MiB dictionary (it holds the whole
+# binary, so a bigger one gains nothing; unpacking needs 9 MiB instead of -9e's 65 MiB).
+xz_options() {
+  local lzma=preset=9e,dict=8MiB
+  case $1 in
+    x86_64-*) echo "--x86 --lzma2=$lzma" ;;
+    aarch64-*) echo "--arm64 --lzma2=$lzma,lc=2,lp=2,pb=2" ;;
+    armv7-*) echo "--armthumb --lzma2=$lzma,lp=1,pb=1" ;;
+    mips*) echo "--lzma2=$lzma,lc=2,lp=2,pb=2" ;;
+    *) return 1 ;;
+  esac
+}

@@ -51,8 +51,17 @@ fn system_roots() -> Arc<Vec<ureq::tls::Certificate<'static>>> {
     Arc::clone(ROOTS.get_or_init(|| Arc::new(read_system_roots())))
 }
 
+/// `SSL_CERT_FILE` (the variable OpenSSL, curl and Go read) names the bundle instead: a
+/// router owner's own CA, or a test's.
 fn read_system_roots() -> Vec<ureq::tls::Certificate<'static>> {
-    for path in CA_BUNDLES {
+    let chosen = std::env::var("SSL_CERT_FILE")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let paths: Vec<&str> = match &chosen {
+        Some(p) => vec![p.as_str()],
+        None => CA_BUNDLES.to_vec(),
+    };
+    for path in &paths {
         let Ok(pem) = std::fs::read(path) else {
             continue;
         };
@@ -70,9 +79,25 @@ fn read_system_roots() -> Vec<ureq::tls::Certificate<'static>> {
     log::warn!(
         target: "download-manager",
         "no CA bundle found ({}): https downloads will fail until one is installed",
-        CA_BUNDLES.join(", ")
+        paths.join(", ")
     );
     Vec::new()
+}
+
+/// What is wrong with a server's certificate, when that is why a request failed: trying again
+/// cannot mend it (curl and browsers do not either), so a download fails at once.
+pub(crate) fn certificate_refused(e: &ureq::Error) -> Option<String> {
+    let tls = match e {
+        ureq::Error::Rustls(r) => r,
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+        _ => return None,
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            Some(format!("the server's TLS certificate is refused ({tls})"))
+        }
+        _ => None,
+    }
 }
 
 /// An HTTP client made at its first use (off the runtime thread: downloads run blocking).
@@ -98,7 +123,7 @@ fn tls() -> ureq::tls::TlsConfig {
     ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
         .root_certs(ureq::tls::RootCerts::Specific(system_roots()))
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .unversioned_rustls_crypto_provider(crate::tls::provider())
         .build()
 }
 

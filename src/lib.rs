@@ -25,6 +25,7 @@ mod platform;
 mod routing;
 mod store;
 mod supervisor;
+mod tls;
 mod trust;
 mod util;
 mod vif;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first. A new module must be given a layer here (the test says so).
 const LAYERS: &[&[&str]] = &[
-    &["util"],
+    &["util", "tls"],
     &[
         "code",
         "failpoint",

@@ -130,9 +130,17 @@ impl Downloads {
                 .header("Range", format!("bytes={from}-"))
                 .header("If-Range", v.as_str());
         }
-        let response = request
-            .call()
-            .map_err(|e| Attempt::Retry(describe_ureq(&e)))?;
+        let response =
+            request
+                .call()
+                .map_err(|e| match crate::http_client::certificate_refused(&e) {
+                    Some(why) => Attempt::Fatal(StepError::new(
+                        Step::Downloading,
+                        Code::DownloadFailed,
+                        format!("download of {}: {why}", t.url),
+                    )),
+                    None => Attempt::Retry(describe_ureq(&e)),
+                })?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response

@@ -76,7 +76,7 @@ pub(super) fn wrap(
     host: &str,
     trust: &TlsTrust,
 ) -> Result<StreamOwned<ClientConnection, Socket>, ApiError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?;
