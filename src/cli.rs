@@ -48,7 +48,7 @@ serve options (each also a key of the --config TOML file, with '_' for '-'):
   --board NAME|FILE    board profile for defaults (x86_64-vm, aarch64-vm, mt7621,
                        ipq40xx, ath79, mikrotik-arm64, or a .toml file)
   --dev                enable GraphQL introspection
-  SSL_CERT_FILE        the PEM bundle of roots https trusts (default: the system's)
+environment: SSL_CERT_FILE, the PEM bundle of roots https trusts (default: the system's)
 ";
 
 #[derive(Debug)]

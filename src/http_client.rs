@@ -52,18 +52,24 @@ fn system_roots() -> Arc<Vec<ureq::tls::Certificate<'static>>> {
 }
 
 /// `SSL_CERT_FILE` (the variable OpenSSL, curl and Go read) names the bundle instead: a
-/// router owner's own CA, or a test's.
+/// router owner's own CA, or a test's. It is then the only one read.
+fn bundle_paths() -> Vec<String> {
+    match std::env::var("SSL_CERT_FILE") {
+        Ok(p) if !p.is_empty() => vec![p],
+        _ => CA_BUNDLES.map(String::from).to_vec(),
+    }
+}
+
 fn read_system_roots() -> Vec<ureq::tls::Certificate<'static>> {
-    let chosen = std::env::var("SSL_CERT_FILE")
-        .ok()
-        .filter(|p| !p.is_empty());
-    let paths: Vec<&str> = match &chosen {
-        Some(p) => vec![p.as_str()],
-        None => CA_BUNDLES.to_vec(),
-    };
+    let paths = bundle_paths();
     for path in &paths {
-        let Ok(pem) = std::fs::read(path) else {
-            continue;
+        let pem = match std::fs::read(path) {
+            Ok(pem) => pem,
+            Err(e) if paths.len() == 1 => {
+                log::error!(target: "download-manager", "SSL_CERT_FILE {path}: {e}");
+                continue;
+            }
+            Err(_) => continue,
         };
         let certs: Vec<_> = ureq::tls::parse_pem(&pem)
             .filter_map(|item| match item {
@@ -76,23 +82,34 @@ fn read_system_roots() -> Vec<ureq::tls::Certificate<'static>> {
             return certs;
         }
     }
-    log::warn!(
+    log::error!(
         target: "download-manager",
-        "no CA bundle found ({}): https downloads will fail until one is installed",
+        "no trusted root certificates in {}: https downloads fail until a CA bundle is installed and the agent restarted",
         paths.join(", ")
     );
     Vec::new()
 }
 
-/// What is wrong with a server's certificate, when that is why a request failed: trying again
-/// cannot mend it (curl and browsers do not either), so a download fails at once.
+/// What is wrong with a server's certificate, when that is why a request failed and trying
+/// again cannot mend it (curl and browsers do not either), so a download fails at once. Not a
+/// certificate outside its validity period: a router without a real-time clock boots with a
+/// stale time, and its downloads must outlast the NTP sync.
 pub(crate) fn certificate_refused(e: &ureq::Error) -> Option<String> {
+    use rustls::CertificateError as C;
     let tls = match e {
         ureq::Error::Rustls(r) => r,
         ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
         _ => return None,
     };
     match tls {
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => None,
+        rustls::Error::InvalidCertificate(_) if system_roots().is_empty() => Some(format!(
+            "no trusted root certificates were loaded ({}; see the agent's log), so no https \
+             server can be trusted: install a CA bundle and restart the agent",
+            bundle_paths().join(", ")
+        )),
         rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
             Some(format!("the server's TLS certificate is refused ({tls})"))
         }
@@ -228,4 +245,40 @@ pub(crate) fn read_capped(r: impl Read, cap: u64) -> Result<Vec<u8>, String> {
         return Err(format!("larger than {cap} bytes"));
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertificateError as C;
+
+    /// A TLS failure as ureq reports it (rustls's error inside an io::Error).
+    fn failed(e: rustls::Error) -> ureq::Error {
+        ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    #[test]
+    fn a_refused_certificate_is_final_but_a_clock_before_ntp_is_not() {
+        for refused in [
+            rustls::Error::InvalidCertificate(C::UnknownIssuer),
+            rustls::Error::InvalidCertificate(C::NotValidForName),
+            rustls::Error::InvalidCertificate(C::BadSignature),
+            rustls::Error::NoCertificatesPresented,
+        ] {
+            let why = certificate_refused(&failed(refused.clone()));
+            assert!(why.is_some(), "{refused:?} is retried");
+        }
+        for retried in [
+            rustls::Error::InvalidCertificate(C::Expired),
+            rustls::Error::InvalidCertificate(C::NotValidYet),
+            rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+        ] {
+            assert_eq!(
+                certificate_refused(&failed(retried.clone())),
+                None,
+                "{retried:?}"
+            );
+        }
+        assert_eq!(certificate_refused(&ureq::Error::ConnectionFailed), None);
+    }
 }

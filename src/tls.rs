@@ -3,11 +3,12 @@
 //!
 //! Why: on aarch64 and x86_64 ring's P-256 carries a 148 KiB precomputed base-point table
 //! (`ecp_nistz256_precomputed`, 5% of the aarch64 binary); `p256` costs a fraction of it
-//! (aarch64 -175 KB in all). Verification handles public data only. `p256`'s ECDH is written
-//! to be constant-time but has had no independent audit: it is used only when a server
-//! refuses X25519, with a fresh key per connection, and what the agent downloads is checked
-//! by its pinned or signed hash whatever TLS did. P-256 must be offered at all because a
-//! TLS 1.2 server accepts a P-256 certificate only from a client that lists the curve.
+//! (aarch64 -173 KB in all). Verification handles public data only. `p256`'s ECDH is written
+//! to be constant-time but has had no independent audit: it runs only with a server that
+//! refuses X25519, with a fresh key per connection. What the agent downloads is checked by its
+//! pinned or signed hash whatever TLS did; the RouterOS API's login does rely on it with a
+//! router that lacks X25519. P-256 must be offered at all because a TLS 1.2 server accepts a
+//! P-256 certificate only from a client that lists the curve.
 
 use std::sync::{Arc, OnceLock};
 
@@ -35,10 +36,12 @@ impl SignatureVerificationAlgorithm for P256 {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), InvalidSignature> {
-        // The SPKI's key is an uncompressed SEC1 point; the signature is DER (r, s), each
-        // checked to be in 1..n by `from_der`.
-        let key =
-            p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).map_err(|_| InvalidSignature)?;
+        // The SPKI's key as ring takes it: an uncompressed SEC1 point only (`from_sec1_bytes`
+        // alone would take compressed ones too), on the curve. The signature is DER (r, s),
+        // each checked to be in 1..n by `from_der`.
+        let key = uncompressed_point(public_key)
+            .and_then(|k| p256::ecdsa::VerifyingKey::from_sec1_bytes(k).ok())
+            .ok_or(InvalidSignature)?;
         let signature =
             p256::ecdsa::Signature::from_der(signature).map_err(|_| InvalidSignature)?;
         let digest = ring::digest::digest(self.hash, message);
@@ -145,13 +148,17 @@ impl SupportedKxGroup for P256Kx {
     fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
         // A uniformly random scalar in 1..n: 32 random bytes, drawn again in the rare case
         // (about 2^-32) that they are 0 or not below n.
+        // A source that keeps failing that test is broken: give up after 100 draws, as ring does.
         let mut bytes = Wiped([0u8; 32]);
-        let secret = loop {
+        let mut secret = None;
+        for _ in 0..100 {
             Random.fill(&mut bytes.0)?;
             if let Ok(k) = p256::SecretKey::from_slice(&bytes.0) {
-                break k;
+                secret = Some(k);
+                break;
             }
-        };
+        }
+        let secret = secret.ok_or(GetRandomFailed)?;
         use p256::elliptic_curve::sec1::ToEncodedPoint;
         let public = secret
             .public_key()
@@ -170,11 +177,9 @@ impl ActiveKeyExchange for P256Exchange {
     fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
         // TLS sends the uncompressed point only (RFC 8446 4.2.8.2); `from_sec1_bytes` refuses
         // the identity and points off the curve.
-        let peer = match peer {
-            [4, ..] if peer.len() == 65 => p256::PublicKey::from_sec1_bytes(peer).ok(),
-            _ => None,
-        }
-        .ok_or(PeerMisbehaved::InvalidKeyShare)?;
+        let peer = uncompressed_point(peer)
+            .and_then(|p| p256::PublicKey::from_sec1_bytes(p).ok())
+            .ok_or(PeerMisbehaved::InvalidKeyShare)?;
         let shared = p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), peer.as_affine());
         Ok(SharedSecret::from(&shared.raw_secret_bytes()[..]))
     }
@@ -186,6 +191,12 @@ impl ActiveKeyExchange for P256Exchange {
     fn group(&self) -> NamedGroup {
         NamedGroup::secp256r1
     }
+}
+
+/// `bytes` if they are an uncompressed SEC1 point of P-256 (0x04, X, Y): the only form TLS
+/// key shares (RFC 8446 4.2.8.2) and ring's ECDSA keys take.
+fn uncompressed_point(bytes: &[u8]) -> Option<&[u8]> {
+    (bytes.len() == 65 && bytes[0] == 4).then_some(bytes)
 }
 
 /// Bytes wiped when dropped (the scalar's source).
@@ -311,16 +322,92 @@ mod tests {
         off_curve[64] ^= 1;
         refused(&P256_SHA256, &off_curve, msg, &sha256);
         refused(&P256_SHA256, &key[..33], msg, &sha256);
+        // The same key compressed (0x02/0x03 and X): a valid point, refused like ring does.
+        let mut compressed = key[..33].to_vec();
+        compressed[0] = 2 + (key[64] & 1);
+        assert!(p256::ecdsa::VerifyingKey::from_sec1_bytes(&compressed).is_ok());
+        refused(&P256_SHA256, &compressed, msg, &sha256);
         refused(&P256_SHA256, &[], msg, &sha256);
 
-        // ring's own verifier (what rustls used before) agrees on every case above.
-        let ring_ok = |alg: &dyn SignatureVerificationAlgorithm, sig: &[u8]| {
-            alg.verify_signature(&key, msg, sig).is_ok()
-        };
-        assert!(ring_ok(algs::ECDSA_P256_SHA256, &sha256));
-        assert!(ring_ok(algs::ECDSA_P256_SHA384, &sha384));
-        assert!(ring_ok(algs::ECDSA_P256_SHA256, &high_s(&sha256)));
-        assert!(!ring_ok(algs::ECDSA_P256_SHA256, &bent));
+        // ring's own verifier (what rustls used before) gives the same verdict on each case.
+        type Case<'a> = (
+            &'a P256,
+            &'a dyn SignatureVerificationAlgorithm,
+            &'a [u8],
+            &'a [u8],
+            &'a [u8],
+        );
+        let cases: [Case; 14] = [
+            (&P256_SHA256, algs::ECDSA_P256_SHA256, &key, msg, &sha256),
+            (&P256_SHA384, algs::ECDSA_P256_SHA384, &key, msg, &sha384),
+            (
+                &P256_SHA256,
+                algs::ECDSA_P256_SHA256,
+                &key,
+                msg,
+                &high_s(&sha256),
+            ),
+            (&P256_SHA384, algs::ECDSA_P256_SHA384, &key, msg, &sha256),
+            (&P256_SHA256, algs::ECDSA_P256_SHA256, &key, msg, &sha384),
+            (
+                &P256_SHA256,
+                algs::ECDSA_P256_SHA256,
+                &key,
+                b"another message",
+                &sha256,
+            ),
+            (&P256_SHA256, algs::ECDSA_P256_SHA256, &key, msg, &bent),
+            (
+                &P256_SHA256,
+                algs::ECDSA_P256_SHA256,
+                &key,
+                msg,
+                &sha256[..sha256.len() - 1],
+            ),
+            (
+                &P256_SHA256,
+                algs::ECDSA_P256_SHA256,
+                &off_curve,
+                msg,
+                &sha256,
+            ),
+            (
+                &P256_SHA256,
+                algs::ECDSA_P256_SHA256,
+                &key[..33],
+                msg,
+                &sha256,
+            ),
+            (
+                &P256_SHA256,
+                algs::ECDSA_P256_SHA256,
+                &compressed,
+                msg,
+                &sha256,
+            ),
+            (&P256_SHA256, algs::ECDSA_P256_SHA256, &[], msg, &sha256),
+            (
+                &P256_SHA384,
+                algs::ECDSA_P256_SHA384,
+                &compressed,
+                msg,
+                &sha384,
+            ),
+            (
+                &P256_SHA384,
+                algs::ECDSA_P256_SHA384,
+                &key,
+                msg,
+                &high_s(&sha384),
+            ),
+        ];
+        for (i, (ours, ring, key, msg, sig)) in cases.iter().enumerate() {
+            assert_eq!(
+                ours.verify_signature(key, msg, sig).is_ok(),
+                ring.verify_signature(key, msg, sig).is_ok(),
+                "case {i}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Downloads over https from Debian's nginx with ECDSA P-256 certificates (what GitHub's and
 //! most CDNs' chains are), through the agent's own TLS provider: ring for the ciphers, X25519
-//! and P-384 key exchange, RustCrypto's `p256` for P-256 signatures (src/tls.rs). The CA is
-//! the agent's only root, given by `SSL_CERT_FILE`.
+//! and P-384 key exchange, RustCrypto's `p256` for P-256 (src/tls.rs): root -> intermediate
+//! (SHA-384) -> server (SHA-256), all P-256. The root is the agent's only one (`SSL_CERT_FILE`).
 
 mod common;
 
@@ -18,8 +18,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     run_ok(Command::new("openssl").args(args).current_dir(dir));
 }
 
-/// A P-256 CA (its self-signature with SHA-384) in `dir`/`name`.pem and `name`.key.
-fn ca(dir: &Path, name: &str) -> PathBuf {
+/// A self-signed P-256 root CA in `dir`/`name`.pem and `name`.key.
+fn root_ca(dir: &Path, name: &str) -> PathBuf {
     openssl(
         dir,
         &[
@@ -29,7 +29,6 @@ fn ca(dir: &Path, name: &str) -> PathBuf {
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:prime256v1",
-            "-sha384",
             "-nodes",
             "-days",
             "2",
@@ -48,8 +47,14 @@ fn ca(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.pem"))
 }
 
-/// A P-256 server certificate for 127.0.0.1 signed by `ca` with SHA-256: (cert, key).
-fn leaf(dir: &Path, ca: &str, name: &str) -> (PathBuf, PathBuf) {
+/// A P-256 certificate `name` signed by `issuer` with `digest`: an intermediate CA, or a
+/// server certificate for 127.0.0.1. Returns `name`.pem; the key is `name`.key.
+fn issue(dir: &Path, issuer: &str, name: &str, ca: bool, digest: &str) -> PathBuf {
+    let subject = if ca {
+        format!("/CN={name}")
+    } else {
+        "/CN=127.0.0.1".into()
+    };
     openssl(
         dir,
         &[
@@ -60,18 +65,19 @@ fn leaf(dir: &Path, ca: &str, name: &str) -> (PathBuf, PathBuf) {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-subj",
-            "/CN=127.0.0.1",
+            &subject,
             "-keyout",
             &format!("{name}.key"),
             "-out",
             &format!("{name}.csr"),
         ],
     );
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
+    let ext = if ca {
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n"
+    } else {
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    };
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
     openssl(
         dir,
         &[
@@ -80,33 +86,41 @@ fn leaf(dir: &Path, ca: &str, name: &str) -> (PathBuf, PathBuf) {
             "-in",
             &format!("{name}.csr"),
             "-CA",
-            &format!("{ca}.pem"),
+            &format!("{issuer}.pem"),
             "-CAkey",
-            &format!("{ca}.key"),
+            &format!("{issuer}.key"),
             "-CAcreateserial",
             "-days",
             "2",
-            "-sha256",
+            digest,
             "-extfile",
             &format!("{name}.ext"),
             "-out",
             &format!("{name}.pem"),
         ],
     );
-    // A verifier nobody here wrote agrees that the chain is good.
-    openssl(
-        dir,
-        &[
-            "verify",
-            "-CAfile",
-            &format!("{ca}.pem"),
-            &format!("{name}.pem"),
-        ],
+    dir.join(format!("{name}.pem"))
+}
+
+/// root -> intermediate (signed with SHA-384) -> server (SHA-256), all P-256: the chain file
+/// nginx sends (server + intermediate) and the server's key. A verifier nobody here wrote
+/// agrees that the chain is good.
+fn chain(dir: &Path, root: &str, name: &str) -> (PathBuf, PathBuf) {
+    let inter = format!("{name}-intermediate");
+    let inter_pem = issue(dir, root, &inter, true, "-sha384");
+    let leaf = issue(dir, &inter, name, false, "-sha256");
+    run_ok(
+        Command::new("openssl")
+            .args(["verify", "-CAfile", &format!("{root}.pem"), "-untrusted"])
+            .arg(&inter_pem)
+            .arg(&leaf)
+            .current_dir(dir),
     );
-    (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    )
+    let bundle = dir.join(format!("{name}-chain.pem"));
+    let mut text = std::fs::read(&leaf).unwrap();
+    text.extend(std::fs::read(&inter_pem).unwrap());
+    std::fs::write(&bundle, text).unwrap();
+    (bundle, dir.join(format!("{name}.key")))
 }
 
 /// An nginx `server` part: one more listener on 127.0.0.1 with TLS.
@@ -121,12 +135,20 @@ fn tls_listener(port: u16, cert: &Path, key: &Path, protocols: &str, curves: &st
 struct Server {
     nginx: Nginx,
     port: u16,
+    /// What nginx allows: so what the log must show was negotiated.
+    protocol: String,
+    curve: String,
 }
 
 fn serve(www: &Path, cert: &Path, key: &Path, protocols: &str, curves: &str) -> Server {
     let port = free_port();
     let nginx = Nginx::start(www, &tls_listener(port, cert, key, protocols, curves));
-    Server { nginx, port }
+    Server {
+        nginx,
+        port,
+        protocol: protocols.to_owned(),
+        curve: curves.to_owned(),
+    }
 }
 
 #[test]
@@ -134,10 +156,10 @@ fn installs_over_tls_1_2_and_1_3_with_p256_chains_and_refuses_an_unknown_ca() {
     let root = TempDir::new("https");
     let pki = root.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    let ca_pem = ca(&pki, "ca");
-    ca(&pki, "other-ca");
-    let (cert, key) = leaf(&pki, "ca", "server");
-    let (stranger, stranger_key) = leaf(&pki, "other-ca", "stranger");
+    let ca_pem = root_ca(&pki, "ca");
+    root_ca(&pki, "other-ca");
+    let (cert, key) = chain(&pki, "ca", "server");
+    let (stranger, stranger_key) = chain(&pki, "other-ca", "stranger");
 
     let www = root.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -189,6 +211,7 @@ fn installs_over_tls_1_2_and_1_3_with_p256_chains_and_refuses_an_unknown_ca() {
     );
 
     for (name, server) in trusted {
+        let (protocol, curve) = (&server.protocol, &server.curve);
         let id = agent.install(name, "main");
         let inst = agent.wait_done(&id, TIMEOUT);
         assert_eq!(
@@ -198,10 +221,11 @@ fn installs_over_tls_1_2_and_1_3_with_p256_chains_and_refuses_an_unknown_ca() {
             agent.log()
         );
         assert_eq!(inst["sha256"], sha, "{name}");
-        assert_eq!(
-            server.nginx.requests_for("/tor").len(),
-            1,
-            "{name}: one request, over TLS"
+        let requests = server.nginx.requests_for("/tor");
+        assert_eq!(requests.len(), 1, "{name}: {requests:?}");
+        assert!(
+            requests[0].contains(&format!(" tls={protocol}/{curve} ")),
+            "{name}: negotiated {requests:?}"
         );
     }
 

@@ -291,7 +291,7 @@ impl Nginx {
 error_log {d}/error.log; pid {d}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
-  log_format ranged '$request_method $uri $status $body_bytes_sent range="$http_range" t=$msec from=$remote_addr';
+  log_format ranged '$request_method $uri $status $body_bytes_sent range="$http_range" t=$msec tls=$ssl_protocol/$ssl_curve from=$remote_addr';
   access_log {d}/access.log ranged;
   client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
   uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
