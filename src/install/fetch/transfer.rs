@@ -332,8 +332,6 @@ pub(super) struct Downloaded {
     pub resumed: bool,
 }
 
-/// One download in progress: the part file, how much of it there is and is hashed, the
-/// server's validator for resuming, and the most it may grow to.
 /// Writes a download's pages to disk while it comes in, instead of all at the final fsync:
 /// each full `CHUNK` is handed to writeback at once, and the one before it is waited for. So
 /// the disk works while the network does (the final fsync waits for one chunk at most), and a
@@ -386,6 +384,8 @@ impl Writeback {
     }
 }
 
+/// One download in progress: the part file, how much of it there is and is hashed, the
+/// server's validator for resuming, and the most it may grow to.
 struct Transfer<'a> {
     id: &'a str,
     url: &'a str,
