@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, Nginx, TempDir, feature, free_port, run_ok, sha256_file, write_catalogue};
+use common::{
+    Agent, Nginx, P256_KEY, TempDir, feature, free_port, run_ok, sha256_file, write_catalogue,
+};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -18,18 +20,24 @@ fn openssl(dir: &Path, args: &[&str]) {
     run_ok(Command::new("openssl").args(args).current_dir(dir));
 }
 
+/// `openssl req` with a new unencrypted P-256 key and `args`.
+fn req_p256(dir: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("openssl")
+            .arg("req")
+            .args(P256_KEY)
+            .arg("-nodes")
+            .args(args)
+            .current_dir(dir),
+    );
+}
+
 /// A self-signed P-256 root CA in `dir`/`name`.pem and `name`.key.
 fn root_ca(dir: &Path, name: &str) -> PathBuf {
-    openssl(
+    req_p256(
         dir,
         &[
-            "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
             "-days",
             "2",
             "-subj",
@@ -55,15 +63,9 @@ fn issue(dir: &Path, issuer: &str, name: &str, ca: bool, digest: &str) -> PathBu
     } else {
         "/CN=127.0.0.1".into()
     };
-    openssl(
+    req_p256(
         dir,
         &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
             "-subj",
             &subject,
             "-keyout",

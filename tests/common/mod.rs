@@ -875,18 +875,15 @@ impl Rng {
     }
 }
 
+/// `openssl req`'s arguments for a new P-256 key.
+pub const P256_KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
 /// A self-signed P-256 certificate for `name` (CN and DNS SAN): (cert.pem, key.pem).
 pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
+        .args(["req", "-x509"])
+        .args(P256_KEY)
         .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
         .args(["-addext", &format!("subjectAltName=DNS:{name}")])
         .arg("-keyout")
