@@ -5,6 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -265,35 +266,9 @@ impl Downloads {
             .map_err(|e| Attempt::Fatal(io_step(Step::Downloading, part, &e)))?;
         rep.bytes(t.have, total, true);
         let mut body = response.into_body().into_reader();
-        // ureq's reads bring at most its 32 KiB input buffer (http_client::builder).
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut writeback = Writeback::at(t.have);
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Attempt::Retry(describe_read_error(
-                        &e,
-                        self.cfg.stall_timeout,
-                        t.have,
-                        total,
-                    )));
-                }
-            };
-            if t.have + n as u64 > limit {
-                return Err(too_large(t.have + n as u64));
-            }
-            t.file
-                .write_all(&buf[..n])
-                .map_err(|e| Attempt::Fatal(io_step(Step::Downloading, part, &e)))?;
-            t.hasher.update(&buf[..n]);
-            t.have += n as u64;
-            t.hashed = t.have;
-            writeback.wrote(&t.file, t.have);
-            rep.bytes(t.have, total, false);
-        }
+        pump(t, &mut body, rep, total, too_large, |e, have| {
+            describe_read_error(e, self.cfg.stall_timeout, have, total)
+        })?;
         rep.bytes(t.have, total, true);
         match total {
             Some(all) if t.have < all => Err(Attempt::Retry(format!(
@@ -330,6 +305,97 @@ pub(super) struct Downloaded {
     pub digest: [u8; 32],
     pub len: u64,
     pub resumed: bool,
+}
+
+/// A piece of the body: a buffer and how much of it is filled.
+type Piece = (Vec<u8>, usize);
+
+/// Pieces in flight, and the size of each: at most 256 KiB per download.
+const PIECES: usize = 4;
+const PIECE: usize = 64 * 1024;
+
+/// Copies the body onto the end of the part file and hashes it on a second thread: hashing
+/// takes about as long as receiving and writing together (SHA-NI, 200 MiB: 0.1 s against
+/// 0.15 s here), so the loop hands each written piece to the hasher and receives the next.
+/// (A third thread for the writes measured no faster on two cores.) Returns when every
+/// piece written is hashed: `t.have` and `t.hasher` then cover the same bytes, those on disk.
+fn pump(
+    t: &mut Transfer<'_>,
+    body: &mut impl Read,
+    rep: &mut Reporter<'_>,
+    total: Option<u64>,
+    too_large: impl Fn(u64) -> Attempt,
+    read_error: impl Fn(&std::io::Error, u64) -> String,
+) -> Result<(), Attempt> {
+    let Transfer {
+        file,
+        hasher,
+        have,
+        part,
+        limit,
+        ..
+    } = t;
+    // The closure's return drops `to_hash`; the scope then waits for the hasher to finish.
+    let result = std::thread::scope(|s| {
+        let (to_hash, pieces) = sync_channel::<Piece>(PIECES);
+        let (give_back, empty) = sync_channel::<Vec<u8>>(PIECES);
+        std::thread::Builder::new()
+            .name("nnc-sha256".into())
+            .stack_size(64 * 1024)
+            .spawn_scoped(s, move || {
+                for (buf, n) in pieces {
+                    hasher.update(&buf[..n]);
+                    // Never blocks: it holds as many as there are buffers.
+                    let _ = give_back.send(buf);
+                }
+            })
+            .map_err(|e| Attempt::Retry(format!("cannot start the hashing thread: {e}")))?;
+        let mut writeback = Writeback::at(*have);
+        let mut unallocated = PIECES;
+        loop {
+            let mut buf = match empty.try_recv() {
+                Ok(buf) => buf,
+                Err(_) if unallocated > 0 => {
+                    unallocated -= 1;
+                    vec![0; PIECE]
+                }
+                Err(_) => empty.recv().unwrap_or_else(|_| vec![0; PIECE]),
+            };
+            let (mut n, mut end, mut failed) = (0, false, None);
+            while n < buf.len() {
+                match body.read(&mut buf[n..]) {
+                    Ok(0) => {
+                        end = true;
+                        break;
+                    }
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if *have + n as u64 > *limit {
+                return Err(too_large(*have + n as u64));
+            }
+            // What came before a read error is kept: a resume starts after it.
+            file.write_all(&buf[..n])
+                .map_err(|e| Attempt::Fatal(io_step(Step::Downloading, part, &e)))?;
+            // The hasher only stops when `to_hash` is dropped: this cannot fail.
+            let _ = to_hash.send((buf, n));
+            *have += n as u64;
+            writeback.wrote(file, *have);
+            rep.bytes(*have, total, false);
+            match failed {
+                Some(e) => return Err(Attempt::Retry(read_error(&e, *have))),
+                None if end => return Ok(()),
+                None => {}
+            }
+        }
+    });
+    t.hashed = t.have;
+    result
 }
 
 /// Writes a download's pages to disk while it comes in, instead of all at the final fsync:
