@@ -141,6 +141,8 @@ fn serve(cfg: Config) -> Result<(), String> {
         // Repair interfaces an earlier run left half-made before any install continues.
         let factory = Arc::clone(&installer.interfaces);
         crate::util::blocking(move || factory.reconcile()).await;
+        // Watching before the table is put back: a deletion in between is seen too.
+        routing::watch::start(Arc::clone(&installer.routing));
         // Routed devices are refused (not sent direct) before any service runs again.
         match installer.routing.call(routing::Op::Restore).await {
             Ok(routing::Reply::Count(n)) if n > 0 => {

@@ -351,8 +351,38 @@ impl Net {
     }
 
     /// `nft ARGS` in the router's namespace.
-    fn nft(&self, args: &[&str]) {
-        run(&[&["ip", "netns", "exec", &self.router.name, "nft"][..], args].concat());
+    fn nft(&self, args: &[&str]) -> String {
+        run(&[&["ip", "netns", "exec", &self.router.name, "nft"][..], args].concat())
+    }
+
+    /// `table inet nnc_agent` as JSON, without handles and without what the packet path has
+    /// taught its `seen` sets; None when there is no such table.
+    fn agent_table(&self) -> Option<Value> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.router.name,
+                "nft",
+                "-j",
+                "list",
+                "table",
+            ])
+            .args(["inet", "nnc_agent"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        strip_handles(&mut v);
+        for item in v["nftables"].as_array_mut().into_iter().flatten() {
+            let set = &mut item["set"];
+            if set["name"].as_str().is_some_and(|n| n.ends_with("_seen")) {
+                set.as_object_mut().unwrap().remove("elem");
+            }
+        }
+        Some(v)
     }
 
     /// A requesting `a.txt` in a loop (until the child is killed).
@@ -681,7 +711,8 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     running(&agent, &x);
     through(&net, &agent, seen);
     // 7. The agent's nftables table deleted by someone else (a `nft flush ruleset`): an
-    //    address-routed device still goes through the service, by its source rules.
+    //    address-routed device still goes through the service, by its source rules, while
+    //    the agent puts the table back (below, for a MAC-routed device: its only guard).
     assert!(
         net.router
             .ip(&["rule", "show", "pref", "4000"])
@@ -692,6 +723,18 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     net.nft(&["delete", "table", "inet", "nnc_agent"]);
     through(&net, &agent, seen);
     through(&net, &agent, seen);
+    common::wait_until("the agent to put its nftables table back", TIMEOUT, || {
+        net.agent_table().is_some()
+    });
+    // The agent's own replacements of its table (every change below) are not repairs.
+    let repairs = || {
+        agent
+            .log()
+            .matches("another program deleted or changed the agent's nftables table")
+            .count()
+    };
+    let repaired = repairs();
+    assert!(repaired >= 1, "{}", agent.log());
     assert_eq!(
         leaks_since(&net, seen, &[PROXY_OUT_X]),
         Vec::<String>::new(),
@@ -756,6 +799,24 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         !net.ping6(&net.a),
         "A's IPv6 must not leave when routed by MAC either"
     );
+    // Someone's `nft flush ruleset` (`fw4 flush`, a script) deletes the agent's table, and with
+    // it the mark a MAC-routed device goes by: the agent sees the deletion and puts its table
+    // back as it was (the owner's firewall puts its own back, as fw4 would).
+    assert_eq!(repairs(), repaired, "{}", agent.log());
+    let before = net.agent_table().expect("the agent's table");
+    net.nft(&["flush", "ruleset"]);
+    net.nft(&[
+        "-f",
+        &net.root.path().join("owner.nft").display().to_string(),
+    ]);
+    common::wait_until("the agent to put its nftables table back", TIMEOUT, || {
+        net.agent_table().is_some()
+    });
+    assert_eq!(net.agent_table(), Some(before));
+    assert!(repairs() > repaired, "{}", agent.log());
+    assert!(net.curl(&net.a, "a.txt").is_some());
+    assert_eq!(net.last_source("a.txt"), PROXY_OUT_X);
+    assert!(!net.ping6(&net.a), "A's IPv6 is refused again");
     // A router forwards, and a new namespace inherits that: the agent turns it off in the
     // service's namespace and drops forwarding there too. Turned on again by hand, A's ICMP
     // (which no inbound takes) still does not come back out through the router.

@@ -18,6 +18,7 @@
 pub(crate) mod device;
 pub(crate) mod lan;
 mod nft;
+pub(crate) mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -437,6 +438,26 @@ impl Routing {
         log::info!(target: "routing", "instance {instance_id} (onServiceDown DIRECT): service {}; its devices go {}", if running { "running" } else { "down" }, if running { "through it" } else { "out directly" });
         if let Err(e) = self.apply(&routes, &up, Some(&[])) {
             log::error!(target: "routing", "instance {instance_id}: {e}");
+        }
+    }
+
+    /// Another program deleted or changed the agent's nftables table (`watch`): puts the
+    /// routes back as the records say.
+    pub(crate) fn repair(&self) {
+        let up = self.up.locked();
+        let routes = match self.store.device_routes() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!(target: "routing", "cannot read the device routes to repair them: {e}");
+                return;
+            }
+        };
+        if routes.is_empty() {
+            return;
+        }
+        log::warn!(target: "routing", "another program deleted or changed the agent's nftables table (a `nft flush ruleset`?); putting back the rules of {} routed device(s)", routes.len());
+        if let Err(e) = self.apply(&routes, &up, Some(&[])) {
+            log::error!(target: "routing", "cannot put the agent's nftables table back: {e}");
         }
     }
 
