@@ -178,6 +178,7 @@ fn serve(cfg: Config) -> Result<(), String> {
             log::info!(target: "api", "board {}: {}", b.name, b.description);
         }
         crate::util::spawn(Arc::clone(&installer).refresh_subscriptions_forever());
+        installer.restore_found();
         let interval = cfg.updates.check_interval;
         if !interval.is_zero() {
             crate::util::spawn(Arc::clone(&installer).check_updates_forever(interval));

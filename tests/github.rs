@@ -358,7 +358,7 @@ fn update_checks_find_newer_releases_and_auto_update_rolls_back_a_broken_one() {
         "{}[updates]\ncheck_interval_secs = 1\n[supervisor]\nbackoff_initial_secs = 0.2\n",
         sim.toml(&no_token)
     );
-    let agent = Agent::start(&dir.join("agent"), &catalogue, &toml);
+    let mut agent = Agent::start(&dir.join("agent"), &catalogue, &toml);
     let events = agent.events();
     let id = agent.install_with(
         "sing-box",
@@ -434,4 +434,27 @@ fn update_checks_find_newer_releases_and_auto_update_rolls_back_a_broken_one() {
         .requests("/SagerNet/sing-box/releases/download/v1.14.6/sing-box-1.14.6-linux-amd64.tar.gz")
         .len();
     assert_eq!(tries, 1, "a failed automatic update is not tried again");
+
+    // A restart knows what the checks found before any check of its own (GitHub refuses
+    // every request now), and does not try the failed update again.
+    sim.set(&json!({ "limit": { "count": 1000000 } }));
+    agent.kill9();
+    agent.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    let s = state(&agent);
+    assert_eq!(s["features"][0]["latestVersion"], "1.14.6", "{s}");
+    assert_eq!(s["instance"]["updateAvailable"], true, "{s}");
+    assert_eq!(s["instance"]["version"], "1.14.5");
+    assert!(
+        agent.log().contains("update check failed"),
+        "the checks after the restart were refused: {}",
+        agent.log()
+    );
+    sim.set(&json!({}));
+    std::thread::sleep(Duration::from_secs(3));
+    let again = sim
+        .requests("/SagerNet/sing-box/releases/download/v1.14.6/sing-box-1.14.6-linux-amd64.tar.gz")
+        .len();
+    assert_eq!(again, 1, "nor after a restart");
+    assert_eq!(state(&agent)["instance"]["status"], "RUNNING");
 }

@@ -32,15 +32,16 @@ impl Default for Settings {
     }
 }
 
-/// What the checks found, kept in memory (a restart checks again).
+/// What the checks found; the versions and the automatic updates tried are kept in redb too
+/// (`restore_found` at start), the rest follows from them.
 #[derive(Default)]
 pub(crate) struct Found {
     /// Feature id -> the latest version its upstream publishes.
     latest: std::collections::BTreeMap<String, String>,
     /// Newer versions made into catalogue entries (kept across catalogue reloads).
     discovered: Vec<Feature>,
-    /// (instance, version) automatic updates already tried.
-    tried: std::collections::BTreeSet<(String, String)>,
+    /// (feature, instance, version) automatic updates already tried.
+    tried: std::collections::BTreeSet<(String, String, String)>,
 }
 
 impl Installer {
@@ -74,6 +75,81 @@ impl Installer {
         self.found.locked().discovered.clone()
     }
 
+    /// The features update checks look at: those with an upstream whose checksums no feed
+    /// signs (a signed feed alone updates its features: a release found upstream would be
+    /// vouched for by that release only).
+    fn checked_features(&self) -> Vec<Feature> {
+        self.catalogue()
+            .current()
+            .filter(|f| f.upstream.is_some())
+            .filter(|f| f.assets.values().all(|a| a.checksums_sig.is_none()))
+            .cloned()
+            .collect()
+    }
+
+    /// At start: what earlier checks found, from redb, before the first check of this run
+    /// (which may be hours away, or fail): the versions, their catalogue entries, the
+    /// automatic updates tried.
+    pub(crate) fn restore_found(&self) {
+        let rows = match self.store.updates_found() {
+            Ok(rows) => rows,
+            Err(e) => {
+                log::warn!(target: "updates", "cannot read what earlier update checks found: {e}");
+                return;
+            }
+        };
+        let features = self.checked_features();
+        for (id, rec) in rows {
+            let Some(f) = features.iter().find(|f| f.id == id) else {
+                continue;
+            };
+            {
+                let mut found = self.found.locked();
+                found.latest.insert(id.clone(), rec.latest.clone());
+                for inst in rec.tried {
+                    found.tried.insert((id.clone(), inst, rec.latest.clone()));
+                }
+            }
+            self.offer(f, &rec.latest);
+        }
+    }
+
+    /// Makes `version` of `f`, newer than the catalogue's, an entry the catalogue offers.
+    fn offer(&self, f: &Feature, version: &str) {
+        let Some(u) = &f.upstream else { return };
+        if !newer(version, &f.version) || self.catalogue().feature_version(&f.id, version).is_some()
+        {
+            return;
+        }
+        let entry = u.render(f, version);
+        self.found.locked().discovered.push(entry.clone());
+        let mut catalogue = self.catalogue.write_locked();
+        *catalogue = Arc::new(catalogue.with(entry));
+    }
+
+    /// Writes what was found for `feature` to redb; a failure is logged (the next check
+    /// finds it again).
+    fn remember(&self, feature: &str) {
+        let rec = {
+            let found = self.found.locked();
+            let Some(latest) = found.latest.get(feature) else {
+                return;
+            };
+            crate::store::UpdateFound {
+                latest: latest.clone(),
+                tried: found
+                    .tried
+                    .iter()
+                    .filter(|(f, _, v)| f == feature && v == latest)
+                    .map(|(_, i, _)| i.clone())
+                    .collect(),
+            }
+        };
+        if let Err(e) = self.store.put_update_found(feature, &rec) {
+            log::warn!(target: "updates", "{feature}: cannot keep what the update check found: {e}");
+        }
+    }
+
     /// Checks now and then every `interval`, for as long as the agent runs.
     pub(crate) async fn check_updates_forever(self: Arc<Self>, interval: Duration) {
         // The first check soon after start (a router that reboots daily still checks).
@@ -85,16 +161,7 @@ impl Installer {
     }
 
     pub(crate) async fn check_updates(self: &Arc<Self>) {
-        let catalogue = self.catalogue();
-        // A feature whose checksums the feed signs is updated by the feed alone: a release
-        // found upstream would be vouched for by that release only.
-        let features: Vec<Feature> = catalogue
-            .current()
-            .filter(|f| f.upstream.is_some())
-            .filter(|f| f.assets.values().all(|a| a.checksums_sig.is_none()))
-            .cloned()
-            .collect();
-        for f in features {
+        for f in self.checked_features() {
             let Some(u) = f.upstream.clone() else {
                 continue;
             };
@@ -119,16 +186,14 @@ impl Installer {
                 let before = found.latest.insert(f.id.clone(), version.clone());
                 before.as_deref() == Some(version.as_str())
             };
+            if !known {
+                self.remember(&f.id);
+            }
             if !newer(&version, &f.version) {
                 log::debug!(target: "updates", "{}: {} is the latest release", f.id, f.version);
                 continue;
             }
-            if self.catalogue().feature_version(&f.id, &version).is_none() {
-                let entry = u.render(&f, &version);
-                self.found.locked().discovered.push(entry.clone());
-                let mut catalogue = self.catalogue.write_locked();
-                *catalogue = Arc::new(catalogue.with(entry));
-            }
+            self.offer(&f, &version);
             let instances: Vec<_> = self
                 .store
                 .instances()
@@ -155,14 +220,16 @@ impl Installer {
                         Status::Running | Status::Stopped | Status::Installed
                     )
             }) {
-                let first = self
-                    .found
-                    .locked()
-                    .tried
-                    .insert((inst.id.clone(), version.clone()));
+                let first = self.found.locked().tried.insert((
+                    f.id.clone(),
+                    inst.id.clone(),
+                    version.clone(),
+                ));
                 if !first {
                     continue;
                 }
+                // Kept before it runs: an update that takes the agent down is not tried again.
+                self.remember(&f.id);
                 match self.update(&inst.id, &version).await {
                     Ok(_) => {
                         log::info!(target: "updates", "instance {}: updating {} -> {version} automatically", inst.id, inst.version);

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use records::{
     Artifact, DeviceRoute, DownloadState, Fetched, IfStatus, Instance, InterfaceRecord,
-    OnServiceDown, PackageRecord, Previous, Servers, Status, Step,
+    OnServiceDown, PackageRecord, Previous, Servers, Status, Step, UpdateFound,
 };
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
@@ -37,6 +37,8 @@ const UIDS: TableDefinition<u32, &str> = TableDefinition::new("uids");
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("device_routes");
 /// Trust state: `tofu/{feature}/{version}/{arch}` → first verified sha256, `catalogue/serial`.
 const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
+/// feature id -> UpdateFound (what update checks found, kept across restarts)
+const UPDATES: TableDefinition<&str, &[u8]> = TableDefinition::new("updates");
 
 /// redb's page cache.
 const CACHE_BYTES: usize = 256 * 1024;
@@ -184,7 +186,9 @@ impl Store {
         db.upgrade().map_err(db_err)?;
         // Create the tables up front so that readers never meet a missing table.
         let tx = db.begin_write().map_err(db_err)?;
-        for table in [INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES, TRUST, ROUTES] {
+        for table in [
+            INSTANCES, DOWNLOADS, ARTIFACTS, INTERFACES, TRUST, ROUTES, UPDATES,
+        ] {
             tx.open_table(table).map_err(db_err)?;
         }
         tx.open_table(VLANS).map_err(db_err)?;
@@ -502,12 +506,33 @@ impl Store {
 
     /// Every routed device, in device order.
     pub(crate) fn device_routes(&self) -> Result<Vec<DeviceRoute>, StoreError> {
+        Ok(self.all(ROUTES)?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// What update checks found, per feature id.
+    pub(crate) fn updates_found(&self) -> Result<Vec<(String, UpdateFound)>, StoreError> {
+        self.all(UPDATES)
+    }
+
+    pub(crate) fn put_update_found(
+        &self,
+        feature: &str,
+        found: &UpdateFound,
+    ) -> Result<(), StoreError> {
+        self.put(UPDATES, feature, found)
+    }
+
+    /// Every row of `table`, decoded, in key order.
+    fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(ROUTES).map_err(db_err)?;
+        let t = tx.open_table(table).map_err(db_err)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            out.push(decode(ROUTES, k.value(), v.value())?);
+            out.push((k.value().to_owned(), decode(table, k.value(), v.value())?));
         }
         Ok(out)
     }

@@ -266,6 +266,16 @@ pub(crate) struct Previous {
     pub status: Status,
 }
 
+/// What update checks found for one feature, so that a restart knows it before (or
+/// without) its next check: the version `updateAvailable` compares with, and the instances
+/// whose automatic update to it was tried (a failed one is not tried again at every start).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct UpdateFound {
+    pub latest: String,
+    #[serde(default)]
+    pub tried: Vec<String>,
+}
+
 /// Resume information for a partial download; the bytes themselves are the `.part` file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct DownloadState {
