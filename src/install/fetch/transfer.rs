@@ -338,7 +338,8 @@ fn pump(
     // The closure's return drops `to_hash`; the scope then waits for the hasher to finish.
     let result = std::thread::scope(|s| {
         let (to_hash, pieces) = sync_channel::<Piece>(PIECES);
-        let (give_back, empty) = sync_channel::<Vec<u8>>(PIECES);
+        // Pieces go back empty on a channel of the same type (one instance of std's code).
+        let (give_back, empty) = sync_channel::<Piece>(PIECES);
         std::thread::Builder::new()
             .name("nnc-sha256".into())
             .stack_size(64 * 1024)
@@ -346,7 +347,7 @@ fn pump(
                 for (buf, n) in pieces {
                     hasher.update(&buf[..n]);
                     // Never blocks: it holds as many as there are buffers.
-                    let _ = give_back.send(buf);
+                    let _ = give_back.send((buf, 0));
                 }
             })
             .map_err(|e| Attempt::Retry(format!("cannot start the hashing thread: {e}")))?;
@@ -354,12 +355,12 @@ fn pump(
         let mut unallocated = PIECES;
         loop {
             let mut buf = match empty.try_recv() {
-                Ok(buf) => buf,
+                Ok((buf, _)) => buf,
                 Err(_) if unallocated > 0 => {
                     unallocated -= 1;
                     vec![0; PIECE]
                 }
-                Err(_) => empty.recv().unwrap_or_else(|_| vec![0; PIECE]),
+                Err(_) => empty.recv().map_or_else(|_| vec![0; PIECE], |(buf, _)| buf),
             };
             let (mut n, mut end, mut failed) = (0, false, None);
             while n < buf.len() {
