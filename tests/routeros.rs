@@ -21,13 +21,14 @@ use common::{Agent, sha256_file};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const MENUS: [&str; 7] = [
+const MENUS: [&str; 8] = [
     "/interface/vlan",
     "/ip/address",
     "/routing/table",
     "/ip/route",
     "/ip/firewall/mangle",
     "/ip/firewall/nat",
+    "/ip/firewall/filter",
     "/ip/firewall/address-list",
 ];
 
@@ -55,7 +56,7 @@ impl Sim {
         serde_json::from_str(&std::fs::read_to_string(&self.state).unwrap()).unwrap()
     }
 
-    /// All objects, menu by menu.
+    /// All objects but the default configuration's (`--default-firewall`), menu by menu.
     fn objects(&self) -> Vec<(String, Value)> {
         let st = self.state();
         MENUS
@@ -65,8 +66,28 @@ impl Sim {
                     .as_array()
                     .unwrap()
                     .iter()
+                    .filter(|o| {
+                        !o["comment"]
+                            .as_str()
+                            .is_some_and(|c| c.starts_with("defconf") || c.starts_with("owner"))
+                    })
                     .map(|o| ((*m).to_owned(), o.clone()))
                     .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The rules of a firewall menu in their order: (comment, action).
+    fn order(&self, menu: &str) -> Vec<(String, String)> {
+        self.state()["menus"][menu]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["comment"].as_str().unwrap_or_default().to_owned(),
+                    o["action"].as_str().unwrap_or("accept").to_owned(),
+                )
             })
             .collect()
     }
@@ -105,9 +126,9 @@ impl Setup {
     }
 }
 
-fn assert_eight_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
+fn assert_ten_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
     let objects = sim.objects();
-    assert_eq!(objects.len(), 8, "{objects:?}");
+    assert_eq!(objects.len(), 10, "{objects:?}");
     let tag = format!("nnc:{id}");
     let alias = format!("nnc-tool-{name}");
     let get = |menu: &str| {
@@ -216,6 +237,28 @@ fn assert_eight_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
             ("udp".to_owned(), service)
         ]
     );
+    // Established connections from and to a routed device, kept off FastTrack (which would
+    // skip the routing mark).
+    let mut accepts: Vec<String> = all("/ip/firewall/filter")
+        .iter()
+        .map(|f| {
+            assert_eq!(
+                (
+                    f["chain"].as_str(),
+                    f["connection-state"].as_str(),
+                    f["action"].as_str()
+                ),
+                (Some("forward"), Some("established,related"), Some("accept"))
+            );
+            let side = ["src-address-list", "dst-address-list"]
+                .into_iter()
+                .find(|k| f[*k] == alias.as_str())
+                .unwrap_or_else(|| panic!("{f}"));
+            side.to_owned()
+        })
+        .collect();
+    accepts.sort();
+    assert_eq!(accepts, ["dst-address-list", "src-address-list"]);
     for (menu, o) in &objects {
         assert_eq!(o["comment"], tag.as_str(), "{menu} is not tagged");
     }
@@ -351,7 +394,20 @@ fn third_party_clients_agree_with_the_simulator() {
 #[test]
 fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
     let s = setup("ros");
-    let sim = Sim::start(s.feed.path(), &[]);
+    // RouterOS's default firewall, FastTrack included.
+    let sim = Sim::start(s.feed.path(), &["--default-firewall"]);
+    let defconf = sim.order("/ip/firewall/filter");
+    // And rules of the owner's own, in mangle prerouting and dstnat, added with librouteros.
+    let added = Command::new(common::python())
+        .args(["-c", &format!(
+            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret')\n\
+             tuple(api.path('ip','firewall','mangle')('add', chain='prerouting', action='accept', comment='owner: mangle'))\n\
+             tuple(api.path('ip','firewall','nat')('add', chain='dstnat', protocol='tcp', **{{'dst-port': '8080', 'action': 'dst-nat', 'to-addresses': '192.0.2.7', 'comment': 'owner: forward'}}))",
+            sim.port
+        )])
+        .status()
+        .unwrap();
+    assert!(added.success());
     let agent = s.agent("agent", sim.port, "", "");
     let routers = agent.data("{ routers { id kind reachable error } }", json!({}));
     assert_eq!(
@@ -368,7 +424,42 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
     assert_eq!(ia["interface"]["status"], "ACTIVE");
     assert_eq!(ia["interface"]["name"], "nnc-tool-a");
     assert_eq!(ia["interface"]["address"], "10.99.100.1/24");
-    assert_eight_objects(&sim, &a, "a", 100);
+    assert_ten_objects(&sim, &a, "a", 100);
+    // Its two accepts right before the default configuration's fasttrack rule, the rest as
+    // the owner had it.
+    let tag = format!("nnc:{a}");
+    let order = sim.order("/ip/firewall/filter");
+    let at = order
+        .iter()
+        .position(|(_, action)| action == "fasttrack-connection")
+        .unwrap();
+    assert_eq!(
+        order[at - 2..at],
+        [
+            (tag.clone(), "accept".to_owned()),
+            (tag.clone(), "accept".to_owned())
+        ],
+        "{order:?}"
+    );
+    assert_eq!(
+        order
+            .iter()
+            .filter(|(c, _)| *c != tag)
+            .cloned()
+            .collect::<Vec<_>>(),
+        defconf
+    );
+    // The mark and the DNS redirects before the owner's rules of their chains.
+    let comments =
+        |menu: &str| -> Vec<String> { sim.order(menu).into_iter().map(|(c, _)| c).collect() };
+    assert_eq!(
+        comments("/ip/firewall/mangle"),
+        [tag.as_str(), "owner: mangle"]
+    );
+    assert_eq!(
+        comments("/ip/firewall/nat"),
+        [tag.as_str(), tag.as_str(), "owner: forward"]
+    );
     let listed = agent.data("{ interfaces { instanceId routerId vlanId } }", json!({}));
     assert_eq!(
         listed["interfaces"],
@@ -377,10 +468,15 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
 
     let b = agent.install_on("tool", "mt", "b");
     assert_eq!(agent.wait_done(&b, TIMEOUT)["interface"]["vlanId"], 101);
-    assert_eq!(sim.objects().len(), 16);
+    assert_eq!(sim.objects().len(), 20);
     agent.uninstall(&a);
     agent.uninstall(&b);
     assert_eq!(sim.objects(), vec![], "uninstall left objects behind");
+    assert_eq!(
+        sim.order("/ip/firewall/filter"),
+        defconf,
+        "the owner's rules as they were"
+    );
     // Removal order: routes before tables, addresses before VLANs (RouterOS refuses otherwise).
     let log: Vec<String> = sim.state()["log"]
         .as_array()
@@ -400,7 +496,7 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
 #[test]
 fn a_failure_or_a_dropped_connection_at_any_step_leaves_nothing() {
     let s = setup("rosfail");
-    for step in 1..=8 {
+    for step in 1..=10 {
         for how in ["--fail-at", "--drop-at"] {
             let sim = Sim::start(s.feed.path(), &[how, &step.to_string()]);
             let agent = s.agent(&format!("agent{how}{step}"), sim.port, "", "");
@@ -507,7 +603,7 @@ fn kill_9_mid_sequence_and_orphans_are_repaired_at_start() {
     agent.restart_with(&[]);
     let inst = agent.wait_done(&id, TIMEOUT);
     assert_eq!(inst["status"], "INSTALLED", "{inst}\n{}", agent.log());
-    assert_eight_objects(&sim, &id, "k", 100);
+    assert_ten_objects(&sim, &id, "k", 100);
 }
 
 #[test]
@@ -540,7 +636,7 @@ fn tls_with_a_pinned_certificate_and_routeros_7_18_empty_replies() {
         "{}",
         agent.log()
     );
-    assert_eight_objects(&sim, &id, "t", 100);
+    assert_ten_objects(&sim, &id, "t", 100);
     agent.uninstall(&id);
     assert_eq!(sim.objects(), vec![]);
 
@@ -582,15 +678,15 @@ fn an_active_interface_whose_objects_vanished_is_recreated_at_start() {
         .status()
         .unwrap();
     assert!(removed.success());
-    assert_eq!(sim.objects().len(), 6);
+    assert_eq!(sim.objects().len(), 8);
     agent.restart();
-    common::wait_until("objects recreated", TIMEOUT, || sim.objects().len() == 8);
+    common::wait_until("objects recreated", TIMEOUT, || sim.objects().len() == 10);
     assert!(
         agent.log().contains("vanished; recreating"),
         "{}",
         agent.log()
     );
-    assert_eight_objects(&sim, &id, "g", 100);
+    assert_ten_objects(&sim, &id, "g", 100);
 }
 
 /// Polls the agent's `/health` every 200 ms on a thread of its own until dropped; each answer

@@ -2,13 +2,18 @@
 """A RouterOS v7 API simulator (test-only): the word protocol on TCP (plain, like port 8728, or
 TLS, like 8729), login, and the menus the interface factory uses, validated the way RouterOS
 validates them. It keeps tables of interfaces, VLANs, addresses, routing tables, routes
-(blackhole ones too), firewall address lists, mangle and NAT rules with .ids and comments, and writes them to a JSON state file after every command.
+(blackhole ones too), firewall address lists, mangle, NAT and filter rules with .ids and comments
+(`place-before` puts a rule before another, as in RouterOS's ordered firewall menus), and writes
+them to a JSON state file after every command.
 
 usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tls-key K]
               [--fail-at K] [--drop-at K] [--empty-replies] [--hostile MODE [--drip-secs S]]
+              [--default-firewall]
   --fail-at K      the K-th 'add' command (counting from 1) answers !trap
   --drop-at K      the connection is closed, unanswered, on the K-th 'add' command
   --empty-replies  a print with no match answers !empty (RouterOS >= 7.18) before !done
+  --default-firewall  the filter rules of RouterOS's default configuration are there
+                   (fasttrack-connection of established,related first, as in defconf)
   --hostile MODE   a malicious router: every 'add' is answered with 'flood' (!re rows without
                    end), 'drip' (!re rows without end, one byte every --drip-secs, default
                    0.8) or 'huge-word' (a !re holding one 1 MiB word, then !done)
@@ -111,13 +116,27 @@ def query_matches(row, queries):
 class Router:
     """The router's state: one table per menu, rows are dicts with '.id'."""
 
-    def __init__(self, state_file, fail_at, drop_at):
+    def __init__(self, state_file, fail_at, drop_at, default_firewall=False):
         self.state_file = state_file
         self.fail_at, self.drop_at = fail_at, drop_at
         self.adds = 0
         self.next_id = 1
         self.menus = {"/interface/vlan": [], "/ip/address": [], "/routing/table": [], "/ip/route": [],
-                      "/ip/firewall/address-list": [], "/ip/firewall/mangle": [], "/ip/firewall/nat": []}
+                      "/ip/firewall/address-list": [], "/ip/firewall/mangle": [], "/ip/firewall/nat": [],
+                      "/ip/firewall/filter": []}
+        if default_firewall:
+            # RouterOS 7's defconf forward chain (its input chain and comments trimmed).
+            for rule in [
+                {"chain": "forward", "action": "accept", "ipsec-policy": "in,ipsec", "comment": "defconf: accept in ipsec policy"},
+                {"chain": "forward", "action": "fasttrack-connection", "connection-state": "established,related",
+                 "hw-offload": "yes", "comment": "defconf: fasttrack"},
+                {"chain": "forward", "action": "accept", "connection-state": "established,related,untracked",
+                 "comment": "defconf: accept established,related, untracked"},
+                {"chain": "forward", "action": "drop", "connection-state": "invalid", "comment": "defconf: drop invalid"},
+                {"chain": "forward", "action": "drop", "connection-state": "new", "connection-nat-state": "!dstnat",
+                 "in-interface-list": "WAN", "comment": "defconf: drop all from WAN not DSTNATed"},
+            ]:
+                self.menus["/ip/firewall/filter"].append({".id": self.new_id(), **rule})
         self.log = []
         self.save()
 
@@ -195,7 +214,24 @@ class Router:
                 raise ApiError("invalid value for argument address", 1)
             if any(r["list"] == a["list"] and r["address"] == a["address"] for r in rows):
                 raise ApiError("failure: already have such entry", 1)
-        elif menu in ("/ip/firewall/mangle", "/ip/firewall/nat"):
+        elif menu == "/ip/firewall/filter":
+            if a.get("chain") not in ("input", "forward", "output"):
+                raise ApiError("input does not match any value of chain", 1)
+            if a.get("action", "accept") not in ("accept", "drop", "reject", "fasttrack-connection",
+                                                 "passthrough", "log", "jump", "return"):
+                raise ApiError("input does not match any value of action", 1)
+            states = a.get("connection-state")
+            if states is not None and not set(states.lstrip("!").split(",")) <= {
+                    "established", "related", "new", "invalid", "untracked"}:
+                raise ApiError("input does not match any value of connection-state", 1)
+            for k in ("src-address-list", "dst-address-list"):
+                if k in a and not a[k]:
+                    raise ApiError(f"invalid value for argument {k}", 1)
+        if "place-before" in a:
+            if menu not in ("/ip/firewall/filter", "/ip/firewall/mangle", "/ip/firewall/nat"):
+                raise ApiError("unknown parameter place-before", 0)
+            self.find(menu, a["place-before"])
+        if menu in ("/ip/firewall/mangle", "/ip/firewall/nat"):
             chains = ("prerouting", "input", "forward", "output", "postrouting") if menu.endswith("mangle") else ("srcnat", "dstnat")
             if a.get("chain") not in chains:
                 raise ApiError("input does not match any value of chain", 1)
@@ -329,8 +365,11 @@ async def handle(router, args, reader, writer):
                         if router.fail_at and router.adds == router.fail_at:
                             raise ApiError("failure: simulated failure", 1)
                         router.validate_add(menu, attrs)
+                        before = attrs.pop("place-before", None)
                         row = {".id": router.new_id(), **attrs}
-                        router.menus[menu].append(row)
+                        rows = router.menus[menu]
+                        at = rows.index(router.find(menu, before)) if before else len(rows)
+                        rows.insert(at, row)
                         out.append(["!done", f"=ret={row['.id']}"])
                     elif op == "print":
                         props = attrs.get(".proplist")
@@ -386,8 +425,9 @@ async def main():
     ap.add_argument("--empty-replies", action="store_true")
     ap.add_argument("--hostile", choices=["flood", "drip", "huge-word"])
     ap.add_argument("--drip-secs", type=float, default=0.8)
+    ap.add_argument("--default-firewall", action="store_true")
     args = ap.parse_args()
-    router = Router(args.state, args.fail_at, args.drop_at)
+    router = Router(args.state, args.fail_at, args.drop_at, args.default_firewall)
     ctx = None
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

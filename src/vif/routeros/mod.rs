@@ -13,10 +13,18 @@
 //!    when the service's route is gone or inactive, routed devices are dropped, not sent out
 //!    through `main` (fail-closed);
 //! 6. `/ip/firewall/mangle/add =chain=prerouting =src-address-list=… =action=mark-routing
-//!    =new-routing-mark=… =passthrough=no`;
+//!    =new-routing-mark=… =passthrough=no`, first in its chain (`place-before` the owner's
+//!    first prerouting rule), as are 7 and 8 in theirs;
 //! 7. and 8. `/ip/firewall/nat/add =chain=dstnat =src-address-list=… =protocol=udp|tcp
 //!    =dst-port=53 =action=dst-nat =to-addresses=10.99.N.2`: their DNS, to any address, goes
-//!    to the service.
+//!    to the service;
+//! 9. and 10. `/ip/firewall/filter/add =chain=forward =src-address-list=…` (and one with
+//!    `=dst-address-list=…`) `=connection-state=established,related =action=accept`, placed
+//!    before the router's first `fasttrack-connection` rule (RouterOS's default config has
+//!    one): FastTrack packets skip the firewall, mangle included, so a routed device's
+//!    established connections would lose their routing mark and leave through `main`. The
+//!    accept keeps them on the slow path; new connections still meet the owner's rules. A
+//!    fasttrack rule added later, above them, is not noticed (documented).
 //!
 //! A routed device is an entry of that address list, tagged like the rest; `sync_lists` adds
 //! the missing entries before it removes the stale ones, so a device moving to another
@@ -37,13 +45,14 @@ use super::{Plan, Rollback, VifError};
 use crate::util::Locked;
 
 /// The menus we add to, in creation order; removal walks them backwards.
-const MENUS: [&str; 6] = [
+const MENUS: [&str; 7] = [
     "/interface/vlan",
     "/ip/address",
     "/routing/table",
     "/ip/route",
     "/ip/firewall/mangle",
     "/ip/firewall/nat",
+    "/ip/firewall/filter",
 ];
 
 /// Routed devices: entries of each instance's address list (removed before everything else).
@@ -165,7 +174,15 @@ impl RouterOs {
         let address = format!("{}/24", plan.router_addr);
         let gateway = plan.service_addr.to_string();
         let name = plan.alias.as_str();
-        let steps: [(&'static str, Vec<(&str, &str)>); 8] = [
+        // The rules go first in their chains, before the owner's (a mangle `accept` or a
+        // dstnat rule of theirs would otherwise take a routed device's packets first).
+        let fasttrack = self.first_rule(
+            MENUS[6],
+            &[("chain", "forward"), ("action", "fasttrack-connection")],
+        )?;
+        let mangle_top = self.first_rule(MENUS[4], &[("chain", "prerouting")])?;
+        let nat_top = self.first_rule(MENUS[5], &[("chain", "dstnat")])?;
+        let steps: [(&'static str, Vec<(&str, &str)>); 10] = [
             (
                 MENUS[0],
                 vec![
@@ -201,10 +218,21 @@ impl RouterOs {
                     ("action", "mark-routing"),
                     ("new-routing-mark", name),
                     ("passthrough", "no"),
-                ],
+                ]
+                .into_iter()
+                .chain(mangle_top.as_deref().map(|id| ("place-before", id)))
+                .collect(),
             ),
-            (MENUS[5], dns_nat(name, "udp", &gateway)),
-            (MENUS[5], dns_nat(name, "tcp", &gateway)),
+            (MENUS[5], dns_nat(name, "udp", &gateway, nat_top.as_deref())),
+            (MENUS[5], dns_nat(name, "tcp", &gateway, nat_top.as_deref())),
+            (
+                MENUS[6],
+                no_fasttrack("src-address-list", name, fasttrack.as_deref()),
+            ),
+            (
+                MENUS[6],
+                no_fasttrack("dst-address-list", name, fasttrack.as_deref()),
+            ),
         ];
         let mut ids = Vec::new();
         for (k, (menu, attrs)) in steps.iter().enumerate() {
@@ -220,6 +248,14 @@ impl RouterOs {
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    /// The `.id` of the first rule of `menu` that matches `query`, if any.
+    fn first_rule(&self, menu: &str, query: &[(&str, &str)]) -> Result<Option<String>, VifError> {
+        let reply = self
+            .idempotent(|c| c.call(&format!("{menu}/print"), &[(".proplist", ".id")], query))
+            .map_err(|e| backend(&e))?;
+        Ok(reply.rows.into_iter().find_map(|mut r| r.remove(".id")))
     }
 
     pub(crate) fn undo(&self, u: &Undo) -> Result<(), VifError> {
@@ -269,8 +305,8 @@ impl RouterOs {
 
     pub(crate) fn intact(&self, plan: &Plan) -> Result<bool, VifError> {
         let tag = plan.tag();
-        // Two routes (the service's, the blackhole) and two DNS rules (udp, tcp).
-        for (menu, n) in MENUS.into_iter().zip([1, 1, 1, 2, 1, 2]) {
+        // Two routes (the service's, the blackhole), two DNS rules (udp, tcp), two accepts.
+        for (menu, n) in MENUS.into_iter().zip([1, 1, 1, 2, 1, 2, 2]) {
             if self.ids_tagged(menu, &tag)?.len() < n {
                 return Ok(false);
             }
@@ -351,9 +387,31 @@ impl RouterOs {
 
 const _: () = assert!(crate::configgen::DNS_PORT == 9053, "dns_nat's to-ports");
 
+/// Steps 9 and 10: a routed device's established connections (from it: `src-address-list`,
+/// to it: `dst-address-list`) accepted before FastTrack would take them.
+fn no_fasttrack<'a>(
+    side: &'a str,
+    list: &'a str,
+    before: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut attrs = vec![
+        ("chain", "forward"),
+        (side, list),
+        ("connection-state", "established,related"),
+        ("action", "accept"),
+    ];
+    attrs.extend(before.map(|id| ("place-before", id)));
+    attrs
+}
+
 /// Steps 7 and 8: a routed device's DNS (`protocol`) to the service.
-fn dns_nat<'a>(list: &'a str, protocol: &'a str, service: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
+fn dns_nat<'a>(
+    list: &'a str,
+    protocol: &'a str,
+    service: &'a str,
+    before: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut attrs = vec![
         ("chain", "dstnat"),
         ("src-address-list", list),
         ("protocol", protocol),
@@ -362,5 +420,7 @@ fn dns_nat<'a>(list: &'a str, protocol: &'a str, service: &'a str) -> Vec<(&'a s
         ("to-addresses", service),
         // The DNS inbound every generator adds.
         ("to-ports", "9053"),
-    ]
+    ];
+    attrs.extend(before.map(|id| ("place-before", id)));
+    attrs
 }
