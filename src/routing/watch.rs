@@ -128,8 +128,10 @@ fn watch(socket: &Socket, routing: &Routing) {
     let mut tx = Transaction::default();
     let mut last: Option<Instant> = None;
     loop {
-        let repair = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => tx.feed(&buf[..n.min(buf.len())]),
+        let repair = match socket.recv_from(&mut &mut buf[..], 0) {
+            // Only the kernel's (port 0): sending to this socket takes CAP_NET_ADMIN anyway.
+            Ok((n, from)) if from.port_number() == 0 => tx.feed(&buf[..n.min(buf.len())]),
+            Ok(_) => false,
             // Messages were lost (a big ruleset loaded at once): whether the table was
             // touched is unknown, so it is put back anyway.
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
