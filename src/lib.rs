@@ -142,7 +142,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         let factory = Arc::clone(&installer.interfaces);
         crate::util::blocking(move || factory.reconcile()).await;
         // Watching before the table is put back: a deletion in between is seen too.
-        routing::watch::start(Arc::clone(&installer.routing));
+        installer.routing.watch_if_routed();
         // Routed devices are refused (not sent direct) before any service runs again.
         match installer.routing.call(routing::Op::Restore).await {
             Ok(routing::Reply::Count(n)) if n > 0 => {

@@ -18,7 +18,7 @@
 pub(crate) mod device;
 pub(crate) mod lan;
 mod nft;
-pub(crate) mod watch;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -68,6 +68,9 @@ pub(crate) struct Routing {
     /// Serialises changes; holds the instances whose service is running now (what an
     /// `onServiceDown: DIRECT` instance's devices depend on).
     up: Mutex<BTreeSet<String>>,
+    /// Whether `watch` runs: from the first route on (an agent with nothing routed has
+    /// nothing to put back, and keeps the thread's memory).
+    watching: std::sync::atomic::AtomicBool,
 }
 
 /// A routing call, run off the runtime thread by [`Routing::call`] (it commits to redb and
@@ -128,13 +131,29 @@ impl Routing {
             bus,
             interfaces,
             up: Mutex::new(BTreeSet::new()),
+            watching: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Runs `op` on a blocking thread.
     pub(crate) async fn call(self: &Arc<Self>, op: Op) -> Result<Reply, RouteError> {
         let this = Arc::clone(self);
-        crate::util::blocking(move || this.run(op)).await
+        let reply = crate::util::blocking(move || this.run(op)).await;
+        self.watch_if_routed();
+        reply
+    }
+
+    /// Starts `watch` once something is routed (at start: before the routes are applied).
+    pub(crate) fn watch_if_routed(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.watching.load(Ordering::Relaxed)
+            || self.store.device_routes().map_or(true, |r| r.is_empty())
+        {
+            return;
+        }
+        if !self.watching.swap(true, Ordering::Relaxed) {
+            watch::start(Arc::clone(self));
+        }
     }
 
     fn run(&self, op: Op) -> Result<Reply, RouteError> {

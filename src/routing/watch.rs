@@ -102,7 +102,7 @@ fn table_name(mut attrs: &[u8]) -> Option<&[u8]> {
 
 /// Starts the watch on a thread of its own (a blocking read of a kernel socket; nothing a
 /// service controls). Without nf_tables there is nothing to watch: logged, not fatal.
-pub(crate) fn start(routing: Arc<Routing>) {
+pub(super) fn start(routing: Arc<Routing>) {
     let socket = match Socket::new(NETLINK_NETFILTER).and_then(|mut s| {
         s.bind_auto()?;
         s.add_membership(NFNLGRP_NFTABLES)?;
@@ -116,7 +116,7 @@ pub(crate) fn start(routing: Arc<Routing>) {
     };
     let spawned = std::thread::Builder::new()
         .name("nnc-nft-watch".into())
-        .stack_size(128 * 1024)
+        .stack_size(64 * 1024)
         .spawn(move || watch(&socket, &routing));
     if let Err(e) = spawned {
         log::warn!(target: "routing", "cannot start the nftables watch: {e}");
@@ -124,7 +124,9 @@ pub(crate) fn start(routing: Arc<Routing>) {
 }
 
 fn watch(socket: &Socket, routing: &Routing) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Each notification is a datagram of its own, a few hundred bytes (a rule's, up to a few
+    // KiB); a longer one is cut, and the parser drops what is cut.
+    let mut buf = vec![0u8; 16 * 1024];
     let mut tx = Transaction::default();
     let mut last: Option<Instant> = None;
     loop {
