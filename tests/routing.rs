@@ -812,8 +812,14 @@ fn routed_devices_go_through_the_service_and_never_leak() {
     common::wait_until("the agent to put its nftables table back", TIMEOUT, || {
         net.agent_table().is_some()
     });
-    assert_eq!(net.agent_table(), Some(before));
+    assert_eq!(net.agent_table(), Some(before.clone()));
     assert!(repairs() > repaired, "{}", agent.log());
+    // Switched off without being deleted (`flags dormant`): put back too.
+    let n = repairs();
+    net.nft(&["add", "table", "inet", "nnc_agent", "{ flags dormant; }"]);
+    common::wait_until("the agent to wake its table again", TIMEOUT, || {
+        repairs() > n && net.agent_table().as_ref() == Some(&before)
+    });
     assert!(net.curl(&net.a, "a.txt").is_some());
     assert_eq!(net.last_source("a.txt"), PROXY_OUT_X);
     assert!(!net.ping6(&net.a), "A's IPv6 is refused again");

@@ -259,6 +259,16 @@ pub(crate) fn learned() -> BTreeMap<u16, Vec<Device>> {
     out
 }
 
+/// The process ids of the agent's last `nft` runs: the kernel names the committing process
+/// of each nftables transaction, and `watch` tells the agent's own from others' by them.
+static OURS: std::sync::Mutex<[u32; 8]> = std::sync::Mutex::new([0; 8]);
+
+/// Whether the process `pid` was one of the agent's recent `nft` runs.
+pub(crate) fn is_ours(pid: u32) -> bool {
+    use crate::util::Locked;
+    pid != 0 && OURS.locked().contains(&pid)
+}
+
 /// `nft ARGS` with `input` on its stdin; its stdout, or its words when it refuses.
 fn nft(args: &[&str], input: Option<&str>) -> Result<String, String> {
     let mut child = Command::new("nft")
@@ -273,6 +283,12 @@ fn nft(args: &[&str], input: Option<&str>) -> Result<String, String> {
             }
             _ => format!("cannot run nft: {e}"),
         })?;
+    {
+        use crate::util::Locked;
+        let mut ours = OURS.locked();
+        ours.rotate_right(1);
+        ours[0] = child.id();
+    }
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(input.unwrap_or_default().as_bytes())

@@ -136,7 +136,7 @@ class Router:
                 {"chain": "forward", "action": "drop", "connection-state": "new", "connection-nat-state": "!dstnat",
                  "in-interface-list": "WAN", "comment": "defconf: drop all from WAN not DSTNATed"},
             ]:
-                self.menus["/ip/firewall/filter"].append({".id": self.new_id(), **rule})
+                self.menus["/ip/firewall/filter"].append({".id": self.new_id(), "dynamic": "false", **rule})
         self.log = []
         self.save()
 
@@ -367,6 +367,8 @@ async def handle(router, args, reader, writer):
                         router.validate_add(menu, attrs)
                         before = attrs.pop("place-before", None)
                         row = {".id": router.new_id(), **attrs}
+                        if menu.startswith("/ip/firewall/"):
+                            row["dynamic"] = "false"  # what RouterOS prints for a rule added by hand
                         rows = router.menus[menu]
                         at = rows.index(router.find(menu, before)) if before else len(rows)
                         rows.insert(at, row)

@@ -176,12 +176,18 @@ impl RouterOs {
         let name = plan.alias.as_str();
         // The rules go first in their chains, before the owner's (a mangle `accept` or a
         // dstnat rule of theirs would otherwise take a routed device's packets first).
+        // Static rules only: dynamic ones (UPnP's, a hotspot's) come and go.
         let fasttrack = self.first_rule(
             MENUS[6],
-            &[("chain", "forward"), ("action", "fasttrack-connection")],
+            &[
+                ("chain", "forward"),
+                ("action", "fasttrack-connection"),
+                ("dynamic", "false"),
+            ],
         )?;
-        let mangle_top = self.first_rule(MENUS[4], &[("chain", "prerouting")])?;
-        let nat_top = self.first_rule(MENUS[5], &[("chain", "dstnat")])?;
+        let mangle_top =
+            self.first_rule(MENUS[4], &[("chain", "prerouting"), ("dynamic", "false")])?;
+        let nat_top = self.first_rule(MENUS[5], &[("chain", "dstnat"), ("dynamic", "false")])?;
         let steps: [(&'static str, Vec<(&str, &str)>); 10] = [
             (
                 MENUS[0],
@@ -305,8 +311,10 @@ impl RouterOs {
 
     pub(crate) fn intact(&self, plan: &Plan) -> Result<bool, VifError> {
         let tag = plan.tag();
-        // Two routes (the service's, the blackhole), two DNS rules (udp, tcp), two accepts.
-        for (menu, n) in MENUS.into_iter().zip([1, 1, 1, 2, 1, 2, 2]) {
+        // Two routes (the service's, the blackhole), two DNS rules (udp, tcp). The accepts
+        // are not required: a segment made before they existed is not torn down for them
+        // (which would let its devices out while it is made again).
+        for (menu, n) in MENUS.into_iter().zip([1, 1, 1, 2, 1, 2, 0]) {
             if self.ids_tagged(menu, &tag)?.len() < n {
                 return Ok(false);
             }
