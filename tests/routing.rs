@@ -33,6 +33,7 @@ const PROXY_OUT_Y: &str = "198.51.100.5";
 const A: &str = "192.0.2.10";
 const B: &str = "192.0.2.20";
 const A_MAC: &str = "02:00:5e:10:00:0a";
+const B_MAC: &str = "02:00:5e:10:00:14";
 
 fn run(args: &[&str]) -> String {
     common::run_ok(Command::new(args[0]).args(&args[1..]))
@@ -132,14 +133,7 @@ fn net(tag: &str) -> Net {
     router.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "br-lan", "nodad"]);
     router.ip(&["link", "set", "br-lan", "up"]);
     plug(&router, &a, "lan-a", A, "2001:db8:1::10", A_MAC);
-    plug(
-        &router,
-        &b,
-        "lan-b",
-        B,
-        "2001:db8:1::20",
-        "02:00:5e:10:00:14",
-    );
+    plug(&router, &b, "lan-b", B, "2001:db8:1::20", B_MAC);
     sysctl(&router, "net.ipv4.ip_forward=1");
     sysctl(&router, "net.ipv6.conf.all.forwarding=1");
     // The router owner's own firewall: NAT to the WAN (IPv4 only, the IPv6 is routed).
@@ -904,6 +898,115 @@ fn routed_devices_go_through_the_service_and_never_leak() {
         events.contains("device.routed") || events.contains("routed through"),
         "{events}"
     );
+}
+
+/// How many connections the router's conntrack table holds from `src` to TCP port `port`
+/// (read with conntrack-tools' `conntrack -L`).
+fn tracked(net: &Net, src: &str, port: u16) -> usize {
+    let family = if src.contains(':') { "ipv6" } else { "ipv4" };
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.router.name,
+        "conntrack",
+        "-L",
+        "-f",
+        family,
+        "-p",
+        "tcp",
+        "-s",
+        src,
+        "--dport",
+        &port.to_string(),
+    ]);
+    out.lines().filter(|l| l.contains("ESTABLISHED")).count()
+}
+
+/// A device's connections from before it was routed are ended: deleted from the router's
+/// conntrack table, where a flowtable (fw4's flow offloading) would keep them on their
+/// direct path (tests/vm.rs shows that with a real flowtable; this host kernel has none).
+/// Its IPv6 ones too, found through the router's neighbour table; nobody else's, and not
+/// its connections to the router itself.
+#[test]
+fn routing_a_device_ends_the_connections_it_had_before() {
+    use std::net::{TcpListener, TcpStream};
+    let net = net("ct");
+    // Like fw4: an inet table with connection tracking, so IPv6 is tracked too.
+    let owner = net.root.path().join("owner-ct.nft");
+    std::fs::write(&owner, "table inet owner_ct {\n chain forward_ct {\n  type filter hook forward priority filter; policy accept;\n  ct state established,related counter accept\n }\n}\n").unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.router.name,
+        "nft",
+        "-f",
+        &owner.display().to_string(),
+    ]);
+    let agent = net.agent();
+    let x = install(&agent, "x", 8388);
+    const V6_SERVER: &str = "2001:db8:2::2";
+    let _servers = net
+        .internet
+        .run(|| [WAN_SERVER, V6_SERVER].map(|a| TcpListener::bind((a, 9100)).unwrap()));
+    let _router_page = net
+        .router
+        .run(|| TcpListener::bind(("192.0.2.1", 9101)).unwrap());
+    let open =
+        |ns: &TestNetns, to: &str, port: u16| ns.run(|| TcpStream::connect((to, port)).unwrap());
+    let _held: Vec<TcpStream> = vec![
+        open(&net.a, WAN_SERVER, 9100),
+        open(&net.a, V6_SERVER, 9100),
+        open(&net.b, WAN_SERVER, 9100),
+        open(&net.b, V6_SERVER, 9100),
+        open(&net.b, "192.0.2.1", 9101),
+    ];
+    let (a6, b6) = ("2001:db8:1::10", "2001:db8:1::20");
+    for (src, port) in [(A, 9100), (a6, 9100), (B, 9100), (b6, 9100)] {
+        assert_eq!(
+            tracked(&net, src, port),
+            1,
+            "control: {src} tracked before routing"
+        );
+    }
+    route(&agent, &x, &[A]);
+    assert_eq!(
+        tracked(&net, A, 9100),
+        0,
+        "A's connection ended\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        tracked(&net, a6, 9100),
+        0,
+        "A's IPv6 connection ended (its MAC's neighbour)"
+    );
+    assert_eq!(tracked(&net, B, 9100), 1, "B's untouched");
+    assert_eq!(tracked(&net, b6, 9100), 1, "B's IPv6 untouched");
+    assert!(
+        agent.log().contains("ended 2 connection(s)"),
+        "{}",
+        agent.log()
+    );
+    // A change that routes nobody new ends nothing.
+    route(&agent, &x, &[A]);
+    assert_eq!(tracked(&net, B, 9100), 1);
+    // B by its MAC address: its IPv4 and IPv6 connections, not the one to the router.
+    route(&agent, &x, &[A, B_MAC]);
+    assert_eq!(
+        tracked(&net, B, 9100),
+        0,
+        "B's connection ended\n{}",
+        agent.log()
+    );
+    assert_eq!(tracked(&net, b6, 9100), 0, "B's IPv6 connection ended");
+    assert_eq!(
+        tracked(&net, B, 9101),
+        1,
+        "B's connection to the router itself stays"
+    );
+    agent.uninstall(&x);
 }
 
 /// Debian's v2ray standing in for Xray: the same transparent path through its generator.

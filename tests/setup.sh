@@ -22,7 +22,7 @@ if [ "$what" = demo ]; then
   for p in python3 python3-venv iproute2; do want_pkg "$p"; done
 fi
 if [ "$what" = all ]; then
-  for p in nginx-light tor v2ray nftables dnsmasq-base bind9-dnsutils python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd minisign curl chromium chromium-driver; do want_pkg "$p"; done
+  for p in nginx-light tor v2ray nftables dnsmasq-base conntrack bind9-dnsutils python3 python3-venv iproute2 iputils-ping util-linux xz-utils busybox-static openssl signify-openbsd minisign curl chromium chromium-driver; do want_pkg "$p"; done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"

@@ -4,7 +4,8 @@
 //! client reaches its GraphQL API through QEMU's hostfwd; the guest proves the kernel offers
 //! 8021q VLANs and cgroup v2 memory/pids/cpu. In the x86_64 VM the agent also provisions a real
 //! VLAN for an installed feature, and removes it again, carries LAN traffic through sing-box
-//! over it, and routes a plain LAN client through it (device routing, with the host's nft).
+//! over it, and routes a plain LAN client through it by its MAC address (device routing, with
+//! the host's nft), ending the connection the owner's flowtable had offloaded.
 
 mod common;
 
@@ -432,7 +433,9 @@ fn x86_64_vm_enforces_cgroup_limits_on_services() {
 
 /// What device routing needs in the x86_64 guest: the host's `nft` with its libraries (same
 /// architecture; the initramfs is busybox only), and the nftables modules.
-const NFT_MODULES: &str = "crc32c_generic nf_tables nft_chain_nat nft_nat nft_redir nft_ct nft_reject_inet nf_conntrack nf_nat";
+/// With a flowtable (fw4's flow offloading) and ctnetlink, through which the agent ends the
+/// connections a newly routed device had.
+const NFT_MODULES: &str = "crc32c_generic nf_tables nft_chain_nat nft_nat nft_redir nft_ct nft_reject_inet nf_conntrack nf_nat nf_flow_table_inet nft_flow_offload nf_conntrack_netlink";
 
 fn host_nft() -> Vec<String> {
     let out = Command::new("ldd")
@@ -529,10 +532,13 @@ fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
             }
             2 => {
                 let d = guest.data(
-                    "mutation($id: ID!) { routeDevices(instanceId: $id, devices: [\"192.0.2.10\"]) { device } }",
+                    "mutation($id: ID!) { routeDevices(instanceId: $id, devices: [\"02:00:5E:10:00:0A\"]) { device } }",
                     json!({ "id": id }),
                 );
-                assert_eq!(d["routeDevices"], json!([{ "device": "192.0.2.10" }]));
+                assert_eq!(
+                    d["routeDevices"],
+                    json!([{ "device": "02:00:5e:10:00:0a" }])
+                );
                 "routed".to_owned()
             }
             3 => {
@@ -553,6 +559,8 @@ fn x86_64_vm_carries_lan_traffic_through_sing_box_over_a_real_vlan() {
             "server-saw-the-service",
             "untagged-is-not-the-segment",
             "lan-direct-before-routing",
+            "connection-offloaded",
+            "offloaded-connection-ended",
             "routed-lan-through-sing-box",
             "routed-not-seen-directly",
             "unrouted-after-uninstall",

@@ -15,6 +15,7 @@
 //! Only `unrouteDevices`, uninstall (after the service is gone), or `onServiceDown: DIRECT`
 //! while the service is down send a device's traffic out directly.
 
+mod conntrack;
 pub(crate) mod device;
 pub(crate) mod lan;
 mod nft;
@@ -68,6 +69,10 @@ pub(crate) struct Routing {
     /// Serialises changes; holds the instances whose service is running now (what an
     /// `onServiceDown: DIRECT` instance's devices depend on).
     up: Mutex<BTreeSet<String>>,
+    /// What the last applied rules mark or refuse, as (VLAN id, or 0 for refused; device):
+    /// a device new here has its tracked connections ended (`conntrack`). Empty at start and
+    /// after a repair, when the kernel's state before is unknown.
+    guarded: Mutex<Vec<(u16, Device)>>,
     /// Whether `watch` runs: from the first route on (an agent with nothing routed has
     /// nothing to put back, and keeps the thread's memory).
     watching: std::sync::atomic::AtomicBool,
@@ -131,6 +136,7 @@ impl Routing {
             bus,
             interfaces,
             up: Mutex::new(BTreeSet::new()),
+            guarded: Mutex::new(Vec::new()),
             watching: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -475,6 +481,8 @@ impl Routing {
             return;
         }
         log::warn!(target: "routing", "another program deleted or changed the agent's nftables table (a `nft flush ruleset`?); putting back the rules of {} routed device(s)", routes.len());
+        // Meanwhile MAC-routed devices went out directly: their connections end too.
+        self.guarded.locked().clear();
         if let Err(e) = self.apply(&routes, &up, Some(&[])) {
             log::error!(target: "routing", "cannot put the agent's nftables table back: {e}");
         }
@@ -622,6 +630,7 @@ impl Routing {
         source_rules(&groups, &refused)?;
         let rules = nft::router_ruleset(&groups, &refused, &nft::learned());
         nft::apply(&rules, None)?;
+        self.end_connections_of_new(&groups, &refused);
         if let Some(path) = &self.settings.boot_rules {
             // The kernel has the rules already: a copy that cannot be written is reported,
             // not a reason to undo them.
@@ -631,6 +640,42 @@ impl Routing {
             }
         }
         Ok(())
+    }
+}
+
+impl Routing {
+    /// Ends the tracked connections of the devices the rules just applied mark or refuse and
+    /// the previous ones did not (routed, moved, or back from DIRECT): an offloaded one would
+    /// go on leaving directly. A failure is logged: the rules stand.
+    fn end_connections_of_new(&self, groups: &[nft::Group], refused: &[Device]) {
+        let now: Vec<(u16, Device)> = groups
+            .iter()
+            .filter(|g| !g.direct)
+            .flat_map(|g| g.devices.iter().map(|d| (g.vlan, *d)))
+            .chain(refused.iter().map(|d| (0, *d)))
+            .collect();
+        let fresh: Vec<Device> = {
+            let mut guarded = self.guarded.locked();
+            let fresh = now
+                .iter()
+                .filter(|k| !guarded.contains(k))
+                .map(|(_, d)| *d)
+                .collect();
+            *guarded = now;
+            fresh
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        match conntrack::end_connections(&fresh) {
+            Ok(0) => {}
+            Ok(n) => {
+                log::info!(target: "routing", "ended {n} connection(s) the newly routed device(s) had (they would have kept their old path)");
+            }
+            Err(e) => {
+                log::warn!(target: "routing", "cannot end the connections of the newly routed device(s) ({e}): a connection a flowtable offloaded keeps its direct path until it ends");
+            }
+        }
     }
 }
 

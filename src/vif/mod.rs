@@ -13,7 +13,7 @@
 
 pub(crate) mod netlink;
 pub(crate) mod routeros;
-mod rtnl;
+pub(crate) mod rtnl;
 mod settings;
 
 use std::collections::BTreeMap;

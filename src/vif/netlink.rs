@@ -35,11 +35,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::{
+    Socket, SocketAddr,
+    protocols::{NETLINK_NETFILTER, NETLINK_ROUTE},
+};
 
 use super::rtnl::{self, Msg, Reply};
 use super::{Plan, Rollback, VifError};
@@ -117,22 +120,37 @@ fn nl_err(op: &str, errno: i32) -> VifError {
     VifError::Backend(format!("{op}: {e}"))
 }
 
-/// A request/acknowledge netlink socket on NETLINK_ROUTE.
+/// A request/acknowledge netlink socket on NETLINK_ROUTE (or NETLINK_NETFILTER's ctnetlink).
 pub(crate) struct Netlink {
     socket: Socket,
     seq: u32,
+    /// The error the kernel answered last (an errno), for callers that expect one.
+    errno: i32,
 }
 
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub(crate) fn open() -> Result<Netlink, VifError> {
-        let mut socket = Socket::new(NETLINK_ROUTE)
-            .map_err(|e| VifError::Backend(format!("netlink socket: {e}")))?;
+        Netlink::open_protocol(NETLINK_ROUTE)
+    }
+
+    /// NETLINK_NETFILTER, for the conntrack table.
+    pub(crate) fn open_netfilter() -> Result<Netlink, VifError> {
+        Netlink::open_protocol(NETLINK_NETFILTER)
+    }
+
+    fn open_protocol(protocol: isize) -> Result<Netlink, VifError> {
+        let mut socket =
+            Socket::new(protocol).map_err(|e| VifError::Backend(format!("netlink socket: {e}")))?;
         socket
             .bind_auto()
             .and_then(|_| socket.connect(&SocketAddr::new(0, 0)))
             .map_err(|e| VifError::Backend(format!("netlink bind: {e}")))?;
-        Ok(Netlink { socket, seq: 0 })
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            errno: 0,
+        })
     }
 
     /// A socket in the network namespace at `ns` (it stays there whatever thread uses it).
@@ -152,6 +170,16 @@ impl Netlink {
 
     /// Sends `msg` and reads the answers until its ACK (or the end of a dump).
     fn exchange(&mut self, msg: Msg, op: &str) -> Result<Vec<Reply>, VifError> {
+        self.exchange_keeping(msg, op, &mut |_| true)
+    }
+
+    /// `exchange` that keeps only the answers `keep` wants (a dump of a large table).
+    fn exchange_keeping(
+        &mut self,
+        msg: Msg,
+        op: &str,
+        keep: &mut dyn FnMut(&Reply) -> bool,
+    ) -> Result<Vec<Reply>, VifError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         self.socket
@@ -170,8 +198,12 @@ impl Netlink {
                 }
                 match reply {
                     Reply::Ack(0) | Reply::Done => return Ok(out),
-                    Reply::Ack(code) => return Err(nl_err(op, -code)),
-                    other => out.push(other),
+                    Reply::Ack(code) => {
+                        self.errno = -code;
+                        return Err(nl_err(op, -code));
+                    }
+                    other if keep(&other) => out.push(other),
+                    _ => {}
                 }
             }
         }
@@ -397,6 +429,66 @@ impl Netlink {
             matches!(r, Reply::Route { dst_len: 0, table: t, gateway: Some(g), .. }
                 if t == table && g == gateway.octets())
         }))
+    }
+
+    /// The neighbour table (IPv4 and IPv6): (address, link-layer address).
+    pub(crate) fn neighbours(&mut self) -> Result<Vec<(IpAddr, [u8; 6])>, VifError> {
+        let msg = Msg::new(rtnl::RTM_GETNEIGH, rtnl::NLM_F_DUMP).ndmsg();
+        Ok(self
+            .exchange(msg, "list neighbours")?
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Neigh { ip, mac } => Some((ip, mac)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Deletes the tracked connections `select` picks (on a NETLINK_NETFILTER socket),
+    /// `BATCH` per dump of the table, so a large table never sits in memory; returns how
+    /// many were deleted. One that ended meanwhile is not an error.
+    pub(crate) fn delete_connections(
+        &mut self,
+        select: &dyn Fn(&Reply) -> bool,
+    ) -> Result<usize, VifError> {
+        const BATCH: usize = 1024;
+        const ROUNDS: usize = 64;
+        let mut deleted = 0;
+        for _ in 0..ROUNDS {
+            let dump = Msg::new(rtnl::CT_GET, rtnl::NLM_F_DUMP).nfgen(rtnl::AF_UNSPEC);
+            let mut picked = 0;
+            let found = self.exchange_keeping(dump, "list connections", &mut |r| {
+                let keep = picked < BATCH && select(r);
+                picked += usize::from(keep);
+                keep
+            })?;
+            for r in &found {
+                let Reply::Conntrack {
+                    family,
+                    tuple,
+                    zone,
+                    ..
+                } = r
+                else {
+                    continue;
+                };
+                let mut msg = Msg::new(rtnl::CT_DELETE, rtnl::NLM_F_ACK)
+                    .nfgen(*family)
+                    .nest(rtnl::CTA_TUPLE_ORIG | rtnl::NLA_F_NESTED, |m| m.raw(tuple));
+                if let Some(z) = zone {
+                    msg = msg.attr(rtnl::CTA_ZONE, z);
+                }
+                match self.request(msg, "delete a connection") {
+                    Ok(()) => deleted += 1,
+                    Err(_) if self.errno == libc::ENOENT => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if found.len() < BATCH {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 
     /// The router's own IPv4 addresses (the `local` routes of table `local`).

@@ -4,7 +4,10 @@
 //!
 //! Layout (all integers in host byte order, everything padded to 4 bytes):
 //! `nlmsghdr {len u32, type u16, flags u16, seq u32, pid u32}`, then the family header
-//! (`ifinfomsg` 16 bytes, `ifaddrmsg` 8, `rtmsg` 12, `fib_rule_hdr` 12), then attributes `{len u16, type u16, data}`.
+//! (`ifinfomsg` 16 bytes, `ifaddrmsg` 8, `rtmsg` 12, `fib_rule_hdr` 12, `ndmsg` 12; on
+//! NETLINK_NETFILTER `nfgenmsg` 4), then attributes `{len u16, type u16, data}`.
+
+use std::net::IpAddr;
 
 pub(crate) const RTM_NEWLINK: u16 = 16;
 pub(crate) const RTM_DELLINK: u16 = 17;
@@ -18,6 +21,20 @@ pub(crate) const RTM_GETROUTE: u16 = 26;
 pub(crate) const RTM_NEWRULE: u16 = 32;
 pub(crate) const RTM_DELRULE: u16 = 33;
 pub(crate) const RTM_GETRULE: u16 = 34;
+pub(crate) const RTM_NEWNEIGH: u16 = 28;
+pub(crate) const RTM_GETNEIGH: u16 = 30;
+/// ctnetlink (NETLINK_NETFILTER, subsystem 1): a connection (a dump's entries), dump, delete.
+pub(crate) const CT_NEW: u16 = 1 << 8;
+pub(crate) const CT_GET: u16 = (1 << 8) | 1;
+pub(crate) const CT_DELETE: u16 = (1 << 8) | 2;
+pub(crate) const CTA_TUPLE_ORIG: u16 = 1;
+pub(crate) const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+pub(crate) const NLA_F_NESTED: u16 = 0x8000;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
@@ -116,6 +133,18 @@ impl Msg {
         self
     }
 
+    /// `struct ndmsg` (neighbours) of any family.
+    pub(crate) fn ndmsg(mut self) -> Msg {
+        self.buf.extend_from_slice(&[0; 12]);
+        self
+    }
+
+    /// `struct nfgenmsg`: family, NFNETLINK_V0, resource id 0.
+    pub(crate) fn nfgen(mut self, family: u8) -> Msg {
+        self.buf.extend_from_slice(&[family, 0, 0, 0]);
+        self
+    }
+
     pub(crate) fn attr(mut self, kind: u16, data: &[u8]) -> Msg {
         self.put_attr(kind, data);
         self
@@ -127,6 +156,13 @@ impl Msg {
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(data);
         self.buf.resize(align(self.buf.len()), 0);
+    }
+
+    /// Bytes already laid out as attributes (a payload read from the kernel, sent back).
+    pub(crate) fn raw(mut self, attrs: &[u8]) -> Msg {
+        self.buf.extend_from_slice(attrs);
+        self.buf.resize(align(self.buf.len()), 0);
+        self
     }
 
     pub(crate) fn attr_str(self, kind: u16, s: &str) -> Msg {
@@ -223,7 +259,76 @@ pub(crate) enum Reply {
         action: u8,
         table: u32,
     },
+    /// A neighbour (ARP / NDP entry) with a link-layer address.
+    Neigh {
+        ip: IpAddr,
+        mac: [u8; 6],
+    },
+    /// A tracked connection: its original direction's source, destination and destination
+    /// port, and what a delete of it sends back (the tuple's payload, the zone's).
+    Conntrack {
+        family: u8,
+        src: Option<IpAddr>,
+        dst: Option<IpAddr>,
+        dport: Option<u16>,
+        tuple: Vec<u8>,
+        zone: Option<Vec<u8>>,
+    },
     Other,
+}
+
+fn ip_of(v: &[u8]) -> Option<IpAddr> {
+    match v.len() {
+        4 => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+fn conntrack(body: &[u8]) -> Reply {
+    let (mut src, mut dst, mut dport, mut tuple, mut zone) = (None, None, None, None, None);
+    for (t, v) in attrs(body, 4) {
+        match t {
+            CTA_TUPLE_ORIG => {
+                tuple = Some(v.to_vec());
+                for (t, v) in attrs(v, 0) {
+                    match t {
+                        CTA_TUPLE_IP => {
+                            for (t, v) in attrs(v, 0) {
+                                // CTA_IP_V4_SRC, _DST, CTA_IP_V6_SRC, _DST
+                                match t {
+                                    1 | 3 => src = ip_of(v),
+                                    2 | 4 => dst = ip_of(v),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        CTA_TUPLE_PROTO => {
+                            dport = attrs(v, 0)
+                                .into_iter()
+                                .find(|(t, _)| *t == CTA_PROTO_DST_PORT)
+                                .and_then(|(_, v)| v.try_into().ok())
+                                .map(u16::from_be_bytes);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            CTA_ZONE => zone = Some(v.to_vec()),
+            _ => {}
+        }
+    }
+    match tuple {
+        Some(tuple) => Reply::Conntrack {
+            family: body.first().copied().unwrap_or(0),
+            src,
+            dst,
+            dport,
+            tuple,
+            zone,
+        },
+        None => Reply::Other,
+    }
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -309,6 +414,22 @@ pub(crate) fn parse(buf: &[u8]) -> Vec<(u32, Reply)> {
                     table,
                 }
             }
+            RTM_NEWNEIGH => {
+                let mut ip = None;
+                let mut mac = None;
+                for (t, v) in attrs(body, 12) {
+                    match t {
+                        NDA_DST => ip = ip_of(v),
+                        NDA_LLADDR => mac = <[u8; 6]>::try_from(v).ok(),
+                        _ => {}
+                    }
+                }
+                match (ip, mac) {
+                    (Some(ip), Some(mac)) => Reply::Neigh { ip, mac },
+                    _ => Reply::Other,
+                }
+            }
+            CT_NEW => conntrack(body),
             _ => Reply::Other,
         };
         out.push((seq, reply));
