@@ -267,7 +267,47 @@ fn assert_ten_objects(sim: &Sim, id: &str, name: &str, vlan: u16) {
 #[test]
 fn routed_devices_are_address_list_entries_moved_without_a_gap_and_removed_in_reverse() {
     let s = setup("rosroute");
-    let sim = Sim::start(s.feed.path(), &[]);
+    // The router's connection tracking table: connections the LAN devices had before.
+    let conns = s.feed.path().join("connections.json");
+    let conn = |src: &str, dst: &str, proto: &str| json!({ "src-address": src, "dst-address": dst, "protocol": proto, "fasttrack": "true" });
+    std::fs::write(
+        &conns,
+        json!([
+            conn("192.0.2.10:40000", "198.51.100.2:443", "tcp"),
+            conn("192.0.2.200:40001", "198.51.100.2:80", "tcp"),
+            conn("192.0.2.130", "198.51.100.2", "icmp"),
+            conn("192.0.2.10:40002", "192.0.2.1:53", "udp"),
+            conn("192.0.2.10:40003", "192.0.2.1:8291", "tcp"),
+            conn("192.0.2.20:40004", "198.51.100.2:443", "tcp"),
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let sim = Sim::start(s.feed.path(), &["--connections", conns.to_str().unwrap()]);
+    // The router's own LAN address, added with librouteros.
+    let added = Command::new(common::python())
+        .args(["-c", &format!(
+            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret')\n\
+             tuple(api.path('ip','address')('add', address='192.0.2.1/24', interface='bridge', comment='owner: lan'))",
+            sim.port
+        )])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let connections = || -> Vec<String> {
+        sim.state()["menus"]["/ip/firewall/connection"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["src-address"].as_str().unwrap(),
+                    c["dst-address"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
     let agent = s.agent("agent", sim.port, "", "");
     let x = agent.install_on("tool", "mt", "x");
     let y = agent.install_on("tool", "mt", "y");
@@ -298,6 +338,23 @@ fn routed_devices_are_address_list_entries_moved_without_a_gap_and_removed_in_re
     };
     let r = route(&x, &["192.0.2.10", "192.0.2.128/25"]);
     assert!(r.get("errors").is_none(), "{r}\n{}", agent.log());
+    // Their connections from before are removed (a FastTracked one would go on leaving
+    // directly), DNS to the router included; the one to the router itself and other
+    // devices' stay.
+    assert_eq!(
+        connections(),
+        [
+            "192.0.2.10:40003 192.0.2.1:8291",
+            "192.0.2.20:40004 198.51.100.2:443"
+        ],
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("removed 4 connection(s)"),
+        "{}",
+        agent.log()
+    );
     let tx = format!("nnc:{x}");
     assert_eq!(
         entries(),

@@ -8,12 +8,14 @@ them to a JSON state file after every command.
 
 usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tls-key K]
               [--fail-at K] [--drop-at K] [--empty-replies] [--hostile MODE [--drip-secs S]]
-              [--default-firewall]
+              [--default-firewall] [--connections FILE]
   --fail-at K      the K-th 'add' command (counting from 1) answers !trap
   --drop-at K      the connection is closed, unanswered, on the K-th 'add' command
   --empty-replies  a print with no match answers !empty (RouterOS >= 7.18) before !done
   --default-firewall  the filter rules of RouterOS's default configuration are there
                    (fasttrack-connection of established,related first, as in defconf)
+  --connections F  the connection tracking table (/ip/firewall/connection) starts with the
+                   rows in JSON file F (src-address "ip:port", dst-address, protocol, ...)
   --hostile MODE   a malicious router: every 'add' is answered with 'flood' (!re rows without
                    end), 'drip' (!re rows without end, one byte every --drip-secs, default
                    0.8) or 'huge-word' (a !re holding one 1 MiB word, then !done)
@@ -116,14 +118,14 @@ def query_matches(row, queries):
 class Router:
     """The router's state: one table per menu, rows are dicts with '.id'."""
 
-    def __init__(self, state_file, fail_at, drop_at, default_firewall=False):
+    def __init__(self, state_file, fail_at, drop_at, default_firewall=False, connections=None):
         self.state_file = state_file
         self.fail_at, self.drop_at = fail_at, drop_at
         self.adds = 0
         self.next_id = 1
         self.menus = {"/interface/vlan": [], "/ip/address": [], "/routing/table": [], "/ip/route": [],
                       "/ip/firewall/address-list": [], "/ip/firewall/mangle": [], "/ip/firewall/nat": [],
-                      "/ip/firewall/filter": []}
+                      "/ip/firewall/filter": [], "/ip/firewall/connection": []}
         if default_firewall:
             # RouterOS 7's defconf forward chain (its input chain and comments trimmed).
             for rule in [
@@ -137,6 +139,9 @@ class Router:
                  "in-interface-list": "WAN", "comment": "defconf: drop all from WAN not DSTNATed"},
             ]:
                 self.menus["/ip/firewall/filter"].append({".id": self.new_id(), "dynamic": "false", **rule})
+        # The connection tracking table: read and remove only, as on RouterOS (traffic fills it).
+        for c in connections or []:
+            self.menus["/ip/firewall/connection"].append({".id": self.new_id(), **c})
         self.log = []
         self.save()
 
@@ -350,6 +355,8 @@ async def handle(router, args, reader, writer):
                         out.append(["!done"])
                     elif menu not in router.menus or op not in ("add", "print", "remove", "set"):
                         raise ApiError("no such command prefix", 0)
+                    elif op in ("add", "set") and menu == "/ip/firewall/connection":
+                        raise ApiError("no such command", 0)
                     elif op == "add" and args.hostile:
                         router.log.append({"cmd": cmd, "attrs": attrs, "result": "hostile " + args.hostile})
                         router.save()
@@ -428,8 +435,13 @@ async def main():
     ap.add_argument("--hostile", choices=["flood", "drip", "huge-word"])
     ap.add_argument("--drip-secs", type=float, default=0.8)
     ap.add_argument("--default-firewall", action="store_true")
+    ap.add_argument("--connections", help="JSON file: rows of /ip/firewall/connection at start")
     args = ap.parse_args()
-    router = Router(args.state, args.fail_at, args.drop_at, args.default_firewall)
+    conns = None
+    if args.connections:
+        with open(args.connections) as f:
+            conns = json.load(f)
+    router = Router(args.state, args.fail_at, args.drop_at, args.default_firewall, conns)
     ctx = None
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -28,7 +28,9 @@
 //!
 //! A routed device is an entry of that address list, tagged like the rest; `sync_lists` adds
 //! the missing entries before it removes the stale ones, so a device moving to another
-//! instance is in one of the two lists at every moment.
+//! instance is in one of the two lists at every moment, then removes the connections the
+//! added devices had (`/ip/firewall/connection/remove`): a FastTracked one would keep its
+//! direct path.
 //!
 //! One connection is kept and reopened after any error that breaks it, so a rollback after a
 //! dropped connection still runs. Removal by tag (`?comment=`) is the sweep that also finds an
@@ -366,10 +368,12 @@ impl RouterOs {
             .filter(|r| r.get("comment").and_then(|c| super::tag_in(c)).is_some())
             .filter_map(|mut r| Some((r.remove(".id")?, r.remove("list")?, r.remove("address")?)))
             .collect();
+        let mut added = Vec::new();
         for (list, address, tag) in want {
             if have.iter().any(|(_, l, a)| l == list && a == address) {
                 continue;
             }
+            added.push(address.as_str());
             let attrs = [
                 ("list", list.as_str()),
                 ("address", address.as_str()),
@@ -389,8 +393,79 @@ impl RouterOs {
             .filter(|(_, l, a)| !want.iter().any(|(wl, wa, _)| wl == l && wa == a))
             .map(|(id, _, _)| id)
             .collect();
-        self.remove_ids(ADDRESS_LIST, &stale)
+        self.remove_ids(ADDRESS_LIST, &stale)?;
+        if !added.is_empty() {
+            match self.end_connections(&added) {
+                Ok(0) => {}
+                Ok(n) => {
+                    log::info!(target: "interface-factory", "router {}: removed {n} connection(s) the newly routed device(s) had", self.id);
+                }
+                Err(e) => {
+                    log::warn!(target: "interface-factory", "router {}: cannot remove the connections of the newly routed device(s) ({e}): a FastTracked one keeps its direct path until it ends", self.id);
+                }
+            }
+        }
+        Ok(())
     }
+
+    /// Removes the tracked connections from `devices` (addresses or blocks, as in the address
+    /// lists): one FastTracked before the device was routed skips the firewall, mangle
+    /// included, and would go on leaving through `main`. Connections to the router itself
+    /// stay (WinBox, WebFig), DNS to it does not.
+    fn end_connections(&self, devices: &[&str]) -> Result<usize, VifError> {
+        let blocks: Vec<(u32, u32)> = devices.iter().filter_map(|d| block(d)).collect();
+        let own: Vec<String> = self
+            .idempotent(|c| c.call("/ip/address/print", &[(".proplist", "address")], &[]))
+            .map_err(|e| backend(&e))?
+            .rows
+            .into_iter()
+            .filter_map(|mut r| {
+                let a = r.remove("address")?;
+                Some(a.split('/').next().unwrap_or_default().to_owned())
+            })
+            .collect();
+        let reply = self
+            .idempotent(|c| {
+                c.call(
+                    "/ip/firewall/connection/print",
+                    &[(".proplist", ".id,src-address,dst-address")],
+                    &[],
+                )
+            })
+            .map_err(|e| backend(&e))?;
+        let ids: Vec<String> = reply
+            .rows
+            .into_iter()
+            .filter(|r| {
+                // "192.0.2.10:40000" (TCP, UDP) or "192.0.2.10" (ICMP).
+                let host = |k: &str| {
+                    r.get(k)
+                        .map(|a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_owned())
+                };
+                let from = host("src-address").and_then(|h| h.parse::<std::net::Ipv4Addr>().ok());
+                let to = host("dst-address").unwrap_or_default();
+                let dns = r.get("dst-address").is_some_and(|a| a.ends_with(":53"));
+                from.is_some_and(|f| blocks.iter().any(|(net, mask)| u32::from(f) & mask == *net))
+                    && (dns || !own.contains(&to))
+            })
+            .filter_map(|mut r| r.remove(".id"))
+            .collect();
+        for chunk in ids.chunks(100) {
+            self.remove_ids("/ip/firewall/connection", chunk)?;
+        }
+        Ok(ids.len())
+    }
+}
+
+/// "192.0.2.10" or "192.0.2.0/24" as (network, mask).
+fn block(text: &str) -> Option<(u32, u32)> {
+    let (addr, prefix) = text.split_once('/').unwrap_or((text, "32"));
+    let prefix: u32 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+    Some((
+        u32::from(addr.parse::<std::net::Ipv4Addr>().ok()?) & mask,
+        mask,
+    ))
 }
 
 const _: () = assert!(crate::configgen::DNS_PORT == 9053, "dns_nat's to-ports");
