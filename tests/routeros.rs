@@ -746,6 +746,63 @@ fn an_active_interface_whose_objects_vanished_is_recreated_at_start() {
     assert_ten_objects(&sim, &id, "g", 100);
 }
 
+#[test]
+fn a_segment_without_its_fasttrack_accepts_gets_them_at_start_and_keeps_the_rest() {
+    let s = setup("rosmend");
+    let sim = Sim::start(s.feed.path(), &["--default-firewall"]);
+    let mut agent = s.agent("agent", sim.port, "", "");
+    let id = agent.install_on("tool", "mt", "m");
+    assert_eq!(agent.wait_done(&id, TIMEOUT)["status"], "INSTALLED");
+    agent.kill9();
+    // As a segment made before the accepts existed: the two filter rules removed.
+    let tag = format!("nnc:{id}");
+    let removed = Command::new(common::python())
+        .args(["-c", &format!(
+            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret'); f = api.path('ip','firewall','filter'); f.remove(*[x['.id'] for x in f if x.get('comment') == '{tag}'])",
+            sim.port
+        )])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    let ids = |menu: &str| -> Vec<String> {
+        sim.state()["menus"][menu]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["comment"] == tag.as_str())
+            .map(|o| o[".id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(ids("/ip/firewall/filter").is_empty());
+    let kept: Vec<Vec<String>> = MENUS[..6].iter().map(|m| ids(m)).collect();
+    agent.restart();
+    common::wait_until("the accepts added", TIMEOUT, || {
+        ids("/ip/firewall/filter").len() == 2
+    });
+    assert_ten_objects(&sim, &id, "m", 100);
+    assert_eq!(
+        MENUS[..6].iter().map(|m| ids(m)).collect::<Vec<_>>(),
+        kept,
+        "nothing else was made again"
+    );
+    let order = sim.order("/ip/firewall/filter");
+    let at = order
+        .iter()
+        .position(|(_, action)| action == "fasttrack-connection")
+        .unwrap();
+    assert_eq!(
+        order[at - 2..at],
+        [
+            (tag.clone(), "accept".to_owned()),
+            (tag.clone(), "accept".to_owned())
+        ],
+        "{order:?}"
+    );
+    assert!(agent.log().contains("added 2 rule(s)"), "{}", agent.log());
+    agent.uninstall(&id);
+    assert_eq!(sim.objects(), vec![]);
+}
+
 /// Polls the agent's `/health` every 200 ms on a thread of its own until dropped; each answer
 /// must come within a second.
 struct HealthWatch {

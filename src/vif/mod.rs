@@ -206,6 +206,14 @@ impl Backend {
         }
     }
 
+    /// Adds what an intact segment lacks but can get without being made again.
+    fn mend(&self, plan: &Plan) -> Result<usize, VifError> {
+        match self {
+            Backend::Linux(_) => Ok(0),
+            Backend::RouterOs(b) => b.mend(plan),
+        }
+    }
+
     /// (instance id, VLAN id when known) of every object carrying a tag.
     fn tagged(&self) -> Result<Vec<(String, Option<u16>)>, VifError> {
         match self {
@@ -472,6 +480,15 @@ impl InterfaceFactory {
                 IfStatus::Active | IfStatus::Broken => {
                     let plan = self.plan_for(router, rec);
                     if router.backend.intact(&plan)? {
+                        match router.backend.mend(&plan) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                log::info!(target: "interface-factory", "instance {}: added {n} rule(s) to {} that keep its routed devices' connections off FastTrack", rec.instance_id, rec.name);
+                            }
+                            Err(e) => {
+                                log::warn!(target: "interface-factory", "instance {}: cannot add the rules that keep its routed devices' connections off FastTrack: {e}", rec.instance_id);
+                            }
+                        }
                         continue;
                     }
                     log::warn!(target: "interface-factory", "instance {}: objects of {} vanished; recreating", rec.instance_id, rec.name);

@@ -24,7 +24,8 @@
 //!    one): FastTrack packets skip the firewall, mangle included, so a routed device's
 //!    established connections would lose their routing mark and leave through `main`. The
 //!    accept keeps them on the slow path; new connections still meet the owner's rules. A
-//!    fasttrack rule added later, above them, is not noticed (documented).
+//!    fasttrack rule added later, above them, is not noticed (documented). A segment without
+//!    them (made before they existed) gets them from reconcile at start (`mend`).
 //!
 //! A routed device is an entry of that address list, tagged like the rest; `sync_lists` adds
 //! the missing entries before it removes the stale ones, so a device moving to another
@@ -179,14 +180,7 @@ impl RouterOs {
         // The rules go first in their chains, before the owner's (a mangle `accept` or a
         // dstnat rule of theirs would otherwise take a routed device's packets first).
         // Static rules only: dynamic ones (UPnP's, a hotspot's) come and go.
-        let fasttrack = self.first_rule(
-            MENUS[6],
-            &[
-                ("chain", "forward"),
-                ("action", "fasttrack-connection"),
-                ("dynamic", "false"),
-            ],
-        )?;
+        let fasttrack = self.first_fasttrack()?;
         let mangle_top =
             self.first_rule(MENUS[4], &[("chain", "prerouting"), ("dynamic", "false")])?;
         let nat_top = self.first_rule(MENUS[5], &[("chain", "dstnat"), ("dynamic", "false")])?;
@@ -256,6 +250,56 @@ impl RouterOs {
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    /// The router's first static `fasttrack-connection` rule (steps 9 and 10 go before it).
+    fn first_fasttrack(&self) -> Result<Option<String>, VifError> {
+        self.first_rule(
+            MENUS[6],
+            &[
+                ("chain", "forward"),
+                ("action", "fasttrack-connection"),
+                ("dynamic", "false"),
+            ],
+        )
+    }
+
+    /// Gives an intact segment the accepts of steps 9 and 10 it lacks (one made before they
+    /// existed, or whose accepts someone removed): added, nothing torn down, so its devices
+    /// never go out meanwhile. Returns how many were added.
+    pub(crate) fn mend(&self, plan: &Plan) -> Result<usize, VifError> {
+        let tag = plan.tag();
+        let name = plan.alias.as_str();
+        let have = self
+            .idempotent(|c| {
+                c.call(
+                    &format!("{}/print", MENUS[6]),
+                    &[(".proplist", "src-address-list,dst-address-list")],
+                    &[("comment", &tag)],
+                )
+            })
+            .map_err(|e| backend(&e))?
+            .rows;
+        let missing: Vec<&str> = ["src-address-list", "dst-address-list"]
+            .into_iter()
+            .filter(|k| {
+                !have
+                    .iter()
+                    .any(|r| r.get(*k).map(String::as_str) == Some(name))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let fasttrack = self.first_fasttrack()?;
+        for key in &missing {
+            self.add(
+                plan,
+                MENUS[6],
+                &no_fasttrack(key, name, fasttrack.as_deref()),
+            )?;
+        }
+        Ok(missing.len())
     }
 
     /// The `.id` of the first rule of `menu` that matches `query`, if any.
