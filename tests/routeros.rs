@@ -77,6 +77,22 @@ impl Sim {
             .collect()
     }
 
+    /// The two filter rules right before the first `fasttrack-connection` one are the
+    /// instance's (tagged `tag`) accepts.
+    fn assert_accepts_before_fasttrack(&self, tag: &str) {
+        let order = self.order("/ip/firewall/filter");
+        let at = order
+            .iter()
+            .position(|(_, action)| action == "fasttrack-connection")
+            .unwrap();
+        let accept = (tag.to_owned(), "accept".to_owned());
+        assert_eq!(
+            order[at.saturating_sub(2)..at],
+            [accept.clone(), accept],
+            "{order:?}"
+        );
+    }
+
     /// The rules of a firewall menu in their order: (comment, action).
     fn order(&self, menu: &str) -> Vec<(String, String)> {
         self.state()["menus"][menu]
@@ -98,6 +114,17 @@ impl Drop for Sim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs Python `code` with `api`, a PyPI librouteros connection to the simulator on `port`
+/// (a third-party client, as the router's owner would use); whether it succeeded.
+fn librouteros(port: u16, code: &str) -> bool {
+    Command::new(common::python())
+        .arg("-c")
+        .arg(format!("import librouteros; api = librouteros.connect(host='127.0.0.1', port={port}, username='admin', password='secret')\n{code}"))
+        .status()
+        .unwrap()
+        .success()
 }
 
 struct Setup {
@@ -285,15 +312,11 @@ fn routed_devices_are_address_list_entries_moved_without_a_gap_and_removed_in_re
     .unwrap();
     let sim = Sim::start(s.feed.path(), &["--connections", conns.to_str().unwrap()]);
     // The router's own LAN address, added with librouteros.
-    let added = Command::new(common::python())
-        .args(["-c", &format!(
-            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret')\n\
-             tuple(api.path('ip','address')('add', address='192.0.2.1/24', interface='bridge', comment='owner: lan'))",
-            sim.port
-        )])
-        .status()
-        .unwrap();
-    assert!(added.success());
+    let added = librouteros(
+        sim.port,
+        "tuple(api.path('ip','address')('add', address='192.0.2.1/24', interface='bridge', comment='owner: lan'))",
+    );
+    assert!(added);
     let connections = || -> Vec<String> {
         sim.state()["menus"]["/ip/firewall/connection"]
             .as_array()
@@ -455,16 +478,12 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
     let sim = Sim::start(s.feed.path(), &["--default-firewall"]);
     let defconf = sim.order("/ip/firewall/filter");
     // And rules of the owner's own, in mangle prerouting and dstnat, added with librouteros.
-    let added = Command::new(common::python())
-        .args(["-c", &format!(
-            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret')\n\
-             tuple(api.path('ip','firewall','mangle')('add', chain='prerouting', action='accept', comment='owner: mangle'))\n\
-             tuple(api.path('ip','firewall','nat')('add', chain='dstnat', protocol='tcp', **{{'dst-port': '8080', 'action': 'dst-nat', 'to-addresses': '192.0.2.7', 'comment': 'owner: forward'}}))",
-            sim.port
-        )])
-        .status()
-        .unwrap();
-    assert!(added.success());
+    let added = librouteros(
+        sim.port,
+        "tuple(api.path('ip','firewall','mangle')('add', chain='prerouting', action='accept', comment='owner: mangle'))\n\
+             tuple(api.path('ip','firewall','nat')('add', chain='dstnat', protocol='tcp', **{'dst-port': '8080', 'action': 'dst-nat', 'to-addresses': '192.0.2.7', 'comment': 'owner: forward'}))",
+    );
+    assert!(added);
     let agent = s.agent("agent", sim.port, "", "");
     let routers = agent.data("{ routers { id kind reachable error } }", json!({}));
     assert_eq!(
@@ -485,24 +504,11 @@ fn install_makes_exactly_the_four_objects_and_uninstall_removes_them() {
     // Its two accepts right before the default configuration's fasttrack rule, the rest as
     // the owner had it.
     let tag = format!("nnc:{a}");
-    let order = sim.order("/ip/firewall/filter");
-    let at = order
-        .iter()
-        .position(|(_, action)| action == "fasttrack-connection")
-        .unwrap();
+    sim.assert_accepts_before_fasttrack(&tag);
     assert_eq!(
-        order[at - 2..at],
-        [
-            (tag.clone(), "accept".to_owned()),
-            (tag.clone(), "accept".to_owned())
-        ],
-        "{order:?}"
-    );
-    assert_eq!(
-        order
-            .iter()
+        sim.order("/ip/firewall/filter")
+            .into_iter()
             .filter(|(c, _)| *c != tag)
-            .cloned()
             .collect::<Vec<_>>(),
         defconf
     );
@@ -632,14 +638,11 @@ fn kill_9_mid_sequence_and_orphans_are_repaired_at_start() {
     let s = setup("roskill");
     let sim = Sim::start(s.feed.path(), &[]);
     // Objects tagged for an instance this agent never had: removed at start.
-    let orphan = Command::new(common::python())
-        .args(["-c", &format!(
-            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret'); api.path('interface','vlan').add(name='stale', **{{'vlan-id': 150, 'interface': 'bridge', 'comment': 'nnc:0123456789abcdef'}})",
-            sim.port
-        )])
-        .status()
-        .unwrap();
-    assert!(orphan.success());
+    let orphan = librouteros(
+        sim.port,
+        "api.path('interface','vlan').add(name='stale', **{'vlan-id': 150, 'interface': 'bridge', 'comment': 'nnc:0123456789abcdef'})",
+    );
+    assert!(orphan);
     let mut agent = s.agent("agent", sim.port, "", "vif.create.3=abort");
     common::wait_until("orphan removed", TIMEOUT, || sim.objects().is_empty());
     assert!(
@@ -727,14 +730,11 @@ fn an_active_interface_whose_objects_vanished_is_recreated_at_start() {
     assert_eq!(agent.wait_done(&id, TIMEOUT)["status"], "INSTALLED");
     agent.kill9();
     // Someone removed the route on the router.
-    let removed = Command::new(common::python())
-        .args(["-c", &format!(
-            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret'); r = api.path('ip','route'); r.remove(*[x['.id'] for x in r])",
-            sim.port
-        )])
-        .status()
-        .unwrap();
-    assert!(removed.success());
+    let removed = librouteros(
+        sim.port,
+        "r = api.path('ip','route'); r.remove(*[x['.id'] for x in r])",
+    );
+    assert!(removed);
     assert_eq!(sim.objects().len(), 8);
     agent.restart();
     common::wait_until("objects recreated", TIMEOUT, || sim.objects().len() == 10);
@@ -756,14 +756,13 @@ fn a_segment_without_its_fasttrack_accepts_gets_them_at_start_and_keeps_the_rest
     agent.kill9();
     // As a segment made before the accepts existed: the two filter rules removed.
     let tag = format!("nnc:{id}");
-    let removed = Command::new(common::python())
-        .args(["-c", &format!(
-            "import librouteros; api = librouteros.connect(host='127.0.0.1', port={}, username='admin', password='secret'); f = api.path('ip','firewall','filter'); f.remove(*[x['.id'] for x in f if x.get('comment') == '{tag}'])",
-            sim.port
-        )])
-        .status()
-        .unwrap();
-    assert!(removed.success());
+    let removed = librouteros(
+        sim.port,
+        &format!(
+            "f = api.path('ip','firewall','filter'); f.remove(*[x['.id'] for x in f if x.get('comment') == '{tag}'])"
+        ),
+    );
+    assert!(removed);
     let ids = |menu: &str| -> Vec<String> {
         sim.state()["menus"][menu]
             .as_array()
@@ -785,19 +784,7 @@ fn a_segment_without_its_fasttrack_accepts_gets_them_at_start_and_keeps_the_rest
         kept,
         "nothing else was made again"
     );
-    let order = sim.order("/ip/firewall/filter");
-    let at = order
-        .iter()
-        .position(|(_, action)| action == "fasttrack-connection")
-        .unwrap();
-    assert_eq!(
-        order[at - 2..at],
-        [
-            (tag.clone(), "accept".to_owned()),
-            (tag.clone(), "accept".to_owned())
-        ],
-        "{order:?}"
-    );
+    sim.assert_accepts_before_fasttrack(&tag);
     assert!(agent.log().contains("added 2 rule(s)"), "{}", agent.log());
     agent.uninstall(&id);
     assert_eq!(sim.objects(), vec![]);

@@ -935,15 +935,7 @@ fn routing_a_device_ends_the_connections_it_had_before() {
     // Like fw4: an inet table with connection tracking, so IPv6 is tracked too.
     let owner = net.root.path().join("owner-ct.nft");
     std::fs::write(&owner, "table inet owner_ct {\n chain forward_ct {\n  type filter hook forward priority filter; policy accept;\n  ct state established,related counter accept\n }\n}\n").unwrap();
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.router.name,
-        "nft",
-        "-f",
-        &owner.display().to_string(),
-    ]);
+    net.nft(&["-f", &owner.display().to_string()]);
     let agent = net.agent();
     let x = install(&agent, "x", 8388);
     const V6_SERVER: &str = "2001:db8:2::2";
