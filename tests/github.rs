@@ -355,7 +355,7 @@ fn update_checks_find_newer_releases_and_auto_update_rolls_back_a_broken_one() {
     let no_token = dir.join("no-token");
     std::fs::write(&no_token, "").unwrap();
     let toml = format!(
-        "{}[updates]\ncheck_interval_secs = 1\n[supervisor]\nbackoff_initial_secs = 0.2\n",
+        "{}[updates]\ncheck_interval_secs = 1\n[supervisor]\nbackoff_initial_secs = 0.2\n[download]\nretries = 0\n",
         sim.toml(&no_token)
     );
     let mut agent = Agent::start(&dir.join("agent"), &catalogue, &toml);
@@ -457,4 +457,35 @@ fn update_checks_find_newer_releases_and_auto_update_rolls_back_a_broken_one() {
         .len();
     assert_eq!(again, 1, "nor after a restart");
     assert_eq!(state(&agent)["instance"]["status"], "RUNNING");
+
+    // A release whose download fails (the asset host answers 503): tried again at the next
+    // checks, three times in all, then left.
+    let asset = |v: &str| {
+        format!("/SagerNet/sing-box/releases/download/v{v}/sing-box-{v}-linux-amd64.tar.gz")
+    };
+    let name = |v: &str| format!("sing-box-{v}-linux-amd64.tar.gz");
+    sim.set(&json!({ "unavailable": { name("1.14.7"): 1000, name("1.14.8"): 1 } }));
+    publish("1.14.7", &singbox_archive(dir, "1.14.7"));
+    common::wait_until("three attempts at 1.14.7", TIMEOUT, || {
+        sim.requests(&asset("1.14.7")).len() >= 3
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(sim.requests(&asset("1.14.7")).len(), 3, "{}", agent.log());
+    let i = state(&agent)["instance"].clone();
+    assert_eq!(i["version"], "1.14.5", "{i}");
+    assert_eq!(i["status"], "RUNNING", "{i}");
+    assert!(
+        agent
+            .log()
+            .contains("failed downloading; trying again (attempt 3 of 3)"),
+        "{}",
+        agent.log()
+    );
+    // One that fails once: updated at the next check.
+    publish("1.14.8", &singbox_archive(dir, "1.14.8"));
+    common::wait_until("the automatic update to 1.14.8", TIMEOUT, || {
+        let i = &state(&agent)["instance"];
+        i["version"] == "1.14.8" && i["status"] == "RUNNING"
+    });
+    assert_eq!(sim.requests(&asset("1.14.8")).len(), 2);
 }

@@ -5,14 +5,16 @@
 //! updateAvailable }` say so, `update.available` is published once per version, and
 //! instances with `autoUpdate` are updated through `updateInstance` (with its rollback). A
 //! check alone never changes an instance; an automatic update that failed is not tried again
-//! for the same version.
+//! for the same version, unless its download failed (the network, the server): then at the
+//! next checks, `MAX_ATTEMPTS` times in all.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalogue::{Feature, newer};
+use crate::code::Code;
 use crate::events::EventKind;
-use crate::store::Status;
+use crate::store::{Status, Step};
 use crate::util::{Locked, RwLocked};
 
 use super::{Installer, blocking};
@@ -32,6 +34,9 @@ impl Default for Settings {
     }
 }
 
+/// Automatic updates to one version whose download failed: tried at this many checks.
+const MAX_ATTEMPTS: u32 = 3;
+
 /// What the checks found; the versions and the automatic updates tried are kept in redb too
 /// (`restore_found` at start), the rest follows from them.
 #[derive(Default)]
@@ -40,8 +45,8 @@ pub(crate) struct Found {
     latest: std::collections::BTreeMap<String, String>,
     /// Newer versions made into catalogue entries (kept across catalogue reloads).
     discovered: Vec<Feature>,
-    /// (feature, instance, version) automatic updates already tried.
-    tried: std::collections::BTreeSet<(String, String, String)>,
+    /// (feature, instance, version) automatic updates already tried, and how many times.
+    tried: std::collections::BTreeMap<(String, String, String), u32>,
 }
 
 impl Installer {
@@ -106,8 +111,11 @@ impl Installer {
             {
                 let mut found = self.found.locked();
                 found.latest.insert(id.clone(), rec.latest.clone());
-                for inst in rec.tried {
-                    found.tried.insert((id.clone(), inst, rec.latest.clone()));
+                for (k, inst) in rec.tried.into_iter().enumerate() {
+                    let n = rec.attempts.get(k).copied().unwrap_or(1);
+                    found
+                        .tried
+                        .insert((id.clone(), inst, rec.latest.clone()), n);
                 }
             }
             self.offer(f, &rec.latest);
@@ -135,14 +143,16 @@ impl Installer {
             let Some(latest) = found.latest.get(feature) else {
                 return;
             };
+            let (tried, attempts) = found
+                .tried
+                .iter()
+                .filter(|((f, _, v), _)| f == feature && v == latest)
+                .map(|((_, i, _), n)| (i.clone(), *n))
+                .unzip();
             crate::store::UpdateFound {
                 latest: latest.clone(),
-                tried: found
-                    .tried
-                    .iter()
-                    .filter(|(f, _, v)| f == feature && v == latest)
-                    .map(|(_, i, _)| i.clone())
-                    .collect(),
+                tried,
+                attempts,
             }
         };
         if let Err(e) = self.store.put_update_found(feature, &rec) {
@@ -220,14 +230,19 @@ impl Installer {
                         Status::Running | Status::Stopped | Status::Installed
                     )
             }) {
-                let first = self.found.locked().tried.insert((
-                    f.id.clone(),
-                    inst.id.clone(),
-                    version.clone(),
-                ));
-                if !first {
+                let key = (f.id.clone(), inst.id.clone(), version.clone());
+                let before = self.found.locked().tried.get(&key).copied().unwrap_or(0);
+                // Only a failed download is worth another try: a release that does not run
+                // here will not start to at the next check.
+                let download_failed = inst.failed_step == Some(Step::Updating)
+                    && inst.error_code.as_deref() == Some(Code::DownloadFailed.as_str());
+                if before >= MAX_ATTEMPTS || (before > 0 && !download_failed) {
                     continue;
                 }
+                if before > 0 {
+                    log::info!(target: "updates", "instance {}: the automatic update to {version} failed downloading; trying again (attempt {} of {MAX_ATTEMPTS})", inst.id, before + 1);
+                }
+                self.found.locked().tried.insert(key, before + 1);
                 // Kept before it runs: an update that takes the agent down is not tried again.
                 self.remember(&f.id);
                 match self.update(&inst.id, &version).await {

@@ -268,12 +268,15 @@ pub(crate) struct Previous {
 
 /// What update checks found for one feature, so that a restart knows it before (or
 /// without) its next check: the version `updateAvailable` compares with, and the instances
-/// whose automatic update to it was tried (a failed one is not tried again at every start).
+/// whose automatic update to it was tried (a failed one is not tried again at every start),
+/// with how many times (records without `attempts` tried each once).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct UpdateFound {
     pub latest: String,
     #[serde(default)]
     pub tried: Vec<String>,
+    #[serde(default)]
+    pub attempts: Vec<u32>,
 }
 
 /// Resume information for a partial download; the bytes themselves are the `.part` file.

@@ -19,7 +19,8 @@ Behaviour is read from --config (JSON) at every request, so a test changes it wh
 simulator runs: {"no_digest": [names], "corrupt": [names] (served bytes differ from the
 digest), "prerelease": [tags], "token": "T" (a wrong Bearer token is 401), "limit":
 {"kind": "primary"|"secondary", "count": N, "retry_after": S}} (the next N API requests are
-refused). Every request is appended to --log as a JSON line.
+refused), "unavailable": {name: N} (the asset host answers the first N downloads of that
+asset with 503). Every request is appended to --log as a JSON line.
 
 Prints "listening PORT" once ready.
 """
@@ -48,6 +49,7 @@ class Sim:
         self.root, self.config_path, self.log_path = root, config, log
         self.limited = 0  # API requests refused so far under the current "limit"
         self.limit_key = None
+        self.unavailable = {}  # asset name -> 503s served so far
 
     def config(self):
         try:
@@ -163,6 +165,12 @@ class Handler(BaseHTTPRequestHandler):
             name = q.get("n", "")
             if d is None or "/" in name or not os.path.isfile(os.path.join(d, name)):
                 return self.send(404, b"Not Found", ctype="text/plain")
+            with LOCK:
+                down = SIM.unavailable.get(name, 0) < int(cfg.get("unavailable", {}).get(name, 0))
+                if down:
+                    SIM.unavailable[name] = SIM.unavailable.get(name, 0) + 1
+            if down:
+                return self.send(503, b"Service Unavailable", ctype="text/plain")
             with open(os.path.join(d, name), "rb") as f:
                 data = f.read()
             if name in cfg.get("corrupt", []):
