@@ -155,6 +155,9 @@ fn boot_with(
         starts.join(", "),
         end["seconds"]
     );
+    for m in events.iter().filter(|e| e["event"] == "guest_memory") {
+        eprintln!("[{arch}] agent memory: {}", m["info"].as_str().unwrap_or_default());
+    }
     events
 }
 

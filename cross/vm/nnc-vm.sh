@@ -39,6 +39,12 @@ start_agent() {
   return 1
 }
 
+# memory_report: the agent's resident memory now (a figure for the host's report, not a check).
+memory_report() {
+  kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$NNC_AGENT_PID/status"; }
+  echo "NNC:MEMORY VmRSS $(kib VmRSS) KiB (RssAnon $(kib RssAnon), RssFile $(kib RssFile)) $1"
+}
+
 # ready: tells the host the guest is serving and waits (bounded) until the host says finish.
 # ready: tells the host the guest waits for it, then waits (bounded) for the host's next line,
 # left in $NNC_HOST_SAID. The listener answers "ack" so the host knows the line arrived (QEMU's

@@ -7,6 +7,7 @@ start_agent --board "$board" --listen 0.0.0.0:8080 --token-file /etc/nnc/token |
 # Every boot after the first starts on a data dir that exists: timed too.
 kill "$NNC_AGENT_PID"; wait "$NNC_AGENT_PID" 2>/dev/null
 start_agent --board "$board" --listen 0.0.0.0:8080 --token-file /etc/nnc/token || exit 0
+sleep 1; memory_report "idle, 1 s after its second start"
 
 check vlan-create ip link add link "$NNC_IF" name vl100 type vlan id 100
 check vlan-up ip link set vl100 up
