@@ -13,6 +13,7 @@ Events (one JSON object per line):
                                            guest's API is on 127.0.0.1:P (hostfwd). Each line
                                            written to stdin answers the next ready, in order.
   {"event": "result", "name": N, "ok": B, "detail": D}
+  {"event": "guest_memory", "info": I}    the agent's resident memory (memory_report)
   {"event": "end", "rc": R, "seconds": S, "results": [...]}
 The guest's console goes to --log. Every wait is bounded; QEMU is killed on any exit.
 """
@@ -147,7 +148,7 @@ def main():
                 r = json.loads(rest)
                 results.append(r)
                 emit({"event": "result", **r})
-            elif kind in ("WARN", "HOST", "END", "INFO"):
+            elif kind in ("WARN", "HOST", "END", "INFO", "MEMORY"):
                 emit({"event": "guest_" + kind.lower(), "seconds": t, "info": rest})
         rc = qemu.wait()
     finally:
