@@ -156,7 +156,10 @@ fn boot_with(
         end["seconds"]
     );
     for m in events.iter().filter(|e| e["event"] == "guest_memory") {
-        eprintln!("[{arch}] agent memory: {}", m["info"].as_str().unwrap_or_default());
+        eprintln!(
+            "[{arch}] agent memory: {}",
+            m["info"].as_str().unwrap_or_default()
+        );
     }
     events
 }
