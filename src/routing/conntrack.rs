@@ -77,8 +77,9 @@ impl Sources {
     }
 }
 
-/// Ends the tracked connections of `devices` (see the module); returns how many.
-pub(super) fn end_connections(devices: &[Device]) -> Result<usize, String> {
+/// Ends the tracked connections of `devices` (see the module); returns how many it ended
+/// and how many the kernel would not (offloaded, on kernels before 5.10.182/5.15.115/6.1.32).
+pub(super) fn end_connections(devices: &[Device]) -> Result<(usize, usize), String> {
     let mut rt = Netlink::open().map_err(|e| e.to_string())?;
     let neighbours = rt.neighbours().map_err(|e| e.to_string())?;
     let local: Vec<IpAddr> = rt

@@ -668,9 +668,13 @@ impl Routing {
             return;
         }
         match conntrack::end_connections(&fresh) {
-            Ok(0) => {}
-            Ok(n) => {
-                log::info!(target: "routing", "ended {n} connection(s) the newly routed device(s) had (they would have kept their old path)");
+            Ok((ended, refused)) => {
+                if ended > 0 {
+                    log::info!(target: "routing", "ended {ended} connection(s) the newly routed device(s) had (they would have kept their old path)");
+                }
+                if refused > 0 {
+                    log::warn!(target: "routing", "the kernel would not end {refused} offloaded connection(s) of the newly routed device(s) (kernels before 5.10.182, 5.15.115 and 6.1.32 refuse): they keep their direct path until they end");
+                }
             }
             Err(e) => {
                 log::warn!(target: "routing", "cannot end the connections of the newly routed device(s) ({e}): a connection a flowtable offloaded keeps its direct path until it ends");

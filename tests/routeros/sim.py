@@ -8,7 +8,7 @@ them to a JSON state file after every command.
 
 usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tls-key K]
               [--fail-at K] [--drop-at K] [--empty-replies] [--hostile MODE [--drip-secs S]]
-              [--default-firewall] [--connections FILE]
+              [--default-firewall] [--connections FILE [--ends-after-print K]]
   --fail-at K      the K-th 'add' command (counting from 1) answers !trap
   --drop-at K      the connection is closed, unanswered, on the K-th 'add' command
   --empty-replies  a print with no match answers !empty (RouterOS >= 7.18) before !done
@@ -16,6 +16,8 @@ usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tl
                    (fasttrack-connection of established,related first, as in defconf)
   --connections F  the connection tracking table (/ip/firewall/connection) starts with the
                    rows in JSON file F (src-address "ip:port", dst-address, protocol, ...)
+  --ends-after-print K  the K-th of those rows (from 0) ends right after the table is first
+                   printed, as traffic ends connections between a client's print and remove
   --hostile MODE   a malicious router: every 'add' is answered with 'flood' (!re rows without
                    end), 'drip' (!re rows without end, one byte every --drip-secs, default
                    0.8) or 'huge-word' (a !re holding one 1 MiB word, then !done)
@@ -118,7 +120,7 @@ def query_matches(row, queries):
 class Router:
     """The router's state: one table per menu, rows are dicts with '.id'."""
 
-    def __init__(self, state_file, fail_at, drop_at, default_firewall=False, connections=None):
+    def __init__(self, state_file, fail_at, drop_at, default_firewall=False, connections=None, ending=None):
         self.state_file = state_file
         self.fail_at, self.drop_at = fail_at, drop_at
         self.adds = 0
@@ -142,6 +144,7 @@ class Router:
         # The connection tracking table: read and remove only, as on RouterOS (traffic fills it).
         for c in connections or []:
             self.menus["/ip/firewall/connection"].append({".id": self.new_id(), **c})
+        self.ending = None if ending is None else self.menus["/ip/firewall/connection"][ending][".id"]
         self.log = []
         self.save()
 
@@ -391,6 +394,9 @@ async def handle(router, args, reader, writer):
                         if matched == 0 and args.empty_replies:
                             out.append(["!empty"])
                         out.append(["!done"])
+                        if menu == "/ip/firewall/connection" and router.ending is not None:
+                            router.menus[menu].remove(router.find(menu, router.ending))
+                            router.ending = None
                     elif op == "remove":
                         ids = attrs.get(".id", "").split(",")
                         rows = [router.find(menu, i) for i in ids]
@@ -436,12 +442,13 @@ async def main():
     ap.add_argument("--drip-secs", type=float, default=0.8)
     ap.add_argument("--default-firewall", action="store_true")
     ap.add_argument("--connections", help="JSON file: rows of /ip/firewall/connection at start")
+    ap.add_argument("--ends-after-print", type=int, help="that row ends after the first print")
     args = ap.parse_args()
     conns = None
     if args.connections:
         with open(args.connections) as f:
             conns = json.load(f)
-    router = Router(args.state, args.fail_at, args.drop_at, args.default_firewall, conns)
+    router = Router(args.state, args.fail_at, args.drop_at, args.default_firewall, conns, args.ends_after_print)
     ctx = None
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

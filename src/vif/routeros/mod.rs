@@ -312,17 +312,26 @@ impl RouterOs {
 
     pub(crate) fn undo(&self, u: &Undo) -> Result<(), VifError> {
         self.remove_ids(u.menu, std::slice::from_ref(&u.id))
+            .map(drop)
     }
 
-    fn remove_ids(&self, menu: &str, ids: &[String]) -> Result<(), VifError> {
+    /// Removes `ids` from `menu`; returns how many it removed. One already gone is what an
+    /// undo wants; RouterOS then removes none of the others, so they go one at a time.
+    fn remove_ids(&self, menu: &str, ids: &[String]) -> Result<usize, VifError> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let joined = ids.join(",");
         match self.idempotent(|c| c.call(&format!("{menu}/remove"), &[(".id", &joined)], &[])) {
-            Ok(_) => Ok(()),
-            // Already gone: what an undo wants.
-            Err(ApiError::Trap { message, .. }) if message.contains("no such item") => Ok(()),
+            Ok(_) => Ok(ids.len()),
+            Err(ApiError::Trap { message, .. }) if message.contains("no such item") => {
+                if ids.len() == 1 {
+                    return Ok(0);
+                }
+                ids.iter().try_fold(0, |n, id| {
+                    Ok(n + self.remove_ids(menu, std::slice::from_ref(id))?)
+                })
+            }
             Err(e) => Err(backend(&e)),
         }
     }
@@ -494,10 +503,9 @@ impl RouterOs {
             })
             .filter_map(|mut r| r.remove(".id"))
             .collect();
-        for chunk in ids.chunks(100) {
-            self.remove_ids("/ip/firewall/connection", chunk)?;
-        }
-        Ok(ids.len())
+        ids.chunks(100).try_fold(0, |n, chunk| {
+            Ok(n + self.remove_ids("/ip/firewall/connection", chunk)?)
+        })
     }
 }
 
