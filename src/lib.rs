@@ -17,6 +17,7 @@ mod failpoint;
 #[doc(hidden)]
 pub mod fuzz;
 mod github;
+mod gz;
 mod http_client;
 mod ids;
 mod install;

@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "platform",
         "http_client",
         "configgen",
+        "gz",
     ],
     &["github", "client"],
     &["catalogue", "board", "logger"],

@@ -60,7 +60,7 @@ pub(crate) fn file<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
         Bytes::from_static(gz)
     } else {
         let mut plain = Vec::new();
-        if flate2::read::GzDecoder::new(*gz)
+        if crate::gz::GzDecoder::new(*gz)
             .read_to_end(&mut plain)
             .is_err()
         {

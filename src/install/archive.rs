@@ -246,7 +246,7 @@ fn extract_tar_gz(
     use tar::EntryType;
     let file = File::open(archive)
         .map_err(|e| ArchiveError::Io(format!("cannot open {}: {e}", archive.display())))?;
-    let gz = flate2::read::GzDecoder::new(BufReader::new(file));
+    let gz = crate::gz::GzDecoder::new(BufReader::new(file));
     let mut tar = tar::Archive::new(Capped {
         inner: gz,
         read: 0,
@@ -466,15 +466,15 @@ fn extract_zip(
         0 => {
             let mut r = CrcReader {
                 inner: raw,
-                crc: flate2::Crc::new(),
+                crc: crate::gz::Crc32::new(),
             };
             (copy_member(&mut r, dest, entry.size, cap)?, r.crc.sum())
         }
         8 => {
-            let inflated = flate2::read::DeflateDecoder::new(raw);
+            let inflated = crate::gz::Inflate::new(raw);
             let mut r = CrcReader {
                 inner: inflated,
-                crc: flate2::Crc::new(),
+                crc: crate::gz::Crc32::new(),
             };
             (copy_member(&mut r, dest, entry.size, cap)?, r.crc.sum())
         }
@@ -495,7 +495,7 @@ fn extract_zip(
 /// Computes the CRC-32 of what passes through: zip stores the CRC of the uncompressed data.
 struct CrcReader<R> {
     inner: R,
-    crc: flate2::Crc,
+    crc: crate::gz::Crc32,
 }
 
 impl<R: Read> Read for CrcReader<R> {
@@ -579,7 +579,7 @@ mod tests {
     #[test]
     fn stored_zip_entries_extract_and_their_crc_is_checked() {
         let data = b"hello router";
-        let mut crc = flate2::Crc::new();
+        let mut crc = crate::gz::Crc32::new();
         crc.update(data);
         let sha = try_zip(&stored_zip("bin/x", data, crc.sum())).unwrap();
         assert_eq!(sha, <[u8; 32]>::from(sha2::Sha256::digest(data)));
