@@ -763,39 +763,78 @@ fn a_segment_without_its_fasttrack_accepts_gets_them_at_start_and_keeps_the_rest
     let mut agent = s.agent("agent", sim.port, "", "");
     let id = agent.install_on("tool", "mt", "m");
     assert_eq!(agent.wait_done(&id, TIMEOUT)["status"], "INSTALLED");
+    let r = agent.gql(
+        "mutation($i: ID!) { routeDevices(instanceId: $i, devices: [\"192.0.2.10\"]) { device } }",
+        json!({ "i": id }),
+    );
+    assert!(r.get("errors").is_none(), "{r}");
     agent.kill9();
-    // As a segment made before the accepts existed: the two filter rules removed.
+    // As a segment made before the accepts existed, or one its owner edited: one accept
+    // removed, the other and the device's address-list entry disabled. Meanwhile the device
+    // opened a connection, which FastTrack took.
     let tag = format!("nnc:{id}");
-    let removed = librouteros(
+    let edited = librouteros(
         sim.port,
         &format!(
-            "f = api.path('ip','firewall','filter'); f.remove(*[x['.id'] for x in f if x.get('comment') == '{tag}'])"
+            "f = api.path('ip','firewall','filter'); ours = [x['.id'] for x in f if x.get('comment') == '{tag}']\n\
+             f.remove(ours[0]); f.update(**{{'.id': ours[1], 'disabled': True}})\n\
+             l = api.path('ip','firewall','address-list'); l.update(**{{'.id': [x['.id'] for x in l if x.get('comment') == '{tag}'][0], 'disabled': True}})\n\
+             tuple(api('/sim/connection/add', **{{'src-address': '192.0.2.10:40000', 'dst-address': '198.51.100.2:443', 'protocol': 'tcp', 'fasttrack': 'true'}}))"
         ),
     );
-    assert!(removed);
-    let ids = |menu: &str| -> Vec<String> {
+    assert!(edited);
+    let rows = |menu: &str| -> Vec<(String, bool)> {
         sim.state()["menus"][menu]
             .as_array()
             .unwrap()
             .iter()
             .filter(|o| o["comment"] == tag.as_str())
-            .map(|o| o[".id"].as_str().unwrap().to_owned())
+            .map(|o| {
+                let off = matches!(o["disabled"].as_str(), Some("true" | "yes"));
+                (o[".id"].as_str().unwrap().to_owned(), off)
+            })
             .collect()
     };
-    assert!(ids("/ip/firewall/filter").is_empty());
+    let enabled = |menu: &str| rows(menu).iter().filter(|(_, off)| !off).count();
+    assert_eq!(
+        (
+            rows("/ip/firewall/filter").len(),
+            enabled("/ip/firewall/filter")
+        ),
+        (1, 0)
+    );
+    assert_eq!(enabled("/ip/firewall/address-list"), 0);
+    let ids = |menu: &str| -> Vec<String> { rows(menu).into_iter().map(|(i, _)| i).collect() };
     let kept: Vec<Vec<String>> = MENUS[..6].iter().map(|m| ids(m)).collect();
     agent.restart();
-    common::wait_until("the accepts added", TIMEOUT, || {
-        ids("/ip/firewall/filter").len() == 2
+    common::wait_until("the accepts back", TIMEOUT, || {
+        enabled("/ip/firewall/filter") == 2 && enabled("/ip/firewall/address-list") == 1
     });
-    assert_ten_objects(&sim, &id, "m", 100);
+    assert_eq!(
+        rows("/ip/firewall/filter").len(),
+        2,
+        "the disabled one enabled, not doubled"
+    );
+    // The ten objects and the device's entry.
+    assert_eq!(sim.objects().len(), 11, "{:?}", sim.objects());
     assert_eq!(
         MENUS[..6].iter().map(|m| ids(m)).collect::<Vec<_>>(),
         kept,
         "nothing else was made again"
     );
     sim.assert_accepts_before_fasttrack(&tag);
-    assert!(agent.log().contains("added 2 rule(s)"), "{}", agent.log());
+    assert!(
+        agent.log().contains("put back 2 rule(s)"),
+        "{}",
+        agent.log()
+    );
+    // The connection FastTrack took while they were missing is gone.
+    common::wait_until("the connection removed", TIMEOUT, || {
+        sim.state()["menus"]["/ip/firewall/connection"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
     agent.uninstall(&id);
     assert_eq!(sim.objects(), vec![]);
 }

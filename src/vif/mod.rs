@@ -483,10 +483,10 @@ impl InterfaceFactory {
                         match router.backend.mend(&plan) {
                             Ok(0) => {}
                             Ok(n) => {
-                                log::info!(target: "interface-factory", "instance {}: added {n} rule(s) to {} that keep its routed devices' connections off FastTrack", rec.instance_id, rec.name);
+                                log::info!(target: "interface-factory", "instance {}: put back {n} rule(s) of {} that keep its routed devices' connections off FastTrack", rec.instance_id, rec.name);
                             }
                             Err(e) => {
-                                log::warn!(target: "interface-factory", "instance {}: cannot add the rules that keep its routed devices' connections off FastTrack: {e}", rec.instance_id);
+                                log::warn!(target: "interface-factory", "instance {}: cannot put back the rules that keep its routed devices' connections off FastTrack: {e}", rec.instance_id);
                             }
                         }
                         continue;

@@ -18,6 +18,8 @@ usage: sim.py --state FILE [--port N] [--user U --password P] [--tls-cert C --tl
                    rows in JSON file F (src-address "ip:port", dst-address, protocol, ...)
   --ends-after-print K  the K-th of those rows (from 0) ends right after the table is first
                    printed, as traffic ends connections between a client's print and remove
+The test-only command /sim/connection/add (attributes as in --connections) adds a connection,
+as traffic would; nothing else is outside RouterOS's API.
   --hostile MODE   a malicious router: every 'add' is answered with 'flood' (!re rows without
                    end), 'drip' (!re rows without end, one byte every --drip-secs, default
                    0.8) or 'huge-word' (a !re holding one 1 MiB word, then !done)
@@ -351,6 +353,10 @@ async def handle(router, args, reader, writer):
                         out.append(["!done"])
                     elif op == "print" and menu == "/system/resource":
                         out.append(["!re", "=version=7.16 (stable)", "=board-name=nnc-sim"])
+                        out.append(["!done"])
+                    elif cmd == "/sim/connection/add":
+                        # The test's stand-in for traffic: RouterOS has no such command.
+                        router.menus["/ip/firewall/connection"].append({".id": router.new_id(), **attrs})
                         out.append(["!done"])
                     elif menu == "/interface" and op == "print":
                         for n in sorted(router.interface_names()):

@@ -25,7 +25,8 @@
 //!    established connections would lose their routing mark and leave through `main`. The
 //!    accept keeps them on the slow path; new connections still meet the owner's rules. A
 //!    fasttrack rule added later, above them, is not noticed (documented). A segment without
-//!    them (made before they existed) gets them from reconcile at start (`mend`).
+//!    them (made before they existed, or removed or disabled since) gets them from reconcile
+//!    at start (`mend`), which then removes its devices' connections: FastTrack took them.
 //!
 //! A routed device is an entry of that address list, tagged like the rest; `sync_lists` adds
 //! the missing entries before it removes the stale ones, so a device moving to another
@@ -274,32 +275,87 @@ impl RouterOs {
             .idempotent(|c| {
                 c.call(
                     &format!("{}/print", MENUS[6]),
-                    &[(".proplist", "src-address-list,dst-address-list")],
+                    &[(
+                        ".proplist",
+                        ".id,src-address-list,dst-address-list,disabled",
+                    )],
                     &[("comment", &tag)],
                 )
             })
             .map_err(|e| backend(&e))?
             .rows;
-        let missing: Vec<&str> = ["src-address-list", "dst-address-list"]
-            .into_iter()
-            .filter(|k| {
-                !have
-                    .iter()
-                    .any(|r| r.get(*k).map(String::as_str) == Some(name))
+        let mut mended = 0;
+        let mut fasttrack = None;
+        for key in ["src-address-list", "dst-address-list"] {
+            let mut rows = have
+                .iter()
+                .filter(|r| r.get(key).map(String::as_str) == Some(name));
+            if rows.clone().any(enabled) {
+                continue;
+            }
+            match rows.next().and_then(|r| r.get(".id")) {
+                // Disabled by someone: it is in its place, so it is enabled again.
+                Some(id) => self.enable(MENUS[6], id)?,
+                None => {
+                    if fasttrack.is_none() {
+                        fasttrack = Some(self.first_fasttrack()?);
+                    }
+                    let before = fasttrack.as_ref().and_then(Option::as_deref);
+                    self.add(plan, MENUS[6], &no_fasttrack(key, name, before))?;
+                }
+            }
+            mended += 1;
+        }
+        if mended > 0 {
+            // What FastTrack took while the accepts were missing skips them for good.
+            let devices = self.list_addresses(name)?;
+            let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+            self.log_ended(self.end_connections(&devices));
+        }
+        Ok(mended)
+    }
+
+    /// `set =disabled=no` on the object `id` of `menu`.
+    fn enable(&self, menu: &str, id: &str) -> Result<(), VifError> {
+        self.idempotent(|c| {
+            c.call(
+                &format!("{menu}/set"),
+                &[(".id", id), ("disabled", "no")],
+                &[],
+            )
+        })
+        .map(drop)
+        .map_err(|e| backend(&e))
+    }
+
+    /// The addresses in the address list `list`.
+    fn list_addresses(&self, list: &str) -> Result<Vec<String>, VifError> {
+        let reply = self
+            .idempotent(|c| {
+                c.call(
+                    &format!("{ADDRESS_LIST}/print"),
+                    &[(".proplist", "address")],
+                    &[("list", list)],
+                )
             })
-            .collect();
-        if missing.is_empty() {
-            return Ok(0);
+            .map_err(|e| backend(&e))?;
+        Ok(reply
+            .rows
+            .into_iter()
+            .filter_map(|mut r| r.remove("address"))
+            .collect())
+    }
+
+    fn log_ended(&self, ended: Result<usize, VifError>) {
+        match ended {
+            Ok(0) => {}
+            Ok(n) => {
+                log::info!(target: "interface-factory", "router {}: removed {n} connection(s) the newly routed device(s) had", self.id);
+            }
+            Err(e) => {
+                log::warn!(target: "interface-factory", "router {}: cannot remove the connections of the newly routed device(s) ({e}): a FastTracked one keeps its direct path until it ends", self.id);
+            }
         }
-        let fasttrack = self.first_fasttrack()?;
-        for key in &missing {
-            self.add(
-                plan,
-                MENUS[6],
-                &no_fasttrack(key, name, fasttrack.as_deref()),
-            )?;
-        }
-        Ok(missing.len())
     }
 
     /// The `.id` of the first rule of `menu` that matches `query`, if any.
@@ -370,7 +426,20 @@ impl RouterOs {
         // are not required: a segment made before they existed is not torn down for them
         // (which would let its devices out while it is made again).
         for (menu, n) in MENUS.into_iter().zip([1, 1, 1, 2, 1, 2, 0]) {
-            if self.ids_tagged(menu, &tag)?.len() < n {
+            if n == 0 {
+                continue;
+            }
+            let reply = self
+                .idempotent(|c| {
+                    c.call(
+                        &format!("{menu}/print"),
+                        &[(".proplist", ".id,disabled")],
+                        &[("comment", &tag)],
+                    )
+                })
+                .map_err(|e| backend(&e))?;
+            // A disabled object is as good as gone (a disabled mangle rule lets devices out).
+            if reply.rows.iter().filter(|r| enabled(r)).count() < n {
                 return Ok(false);
             }
         }
@@ -410,21 +479,36 @@ impl RouterOs {
             .idempotent(|c| {
                 c.call(
                     &format!("{ADDRESS_LIST}/print"),
-                    &[(".proplist", ".id,list,address,comment")],
+                    &[(".proplist", ".id,list,address,comment,disabled")],
                     &[],
                 )
             })
             .map_err(|e| backend(&e))?;
-        let have: Vec<(String, String, String)> = reply
+        let have: Vec<(String, String, String, bool)> = reply
             .rows
             .into_iter()
             .filter(|r| r.get("comment").and_then(|c| super::tag_in(c)).is_some())
-            .filter_map(|mut r| Some((r.remove(".id")?, r.remove("list")?, r.remove("address")?)))
+            .filter_map(|mut r| {
+                let on = enabled(&r);
+                Some((
+                    r.remove(".id")?,
+                    r.remove("list")?,
+                    r.remove("address")?,
+                    on,
+                ))
+            })
             .collect();
         let mut added = Vec::new();
         for (list, address, tag) in want {
-            if have.iter().any(|(_, l, a)| l == list && a == address) {
-                continue;
+            match have.iter().find(|(_, l, a, _)| l == list && a == address) {
+                Some((_, _, _, true)) => continue,
+                // A disabled entry routes nothing: enabled again, as a device newly routed.
+                Some((id, _, _, false)) => {
+                    self.enable(ADDRESS_LIST, id)?;
+                    added.push(address.as_str());
+                    continue;
+                }
+                None => {}
             }
             added.push(address.as_str());
             let attrs = [
@@ -443,20 +527,12 @@ impl RouterOs {
         }
         let stale: Vec<String> = have
             .into_iter()
-            .filter(|(_, l, a)| !want.iter().any(|(wl, wa, _)| wl == l && wa == a))
-            .map(|(id, _, _)| id)
+            .filter(|(_, l, a, _)| !want.iter().any(|(wl, wa, _)| wl == l && wa == a))
+            .map(|(id, ..)| id)
             .collect();
         self.remove_ids(ADDRESS_LIST, &stale)?;
         if !added.is_empty() {
-            match self.end_connections(&added) {
-                Ok(0) => {}
-                Ok(n) => {
-                    log::info!(target: "interface-factory", "router {}: removed {n} connection(s) the newly routed device(s) had", self.id);
-                }
-                Err(e) => {
-                    log::warn!(target: "interface-factory", "router {}: cannot remove the connections of the newly routed device(s) ({e}): a FastTracked one keeps its direct path until it ends", self.id);
-                }
-            }
+            self.log_ended(self.end_connections(&added));
         }
         Ok(())
     }
@@ -507,6 +583,14 @@ impl RouterOs {
             Ok(n + self.remove_ids("/ip/firewall/connection", chunk)?)
         })
     }
+}
+
+/// Whether a printed object is enabled (RouterOS prints `disabled=true` or `false`).
+fn enabled(row: &std::collections::BTreeMap<String, String>) -> bool {
+    !matches!(
+        row.get("disabled").map(String::as_str),
+        Some("true" | "yes")
+    )
 }
 
 /// "192.0.2.10" or "192.0.2.0/24" as (network, mask).
