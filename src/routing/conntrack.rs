@@ -18,8 +18,8 @@ use crate::vif::rtnl::Reply;
 /// Which connections belong to the devices: by original source address.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Sources {
-    /// IPv4 blocks: (network, mask).
-    blocks: Vec<(u32, u32)>,
+    /// IPv4 blocks (`Device::V4`).
+    blocks: Vec<Device>,
     /// Single addresses the neighbour table has for the devices' MAC addresses (IPv6 too).
     addrs: Vec<IpAddr>,
 }
@@ -33,10 +33,7 @@ impl Sources {
         let mut macs = Vec::new();
         for d in devices {
             match *d {
-                Device::V4 { net, prefix } => {
-                    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                    s.blocks.push((u32::from(net), mask));
-                }
+                Device::V4 { .. } => s.blocks.push(*d),
                 Device::Mac(m) => macs.push(m),
             }
         }
@@ -54,7 +51,7 @@ impl Sources {
     }
 
     fn in_blocks(&self, ip: IpAddr) -> bool {
-        matches!(ip, IpAddr::V4(a) if self.blocks.iter().any(|(net, mask)| u32::from(a) & mask == *net))
+        matches!(ip, IpAddr::V4(a) if self.blocks.iter().any(|b| b.holds(a)))
     }
 
     pub(super) fn holds(&self, ip: IpAddr) -> bool {

@@ -80,6 +80,11 @@ impl Device {
         }
     }
 
+    /// Whether the IPv4 block holds `ip` (a MAC device holds no address).
+    pub(crate) fn holds(&self, ip: std::net::Ipv4Addr) -> bool {
+        matches!(*self, Device::V4 { net, prefix } if u32::from(ip) & mask(prefix) == u32::from(net))
+    }
+
     /// Whether the block covers any address of `net/prefix`.
     pub(crate) fn overlaps_block(&self, net: Ipv4Addr, prefix: u8) -> bool {
         self.overlaps(&Device::V4 { net, prefix })

@@ -698,8 +698,7 @@ fn source_rules(groups: &[nft::Group], refused: &[Device]) -> Result<(), String>
     let own = nl.local_addresses().map_err(|e| e.to_string())?;
     let v4 = |d: &Device| match *d {
         Device::V4 { net, prefix } => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            let mine = own.iter().find(|a| u32::from(**a) & mask == u32::from(net));
+            let mine = own.iter().find(|a| d.holds(**a));
             if let Some(a) = mine {
                 log::warn!(target: "routing", "{d} holds the router's own address {a}: routed by its marks only (no source rules)");
                 return None;

@@ -308,7 +308,7 @@ impl RouterOs {
         }
         if mended > 0 {
             // What FastTrack took while the accepts were missing skips them for good.
-            let devices = self.list_addresses(name)?;
+            let devices = self.column(ADDRESS_LIST, "address", &[("list", name)])?;
             let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
             self.log_ended(self.end_connections(&devices));
         }
@@ -328,24 +328,6 @@ impl RouterOs {
         .map_err(|e| backend(&e))
     }
 
-    /// The addresses in the address list `list`.
-    fn list_addresses(&self, list: &str) -> Result<Vec<String>, VifError> {
-        let reply = self
-            .idempotent(|c| {
-                c.call(
-                    &format!("{ADDRESS_LIST}/print"),
-                    &[(".proplist", "address")],
-                    &[("list", list)],
-                )
-            })
-            .map_err(|e| backend(&e))?;
-        Ok(reply
-            .rows
-            .into_iter()
-            .filter_map(|mut r| r.remove("address"))
-            .collect())
-    }
-
     fn log_ended(&self, ended: Result<usize, VifError>) {
         match ended {
             Ok(0) => {}
@@ -360,10 +342,7 @@ impl RouterOs {
 
     /// The `.id` of the first rule of `menu` that matches `query`, if any.
     fn first_rule(&self, menu: &str, query: &[(&str, &str)]) -> Result<Option<String>, VifError> {
-        let reply = self
-            .idempotent(|c| c.call(&format!("{menu}/print"), &[(".proplist", ".id")], query))
-            .map_err(|e| backend(&e))?;
-        Ok(reply.rows.into_iter().find_map(|mut r| r.remove(".id")))
+        Ok(self.column(menu, ".id", query)?.into_iter().next())
     }
 
     pub(crate) fn undo(&self, u: &Undo) -> Result<(), VifError> {
@@ -393,19 +372,23 @@ impl RouterOs {
     }
 
     fn ids_tagged(&self, menu: &str, tag: &str) -> Result<Vec<String>, VifError> {
+        self.column(menu, ".id", &[("comment", tag)])
+    }
+
+    /// The property `key` of the objects of `menu` that match `query`.
+    fn column(
+        &self,
+        menu: &str,
+        key: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<String>, VifError> {
         let reply = self
-            .idempotent(|c| {
-                c.call(
-                    &format!("{menu}/print"),
-                    &[(".proplist", ".id")],
-                    &[("comment", tag)],
-                )
-            })
+            .idempotent(|c| c.call(&format!("{menu}/print"), &[(".proplist", key)], query))
             .map_err(|e| backend(&e))?;
         Ok(reply
             .rows
             .into_iter()
-            .filter_map(|mut r| r.remove(".id"))
+            .filter_map(|mut r| r.remove(key))
             .collect())
     }
 
