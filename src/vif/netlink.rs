@@ -456,8 +456,15 @@ impl Netlink {
     ) -> Result<(usize, usize), VifError> {
         const BATCH: usize = 1024;
         const ROUNDS: usize = 64;
+        // Routing waits meanwhile: a device that floods the table does not hold it for long.
+        const BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+        let started = std::time::Instant::now();
         let (mut deleted, mut refused) = (0, 0);
         for _ in 0..ROUNDS {
+            if started.elapsed() > BUDGET {
+                log::warn!(target: "routing", "stopped ending connections after {deleted} (3 s): the rest keep their path until they end");
+                break;
+            }
             let dump = Msg::new(rtnl::CT_GET, rtnl::NLM_F_DUMP).nfgen(rtnl::AF_UNSPEC);
             let mut picked = 0;
             let found = self.exchange_keeping(dump, "list connections", &mut |r| {
