@@ -307,6 +307,20 @@ fn routed_devices_are_address_list_entries_moved_without_a_gap_and_removed_in_re
             conn("192.0.2.10:40003", "192.0.2.1:8291", "tcp"),
             conn("192.0.2.20:40004", "198.51.100.2:443", "tcp"),
         ])
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        // A busy router: more connections than any reply the agent keeps may hold (10,000
+        // rows); the table is filtered as it streams.
+        .chain((0..12_000).map(|i| {
+            conn(
+                &format!("203.0.113.{}:{}", i % 200, 1024 + i),
+                "192.0.2.1:443",
+                "tcp",
+            )
+        }))
+        .collect::<Value>()
         .to_string(),
     )
     .unwrap();
@@ -328,10 +342,12 @@ fn routed_devices_are_address_list_entries_moved_without_a_gap_and_removed_in_re
     );
     assert!(added);
     let connections = || -> Vec<String> {
-        sim.state()["menus"]["/ip/firewall/connection"]
-            .as_array()
-            .unwrap()
-            .iter()
+        let all = sim.state()["menus"]["/ip/firewall/connection"].clone();
+        let all = all.as_array().unwrap();
+        let busy = |c: &&Value| c["src-address"].as_str().unwrap().starts_with("203.0.113.");
+        assert_eq!(all.iter().filter(busy).count(), 12_000);
+        all.iter()
+            .filter(|c| !busy(c))
             .map(|c| {
                 format!(
                     "{} {}",

@@ -193,10 +193,22 @@ pub(crate) struct Reply {
 
 /// Parses the sentences answering the command tagged `tag`, stopping at its `!done`.
 pub(crate) fn read_reply(r: &mut dyn Read, tag: &str) -> Result<Reply, ApiError> {
+    read_reply_keeping(r, tag, &mut |_| true)
+}
+
+/// `read_reply` keeping only the `!re` rows `keep` wants: the others cost neither rows nor
+/// bytes of the reply's limits (a large table filtered as it streams, within the command's
+/// timeout).
+fn read_reply_keeping(
+    r: &mut dyn Read,
+    tag: &str,
+    keep: &mut dyn FnMut(&BTreeMap<String, String>) -> bool,
+) -> Result<Reply, ApiError> {
     let mut reply = Reply::default();
     let mut trap: Option<ApiError> = None;
     let mut budget = MAX_REPLY_BYTES;
     loop {
+        let before = budget;
         let words = read_sentence(r, &mut budget)?;
         let kind = words[0].as_str();
         let mut attrs = BTreeMap::new();
@@ -226,6 +238,7 @@ pub(crate) fn read_reply(r: &mut dyn Read, tag: &str) -> Result<Reply, ApiError>
                     "the reply is over the agent's limit of {MAX_REPLY_ROWS} rows"
                 )));
             }
+            "!re" if !keep(&attrs) => budget = before,
             "!re" => reply.rows.push(attrs),
             "!empty" => {}
             "!trap" => {
@@ -422,6 +435,7 @@ impl Client {
                 "/login",
                 &[("name", &ep.user), ("password", &ep.password)],
                 &[],
+                &mut |_| true,
             )
             .map_err(|e| match e {
                 ApiError::Trap { message, .. } => ApiError::Trap {
@@ -440,8 +454,19 @@ impl Client {
         attrs: &[(&str, &str)],
         queries: &[(&str, &str)],
     ) -> Result<Reply, ApiError> {
+        self.call_keeping(command, attrs, queries, &mut |_| true)
+    }
+
+    /// `call` keeping only the rows `keep` wants (see `read_reply_keeping`).
+    pub(crate) fn call_keeping(
+        &mut self,
+        command: &str,
+        attrs: &[(&str, &str)],
+        queries: &[(&str, &str)],
+        keep: &mut dyn FnMut(&BTreeMap<String, String>) -> bool,
+    ) -> Result<Reply, ApiError> {
         self.stream.get_mut().socket().arm();
-        self.exchange(command, attrs, queries)
+        self.exchange(command, attrs, queries, keep)
     }
 
     fn exchange(
@@ -449,6 +474,7 @@ impl Client {
         command: &str,
         attrs: &[(&str, &str)],
         queries: &[(&str, &str)],
+        keep: &mut dyn FnMut(&BTreeMap<String, String>) -> bool,
     ) -> Result<Reply, ApiError> {
         let tag = self.next_tag.to_string();
         self.next_tag = self.next_tag.wrapping_add(1);
@@ -462,7 +488,7 @@ impl Client {
             .write_all(&encode_sentence(&words))
             .and_then(|()| stream.flush())
             .map_err(|e| io(&e))?;
-        read_reply(&mut self.stream, &tag)
+        read_reply_keeping(&mut self.stream, &tag, keep)
     }
 }
 
@@ -561,6 +587,24 @@ mod tests {
             read_reply(&mut &huge[..], "1"),
             Err(ApiError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn rows_not_kept_count_against_no_limit() {
+        let mut bytes = Vec::new();
+        for i in 0..(MAX_REPLY_ROWS + 5_000) {
+            bytes.extend(encode_sentence(&["!re", &format!("=.id=*{i:X}"), ".tag=1"]));
+        }
+        bytes.extend(encode_sentence(&["!done", ".tag=1"]));
+        assert!(read_reply(&mut bytes.as_slice(), "1").is_err());
+        let r = read_reply_keeping(&mut bytes.as_slice(), "1", &mut |r| {
+            r[".id"].ends_with("00")
+        })
+        .unwrap();
+        let kept = (0..MAX_REPLY_ROWS + 5_000)
+            .filter(|i| format!("{i:X}").ends_with("00"))
+            .count();
+        assert_eq!(r.rows.len(), kept);
     }
 
     /// The Protocol error `bytes` gets, which must name the limit it broke.

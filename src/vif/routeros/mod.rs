@@ -536,30 +536,31 @@ impl RouterOs {
                 Some(a.split('/').next().unwrap_or_default().to_owned())
             })
             .collect();
+        // "192.0.2.10:40000" (TCP, UDP) or "192.0.2.10" (ICMP).
+        let host = |a: &str| a.rsplit_once(':').map_or(a, |(h, _)| h).to_owned();
+        let ends = |r: &std::collections::BTreeMap<String, String>| {
+            let from = r
+                .get("src-address")
+                .and_then(|a| host(a).parse::<std::net::Ipv4Addr>().ok());
+            let to = r.get("dst-address").map(|a| host(a)).unwrap_or_default();
+            let dns = r.get("dst-address").is_some_and(|a| a.ends_with(":53"));
+            from.is_some_and(|f| blocks.iter().any(|(net, mask)| u32::from(f) & mask == *net))
+                && (dns || !own.contains(&to))
+        };
+        // Filtered as it streams: a busy router's table is far larger than what is kept.
         let reply = self
             .idempotent(|c| {
-                c.call(
+                c.call_keeping(
                     "/ip/firewall/connection/print",
                     &[(".proplist", ".id,src-address,dst-address")],
                     &[],
+                    &mut |r| ends(r),
                 )
             })
             .map_err(|e| backend(&e))?;
         let ids: Vec<String> = reply
             .rows
             .into_iter()
-            .filter(|r| {
-                // "192.0.2.10:40000" (TCP, UDP) or "192.0.2.10" (ICMP).
-                let host = |k: &str| {
-                    r.get(k)
-                        .map(|a| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_owned())
-                };
-                let from = host("src-address").and_then(|h| h.parse::<std::net::Ipv4Addr>().ok());
-                let to = host("dst-address").unwrap_or_default();
-                let dns = r.get("dst-address").is_some_and(|a| a.ends_with(":53"));
-                from.is_some_and(|f| blocks.iter().any(|(net, mask)| u32::from(f) & mask == *net))
-                    && (dns || !own.contains(&to))
-            })
             .filter_map(|mut r| r.remove(".id"))
             .collect();
         ids.chunks(100).try_fold(0, |n, chunk| {
