@@ -6,43 +6,24 @@
 # usage: build-ipk.sh SECRET_KEY [TARGET...]   (SECRET_KEY: a signify-openbsd / usign secret key)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source cross/env.sh
-key=$1; shift
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=("${NNC_TARGETS[@]}")
-version=$(awk -F'"' '/^version *=/ {print $2; exit}' Cargo.toml)-r1
-epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+source openwrt/common.sh "$@"
 out="$NNC_DIST/openwrt"
 rm -rf "$out"; mkdir -p "$out"
 
-pkgarch() {  # the OpenWrt package architecture of the board a target is built for
-  case $1 in
-    x86_64-*) echo x86_64 ;; aarch64-*) echo aarch64_generic ;;
-    armv7-*) echo arm_cortex-a7_neon-vfpv4 ;; mipsel-*) echo mipsel_24kc ;; mips-*) echo mips_24kc ;;
-  esac
-}
-board_of() {
-  case $1 in armv7-*) echo ipq40xx ;; mipsel-*) echo mt7621 ;; mips-*) echo ath79 ;; *) echo "" ;; esac
-}
 tgz() {  # tgz OUT DIR: a reproducible tar.gz of DIR's contents, owned by root
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" -C "$2" -cf - . | gzip -9n > "$1"
 }
 
 for t in "${targets[@]}"; do
-  bin="$NNC_DIST/$t/nnc-agent"
-  [ -f "$bin" ] || { echo "build-ipk.sh: $bin missing (run cross/build.sh $t)" >&2; exit 1; }
   arch=$(pkgarch "$t")
   work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-  mkdir -p "$work/data/usr/bin" "$work/data/etc/init.d" "$work/data/etc/config" "$work/data/etc/uci-defaults" "$work/control"
-  install -m 0755 "$bin" "$work/data/usr/bin/nnc-agent"
-  install -m 0755 openwrt/files/nnc.init "$work/data/etc/init.d/nnc"
-  install -m 0644 openwrt/files/nnc.config "$work/data/etc/config/nnc"
-  install -m 0644 openwrt/files/nnc.uci-defaults "$work/data/etc/uci-defaults/90-nnc-firewall"
-  sed -i "s/^\toption board ''/\toption board '$(board_of "$t")'/" "$work/data/etc/config/nnc"
+  mkdir -p "$work/control"
+  stage_tree "$work/data" "$t"
   size=$(du -sb "$work/data" | cut -f1)
   cat > "$work/control/control" <<CTL
 Package: nnc-agent
 Version: $version
-Depends: ca-bundle, kmod-8021q, kmod-veth, kmod-macvlan, nftables
+Depends: ${depends// /, }
 Source: feeds/nnc/net/nnc-agent
 SourceName: nnc-agent
 License: MIT
@@ -51,13 +32,12 @@ SourceDateEpoch: $epoch
 Maintainer: nnc-agent developers
 Architecture: $arch
 Installed-Size: $size
-Description: Installs, isolates and supervises network services (Tor, sing-box, Xray)
+Description: $summary
  on the router; one GraphQL call per install. Static binary for $t.
 CTL
   echo /etc/config/nnc > "$work/control/conffiles"
-  # On a live system: the firewall zone now (at first boot uci-defaults would run it), then start.
-  printf '#!/bin/sh\n[ -n "${IPKG_INSTROOT}" ] || {\n  d=/etc/uci-defaults/90-nnc-firewall\n  [ -f $d ] && ( . $d ) && rm -f $d && /etc/init.d/firewall reload\n  /etc/init.d/nnc enable; /etc/init.d/nnc start; }\nexit 0\n' > "$work/control/postinst"
-  printf '#!/bin/sh\n[ -n "${IPKG_INSTROOT}" ] || { /etc/init.d/nnc stop; /etc/init.d/nnc disable; }\nexit 0\n' > "$work/control/prerm"
+  printf '%s' "$postinst" > "$work/control/postinst"
+  printf '%s' "$prerm" > "$work/control/prerm"
   chmod 0755 "$work/control/postinst" "$work/control/prerm"
   tgz "$work/control.tar.gz" "$work/control"
   tgz "$work/data.tar.gz" "$work/data"

@@ -1,6 +1,7 @@
-//! What router users install: OpenWrt .ipk packages with a signed feed index, and RouterOS
-//! container images, built from the static binaries in `dist/` and checked by tools that did
-//! not write them (Python's ar/tar/hash code, signify-openbsd, skopeo).
+//! What router users install: OpenWrt .ipk (24.10) and .apk (25.12) packages with signed feed
+//! indexes, and RouterOS container images, built from the static binaries in `dist/` and
+//! checked by tools that did not write them (Python's ar/tar/hash code, a reader of our own
+//! for apk v3, signify-openbsd, openssl, skopeo).
 
 mod common;
 
@@ -24,6 +25,19 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// (Rust target, OpenWrt package architecture, board profile in the default config).
+const TARGETS: [(&str, &str, &str); 5] = [
+    ("x86_64-unknown-linux-musl", "x86_64", ""),
+    ("aarch64-unknown-linux-musl", "aarch64_generic", ""),
+    (
+        "armv7-unknown-linux-musleabihf",
+        "arm_cortex-a7_neon-vfpv4",
+        "ipq40xx",
+    ),
+    ("mipsel-unknown-linux-musl", "mipsel_24kc", "mt7621"),
+    ("mips-unknown-linux-musl", "mips_24kc", "ath79"),
+];
+
 #[test]
 fn ipk_packages_unpack_cleanly_and_the_feed_index_is_signed() {
     let tmp = common::TempDir::new("ipk");
@@ -39,17 +53,7 @@ fn ipk_packages_unpack_cleanly_and_the_feed_index_is_signed() {
         .arg(Path::new(ROOT).join("openwrt/build-ipk.sh"))
         .arg(&secret)
         .env("NNC_DIST", &dist));
-    for (target, arch, board) in [
-        ("x86_64-unknown-linux-musl", "x86_64", ""),
-        ("aarch64-unknown-linux-musl", "aarch64_generic", ""),
-        (
-            "armv7-unknown-linux-musleabihf",
-            "arm_cortex-a7_neon-vfpv4",
-            "ipq40xx",
-        ),
-        ("mipsel-unknown-linux-musl", "mipsel_24kc", "mt7621"),
-        ("mips-unknown-linux-musl", "mips_24kc", "ath79"),
-    ] {
+    for (target, arch, board) in TARGETS {
         let ipk = std::fs::read_dir(out.join(arch))
             .unwrap()
             .next()
@@ -117,6 +121,65 @@ fn ipk_packages_unpack_cleanly_and_the_feed_index_is_signed() {
         .status()
         .unwrap();
     assert!(!bad.success(), "a changed index verified");
+}
+
+/// OpenWrt 25.12's apk v3 packages and their signed `packages.adb`, read back by a reader
+/// that did not write them (tests/packaging/check_apk.py: structure, alignment, hashes) and
+/// the index signature verified by `openssl`.
+#[test]
+fn apk_packages_and_their_signed_index_read_back_and_verify() {
+    let tmp = common::TempDir::new("apk");
+    let (key, other) = (tmp.path().join("feed.key"), tmp.path().join("other.key"));
+    for k in [&key, &other] {
+        run(Command::new("openssl")
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(k));
+    }
+    let dist = dist();
+    run(Command::new("bash")
+        .arg(Path::new(ROOT).join("openwrt/build-apk.sh"))
+        .arg(&key)
+        .env("NNC_DIST", &dist));
+    let out = dist.join("openwrt-apk");
+    let version = format!("{}-r1", env!("CARGO_PKG_VERSION"));
+    let check = |arch: &str, pem: &Path, target: &str, board: &str| {
+        let dir = out.join(arch);
+        Command::new("python3")
+            .arg(Path::new(ROOT).join("tests/packaging/check_apk.py"))
+            .arg(dir.join(format!("nnc-agent-{version}.apk")))
+            .arg(dir.join("packages.adb"))
+            .arg(pem)
+            .arg(dist.join(target).join("nnc-agent"))
+            .args([arch, board])
+            .output()
+            .unwrap()
+    };
+    for (target, arch, board) in TARGETS {
+        let pem = out.join(arch).join("nnc-agent-feed.pem");
+        let r = check(arch, &pem, target, board);
+        assert!(
+            r.status.success(),
+            "{arch}: {}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        // The shipped key is the feed key's public half; another key does not verify.
+        let other_pem = tmp.path().join("other.pem");
+        run(Command::new("openssl")
+            .args(["ec", "-pubout", "-in"])
+            .arg(&other)
+            .arg("-out")
+            .arg(&other_pem));
+        let r = check(arch, &other_pem, target, board);
+        assert!(!r.status.success(), "{arch}: verified with another key");
+    }
 }
 
 #[test]
