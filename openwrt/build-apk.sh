@@ -27,13 +27,15 @@ for t in "${targets[@]}"; do
   chmod 0644 "$work/data/lib/apk/packages/"*
   printf '%s' "$postinst" > "$work/post-install"
   printf '%s' "$prerm" > "$work/pre-deinstall"
+  printf '%s' "$postupg" > "$work/post-upgrade"
   mkdir -p "$out/$arch"
   apk="$out/$arch/nnc-agent-$version.apk"
   SOURCE_DATE_EPOCH=$epoch python3 openwrt/adb.py package "$apk" "$work/data" \
     name=nnc-agent version="$version" arch="$arch" license=MIT origin=feeds/nnc/net/nnc-agent \
     maintainer="nnc-agent developers" \
     description="$summary on the router; one GraphQL call per install. Static binary for $t." \
-    depends="$depends" post-install="$work/post-install" pre-deinstall="$work/pre-deinstall"
+    depends="$depends" post-install="$work/post-install" post-upgrade="$work/post-upgrade" \
+    pre-deinstall="$work/pre-deinstall"
   python3 openwrt/adb.py index "$out/$arch/packages.adb" "$key" "$apk"
   openssl ec -in "$key" -pubout -out "$out/$arch/nnc-agent-feed.pem" 2>/dev/null
   rm -rf "$work"; trap - EXIT

@@ -19,6 +19,7 @@ board_of() {
 }
 stage_tree() {  # stage_tree DIR TARGET: the installed files of the package for TARGET under DIR
   local dir=$1 t=$2 bin="$NNC_DIST/$2/nnc-agent"
+  umask 022  # the directories' modes go into the package
   [ -f "$bin" ] || { echo "$0: $bin missing (run cross/build.sh $t)" >&2; return 1; }
   install -d -m 0755 "$dir" "$dir/usr/bin" "$dir/etc/init.d" "$dir/etc/config" "$dir/etc/uci-defaults"
   install -m 0755 "$bin" "$dir/usr/bin/nnc-agent"
@@ -35,6 +36,8 @@ postinst='#!/bin/sh
   /etc/init.d/nnc enable; /etc/init.d/nnc start; }
 exit 0
 '
+# apk runs post-upgrade, not post-install, on an upgrade: the new binary has to be started.
+postupg=${postinst/nnc start;/nnc restart;}
 prerm='#!/bin/sh
 [ -n "${IPKG_INSTROOT}" ] || { /etc/init.d/nnc stop; /etc/init.d/nnc disable; }
 exit 0

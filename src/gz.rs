@@ -151,11 +151,7 @@ impl<R: BufRead> GzDecoder<R> {
         }
         for field in [FNAME, FCOMMENT] {
             if flags & field != 0 {
-                let mut skipped = Vec::new();
-                r.read_until(0, &mut skipped)?;
-                if skipped.last() != Some(&0) {
-                    return Err(invalid("gzip header ends early"));
-                }
+                skip_to_nul(r)?;
             }
         }
         if flags & FHCRC != 0 {
@@ -181,6 +177,31 @@ impl<R: BufRead> GzDecoder<R> {
     }
 }
 
+/// Skips a zero-terminated header field (a name or comment) of at most 64 KiB, keeping none
+/// of it.
+fn skip_to_nul(r: &mut impl BufRead) -> io::Result<()> {
+    const MAX: usize = 64 << 10;
+    let mut skipped = 0;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Err(invalid("gzip header ends early"));
+        }
+        let (n, done) = match buf.iter().position(|&b| b == 0) {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        r.consume(n);
+        skipped += n;
+        if done {
+            return Ok(());
+        }
+        if skipped > MAX {
+            return Err(invalid("gzip header field over 64 KiB"));
+        }
+    }
+}
+
 impl<R: BufRead> Read for GzDecoder<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.state == Gz::Header {
@@ -195,8 +216,9 @@ impl<R: BufRead> Read for GzDecoder<R> {
         // ISIZE is the length modulo 2^32.
         self.size = self.size.wrapping_add(n as u32);
         if self.inflate.ended {
-            self.trailer()?;
+            // Done whatever the trailer says: a second read must not take more bytes for one.
             self.state = Gz::Done;
+            self.trailer()?;
         }
         Ok(n)
     }
@@ -262,6 +284,11 @@ mod tests {
         len[at] ^= 1;
         assert!(gunzip(&len).is_err());
         assert!(gunzip(b"PK\x03\x04 not gzip").is_err());
+        // A name without its end is refused after 64 KiB, not kept.
+        let mut endless = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3];
+        endless.resize(1 << 20, b'a');
+        let e = gunzip(&endless).unwrap_err();
+        assert!(e.to_string().contains("64 KiB"), "{e}");
         let mut body = good;
         body[20] ^= 0xff;
         assert!(gunzip(&body).is_err());

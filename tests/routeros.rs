@@ -780,21 +780,22 @@ fn a_segment_without_its_fasttrack_accepts_gets_them_at_start_and_keeps_the_rest
     let id = agent.install_on("tool", "mt", "m");
     assert_eq!(agent.wait_done(&id, TIMEOUT)["status"], "INSTALLED");
     let r = agent.gql(
-        "mutation($i: ID!) { routeDevices(instanceId: $i, devices: [\"192.0.2.10\"]) { device } }",
+        "mutation($i: ID!) { routeDevices(instanceId: $i, devices: [\"192.0.2.10\", \"192.0.2.11\"]) { device } }",
         json!({ "i": id }),
     );
     assert!(r.get("errors").is_none(), "{r}");
     agent.kill9();
     // As a segment made before the accepts existed, or one its owner edited: one accept
-    // removed, the other and the device's address-list entry disabled. Meanwhile the device
-    // opened a connection, which FastTrack took.
+    // removed, the other and one device's address-list entry disabled. Meanwhile the other
+    // device (whose entry stays, so only the accepts' repair can end it) opened a connection,
+    // which FastTrack took.
     let tag = format!("nnc:{id}");
     let edited = librouteros(
         sim.port,
         &format!(
             "f = api.path('ip','firewall','filter'); ours = [x['.id'] for x in f if x.get('comment') == '{tag}']\n\
              f.remove(ours[0]); f.update(**{{'.id': ours[1], 'disabled': True}})\n\
-             l = api.path('ip','firewall','address-list'); l.update(**{{'.id': [x['.id'] for x in l if x.get('comment') == '{tag}'][0], 'disabled': True}})\n\
+             l = api.path('ip','firewall','address-list'); l.update(**{{'.id': [x['.id'] for x in l if x.get('address') == '192.0.2.11'][0], 'disabled': True}})\n\
              tuple(api('/sim/connection/add', **{{'src-address': '192.0.2.10:40000', 'dst-address': '198.51.100.2:443', 'protocol': 'tcp', 'fasttrack': 'true'}}))"
         ),
     );
@@ -819,20 +820,20 @@ fn a_segment_without_its_fasttrack_accepts_gets_them_at_start_and_keeps_the_rest
         ),
         (1, 0)
     );
-    assert_eq!(enabled("/ip/firewall/address-list"), 0);
+    assert_eq!(enabled("/ip/firewall/address-list"), 1);
     let ids = |menu: &str| -> Vec<String> { rows(menu).into_iter().map(|(i, _)| i).collect() };
     let kept: Vec<Vec<String>> = MENUS[..6].iter().map(|m| ids(m)).collect();
     agent.restart();
     common::wait_until("the accepts back", TIMEOUT, || {
-        enabled("/ip/firewall/filter") == 2 && enabled("/ip/firewall/address-list") == 1
+        enabled("/ip/firewall/filter") == 2 && enabled("/ip/firewall/address-list") == 2
     });
     assert_eq!(
         rows("/ip/firewall/filter").len(),
         2,
         "the disabled one enabled, not doubled"
     );
-    // The ten objects and the device's entry.
-    assert_eq!(sim.objects().len(), 11, "{:?}", sim.objects());
+    // The ten objects and the devices' entries.
+    assert_eq!(sim.objects().len(), 12, "{:?}", sim.objects());
     assert_eq!(
         MENUS[..6].iter().map(|m| ids(m)).collect::<Vec<_>>(),
         kept,

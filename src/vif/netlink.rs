@@ -460,7 +460,8 @@ impl Netlink {
         const BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
         let started = std::time::Instant::now();
         let (mut deleted, mut refused) = (0, 0);
-        for _ in 0..ROUNDS {
+        for round in 0..ROUNDS {
+            let before = deleted;
             if started.elapsed() > BUDGET {
                 log::warn!(target: "routing", "stopped ending connections after {deleted} (3 s): the rest keep their path until they end");
                 break;
@@ -491,12 +492,14 @@ impl Netlink {
                 match self.request(msg, "delete a connection") {
                     Ok(()) => deleted += 1,
                     Err(_) if self.errno == libc::ENOENT => {}
-                    Err(_) if self.errno == libc::EBUSY => refused += 1,
+                    // Counted once: later rounds find it again.
+                    Err(_) if self.errno == libc::EBUSY => refused += usize::from(round == 0),
                     Err(e) => return Err(e),
                 }
             }
-            // A round of refusals only would find the same ones again.
-            if found.len() < BATCH || refused >= found.len() {
+            // The refused ones are found again by the next round: a round that deleted none
+            // would find only them.
+            if found.len() < BATCH || deleted == before {
                 break;
             }
         }

@@ -140,6 +140,9 @@ def check_package(path, binary, arch, board):
             mode, user, group = v.int(v.field(acl, 1)), v.text(acl, 2), v.text(acl, 3)
             size, digest = v.int(v.field(f, 3)), v.blob(v.field(f, 5))
             full = f"{dname}/{v.text(f, 1)}".lstrip("/")
+            if fi > 1 and v.text(f, 1).encode() <= prev.encode():
+                fail(f"files of {dname!r} not sorted")
+            prev = v.text(f, 1)
             files[full] = (mode, user, group, size, digest)
             if size:
                 expect.append((pi, fi, full))
@@ -168,8 +171,10 @@ def check_package(path, binary, arch, board):
     if contents["lib/apk/packages/nnc-agent.conffiles"] != b"/etc/config/nnc\n":
         fail("conffiles")
     scripts = v.field(v.root, 3)
-    if b"/etc/init.d/nnc start" not in (v.blob(v.field(scripts, 3)) or b""):
-        fail("post-install script")
+    for i, what in ((3, b"/etc/init.d/nnc start"), (7, b"/etc/init.d/nnc restart"),
+                    (4, b"/etc/init.d/nnc stop")):
+        if what not in (v.blob(v.field(scripts, i)) or b""):
+            fail(f"script {i} lacks {what!r}")
     return name, version, hashlib.sha256(adb).digest()
 
 

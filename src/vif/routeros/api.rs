@@ -593,7 +593,14 @@ mod tests {
     fn rows_not_kept_count_against_no_limit() {
         let mut bytes = Vec::new();
         for i in 0..(MAX_REPLY_ROWS + 5_000) {
-            bytes.extend(encode_sentence(&["!re", &format!("=.id=*{i:X}"), ".tag=1"]));
+            // 15,000 rows of ~400 bytes: over the reply's 4 MiB as well as its row count.
+            let filler = format!("=src-address={}", "9".repeat(300));
+            bytes.extend(encode_sentence(&[
+                "!re",
+                &format!("=.id=*{i:X}"),
+                &filler,
+                ".tag=1",
+            ]));
         }
         bytes.extend(encode_sentence(&["!done", ".tag=1"]));
         assert!(read_reply(&mut bytes.as_slice(), "1").is_err());

@@ -483,15 +483,15 @@ impl RouterOs {
             .collect();
         let mut added = Vec::new();
         for (list, address, tag) in want {
-            match have.iter().find(|(_, l, a, _)| l == list && a == address) {
-                Some((_, _, _, true)) => continue,
-                // A disabled entry routes nothing: enabled again, as a device newly routed.
-                Some((id, _, _, false)) => {
-                    self.enable(ADDRESS_LIST, id)?;
-                    added.push(address.as_str());
-                    continue;
-                }
-                None => {}
+            let mut same = have.iter().filter(|(_, l, a, _)| l == list && a == address);
+            if same.clone().any(|(.., on)| *on) {
+                continue;
+            }
+            // A disabled entry routes nothing: enabled again, as a device newly routed.
+            if let Some((id, ..)) = same.next() {
+                self.enable(ADDRESS_LIST, id)?;
+                added.push(address.as_str());
+                continue;
             }
             added.push(address.as_str());
             let attrs = [
@@ -547,25 +547,44 @@ impl RouterOs {
             from.is_some_and(|f| blocks.iter().any(|(net, mask)| u32::from(f) & mask == *net))
                 && (dns || !own.contains(&to))
         };
-        // Filtered as it streams: a busy router's table is far larger than what is kept.
-        let reply = self
-            .idempotent(|c| {
-                c.call_keeping(
-                    "/ip/firewall/connection/print",
-                    &[(".proplist", ".id,src-address,dst-address")],
-                    &[],
-                    &mut |r| ends(r),
-                )
-            })
-            .map_err(|e| backend(&e))?;
-        let ids: Vec<String> = reply
-            .rows
-            .into_iter()
-            .filter_map(|mut r| r.remove(".id"))
-            .collect();
-        ids.chunks(100).try_fold(0, |n, chunk| {
-            Ok(n + self.remove_ids("/ip/firewall/connection", chunk)?)
-        })
+        // Filtered as it streams: a busy router's table is far larger than what is kept. At
+        // most BATCH per print, and the routing lock is not held for more than BUDGET.
+        const BATCH: usize = 5_000;
+        const BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        let mut removed = 0;
+        loop {
+            let reply = self
+                .idempotent(|c| {
+                    let mut kept = 0;
+                    c.call_keeping(
+                        "/ip/firewall/connection/print",
+                        &[(".proplist", ".id,src-address,dst-address")],
+                        &[],
+                        &mut |r| {
+                            let keep = kept < BATCH && ends(r);
+                            kept += usize::from(keep);
+                            keep
+                        },
+                    )
+                })
+                .map_err(|e| backend(&e))?;
+            let ids: Vec<String> = reply
+                .rows
+                .into_iter()
+                .filter_map(|mut r| r.remove(".id"))
+                .collect();
+            for chunk in ids.chunks(100) {
+                if started.elapsed() > BUDGET {
+                    log::warn!(target: "interface-factory", "router {}: stopped removing connections after {removed} (10 s): the rest keep their path until they end", self.id);
+                    return Ok(removed);
+                }
+                removed += self.remove_ids("/ip/firewall/connection", chunk)?;
+            }
+            if ids.len() < BATCH {
+                return Ok(removed);
+            }
+        }
     }
 }
 
